@@ -1,0 +1,142 @@
+"""train_pipeline: ingest -> validate -> preprocess -> tune -> train -> evaluate -> gate -> register -> promote.
+
+Thin wiring only: every task is a lazy import and one call into ``visionops.pipeline``. Nothing heavy
+is imported while Airflow parses this file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+DOC = """
+### Train an image classifier and promote it only when it earns it
+
+Each run resolves one `PipelineConfig` (the **config** file plus the fields below), then
+ingests, validates (Great Expectations), preprocesses, tunes (Optuna), trains (PyTorch),
+evaluates on the held-out test split, and gates the new model against thresholds and against
+the model in service (`models:/<name>@champion`), scored on the same split.
+
+* **Passed**: the version is registered with `challenger`, then `champion` moves to it.
+* **Rejected**: the version is registered without an alias, `promote` is skipped and the
+  `reject` task logs the reasons; the champion is unchanged.
+
+Every run is an MLflow parent run (tagged with this DAG run's id); each stage is a child run.
+Bad input (config, files, labels) fails the run without retries and names what is wrong.
+"""
+
+default_args = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+
+
+def _call(stage: str, *args, **kwargs):
+    """Run one stage; errors in the input are final (no retry), anything else may be retried."""
+    from visionops import pipeline
+    from visionops.errors import InputError
+
+    try:
+        return getattr(pipeline, stage)(*args, **kwargs)
+    except InputError as exc:
+        raise AirflowFailException(f"{stage}: {exc}") from exc
+
+
+@dag(
+    dag_id="train_pipeline",
+    description="Ingest, validate, preprocess, tune, train, evaluate, gate and promote an image classifier.",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["visionops", "training", "mlflow"],
+    default_args=default_args,
+    params={
+        "config": Param("conf/digits.yaml", type="string", title="Config file",
+                        description="Pipeline config (YAML), relative to the project directory."),
+        "model": Param(None, type=["null", "string"], title="Model",
+                       description="Architecture name (overrides model.name), e.g. small_cnn or face_cnn."),
+        "max_epochs": Param(None, type=["null", "integer"], minimum=1, title="Max epochs",
+                            description="Upper bound on training epochs (overrides train.max_epochs)."),
+        "n_trials": Param(None, type=["null", "integer"], minimum=0, title="Tuning trials",
+                          description="Optuna trials; 0 skips tuning (overrides tune.n_trials)."),
+        "overrides": Param({}, type="object", title="Other overrides",
+                           description='Dotted config keys, e.g. {"gate.min_accuracy": 0.95}.'),
+    },
+)
+def train_pipeline():
+    @task
+    def start() -> dict:
+        context = get_current_context()
+        conf = context["dag_run"].conf or {}
+        # request_id is not a form field: the CLI sets it to find its run in MLflow afterwards.
+        params = {**context["params"], **({"request_id": conf["request_id"]} if "request_id" in conf else {})}
+        return _call("start", params, dag_id=context["dag"].dag_id, airflow_run_id=context["run_id"])
+
+    @task
+    def ingest(ctx: dict) -> dict:
+        return _call("ingest", ctx)
+
+    @task
+    def validate(ctx: dict, ingested: dict) -> dict:
+        return _call("validate", ctx, ingested)
+
+    @task
+    def preprocess(ctx: dict, ingested: dict, validated: dict) -> dict:
+        return _call("preprocess", ctx, ingested)
+
+    @task
+    def tune(ctx: dict, preprocessed: dict) -> dict:
+        return _call("tune", ctx, preprocessed)
+
+    @task
+    def train(ctx: dict, preprocessed: dict, tuned: dict) -> dict:
+        return _call("train", ctx, preprocessed, tuned)
+
+    @task
+    def evaluate(ctx: dict, preprocessed: dict, trained: dict) -> dict:
+        return _call("evaluate", ctx, preprocessed, trained)
+
+    @task
+    def gate(ctx: dict, evaluated: dict) -> dict:
+        return _call("gate", ctx, evaluated)
+
+    @task
+    def register(ctx: dict, trained: dict, evaluated: dict, decision: dict) -> dict:
+        return _call("register", ctx, trained, evaluated, decision)
+
+    @task.branch
+    def decide(decision: dict, registered: dict) -> str:
+        from visionops.pipeline import next_step
+
+        return next_step(decision)
+
+    @task
+    def promote(ctx: dict, registered: dict, evaluated: dict) -> dict:
+        return _call("promote", ctx, registered, evaluated)
+
+    @task
+    def reject(ctx: dict, registered: dict, decision: dict) -> dict:
+        return _call("reject", ctx, registered, decision)
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def finish(ctx: dict) -> dict:
+        return _call("finish", ctx)
+
+    ctx = start()
+    ingested = ingest(ctx)
+    validated = validate(ctx, ingested)
+    preprocessed = preprocess(ctx, ingested, validated)
+    tuned = tune(ctx, preprocessed)
+    trained = train(ctx, preprocessed, tuned)
+    evaluated = evaluate(ctx, preprocessed, trained)
+    decision = gate(ctx, evaluated)
+    registered = register(ctx, trained, evaluated, decision)
+    branch = decide(decision, registered)
+    promoted = promote(ctx, registered, evaluated)
+    rejected = reject(ctx, registered, decision)
+    branch >> [promoted, rejected]
+    [promoted, rejected] >> finish(ctx)
+
+
+train_pipeline()

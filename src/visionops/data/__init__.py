@@ -1,0 +1,1 @@
+"""Data stages: sources, ingest, validate, preprocess."""

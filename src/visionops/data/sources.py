@@ -1,0 +1,98 @@
+"""Data sources: each lists ``(path, label)`` pairs of raw image files; nothing is modified."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from visionops.errors import InputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pgm", ".bmp")
+
+
+class SourceError(InputError):
+    """A data source is missing or malformed; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # absolute
+    label: str | None
+
+
+def export_digits(target: Path) -> Path:
+    """Write scikit-learn's 1,797 8x8 digits once as PNG files in class folders (``<label>/NNNN.png``).
+
+    The images ship inside scikit-learn, so nothing is downloaded. Writing them as files makes the
+    default pipeline exercise the same file path as a user's image folder.
+    """
+    marker = target / "_COMPLETE"
+    if marker.exists():
+        return target
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = tmp / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
+    (tmp / "_COMPLETE").write_text(json.dumps({"images": len(digits.images)}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def list_imagefolder(root: str | Path) -> list[Item]:
+    """``root/<class>/*.{png,jpg,jpeg,pgm,bmp}``; the folder name is the label."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"image folder not found: {root}")
+    items = [
+        Item(str(path.resolve()), class_dir.name)
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for path in sorted(class_dir.iterdir())
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    if not items:
+        raise SourceError(f"image folder {root} has no images in class sub-folders ({', '.join(IMAGE_EXTENSIONS)})")
+    return items
+
+
+def list_csv(manifest: str | Path) -> list[Item]:
+    """A CSV with ``path,label`` columns; paths are relative to the manifest's folder and must stay inside it."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise SourceError(f"manifest not found: {manifest}")
+    base = manifest.parent.resolve()
+    items: list[Item] = []
+    with manifest.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise SourceError(f"{manifest}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+        for row_no, row in enumerate(reader, start=2):
+            raw = (row.get("path") or "").strip()
+            if not raw:
+                raise SourceError(f"{manifest}:{row_no}: empty path")
+            path = (base / raw).resolve()
+            if not path.is_relative_to(base):
+                raise SourceError(f"{manifest}:{row_no}: path {raw!r} escapes the manifest folder {base}")
+            label = (row.get("label") or "").strip() or None
+            items.append(Item(str(path), label))
+    if not items:
+        raise SourceError(f"manifest {manifest} has no rows")
+    return items

@@ -1,0 +1,111 @@
+"""The served model: raw uint8 images in, labels and probabilities out.
+
+The network (with its normalisation) is logged with ``mlflow.pytorch.log_model``; the registered
+model is a pyfunc that carries that network, the label map and the preprocessing, so that
+``mlflow.pyfunc.load_model("models:/<name>@champion").predict(images)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from visionops.data.images import to_model_array
+
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def as_image_list(model_input: Any) -> list[np.ndarray]:
+    """Accept a batch array ``(N, H, W)`` / ``(N, H, W, C)``, a single 2-D image, or a list of arrays."""
+    if isinstance(model_input, pd.DataFrame):
+        raise TypeError("pass images as a uint8 array (N, H, W) or (N, H, W, C), not a DataFrame")
+    if isinstance(model_input, np.ndarray):
+        if model_input.ndim == 2:
+            return [model_input]
+        if model_input.ndim in (3, 4):
+            return list(model_input)
+        raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {model_input.shape}")
+    return [np.asarray(img, dtype=np.uint8) for img in model_input]
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc model: resize and convert like training did, run the network, map indices to labels."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        meta = json.loads(Path(context.artifacts["preprocessing"]).read_text())
+        self.labels: list[str] = meta["labels"]
+        self.image_size: int = meta["image_size"]
+        self.channels: int = meta["channels"]
+        # Logged in the pt2 (torch.export) format: a graph captured in eval mode, no pickled classes.
+        self.network = mlflow.pytorch.load_model(context.artifacts["network"], map_location="cpu")
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads hints as a schema
+        """Labels and the winning class probability for a batch of raw images."""
+        images = as_image_list(model_input)
+        if not images:
+            return pd.DataFrame({"label": pd.Series(dtype=str), "probability": pd.Series(dtype=float)})
+        batch = np.stack([to_model_array(img, self.image_size, self.channels) for img in images])
+        with torch.no_grad():
+            probs = torch.softmax(self.network(torch.from_numpy(batch)), dim=1).numpy()
+        best = probs.argmax(axis=1)
+        return pd.DataFrame({
+            "label": [self.labels[i] for i in best],
+            "probability": probs[np.arange(len(best)), best].astype(float),
+        })
+
+
+def serving_signature(channels: int) -> mlflow.models.ModelSignature:
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    shape = (-1, -1, -1) if channels == 1 else (-1, -1, -1, 3)
+    return mlflow.models.ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability")]),
+    )
+
+
+def to_raw_images(x: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` -> what a user passes: ``(N, H, W)`` for grey, ``(N, H, W, C)`` for colour."""
+    return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+
+
+def pip_requirements() -> list[str]:
+    import PIL
+    import torchvision  # noqa: F401 - same build as torch
+
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"pillow=={PIL.__version__}"]
+
+
+def log_classifier(network: torch.nn.Module, *, labels: list[str], image_size: int, channels: int,
+                   example: np.ndarray, workdir: Path) -> dict[str, str]:
+    """Log the network (pytorch flavour) and the pyfunc classifier into the active run; return their URIs."""
+    package_dir = str(Path(__file__).resolve().parent)
+    network_info = mlflow.pytorch.log_model(
+        network.cpu().eval(), name="network", input_example=example[:2],
+        serialization_format="pt2", pip_requirements=pip_requirements(),
+    )
+    meta = {"labels": labels, "image_size": image_size, "channels": channels,
+            "input": "uint8 array (N, H, W) for grey or (N, H, W, 3) for colour, any size"}
+    meta_path = workdir / PREPROCESSING_FILE
+    meta_path.write_text(json.dumps(meta, indent=2))
+    model_info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("served_model.py")),  # models from code: no pickling
+        artifacts={"network": network_info.model_uri, "preprocessing": str(meta_path)},
+        code_paths=[package_dir],
+        signature=serving_signature(channels),
+        input_example=to_raw_images(example[:2]),
+        pip_requirements=pip_requirements(),
+    )
+    return {"network_uri": network_info.model_uri, "model_uri": model_info.model_uri}
+
+
+def load_classifier(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    return mlflow.pyfunc.load_model(model_uri)

@@ -1,0 +1,103 @@
+"""The MLflow model registry: register versions with lineage tags, move aliases (never stages)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def get_alias(name: str, alias: str = CHAMPION) -> ModelVersion | None:
+    """The version behind ``name@alias``, or None when the model or alias does not exist."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def ensure_registered_model(name: str, description: str) -> None:
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, description=description)
+        except MlflowException:
+            client.get_registered_model(name)  # created concurrently; re-raise only if still missing
+
+
+def _tag_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def register_version(name: str, model_uri: str, run_id: str, tags: dict[str, Any], description: str) -> str:
+    """Create a version of ``name`` from ``model_uri``; returns the version number."""
+    client = MlflowClient()
+    ensure_registered_model(name, f"Image classifier trained by the visionops pipeline ({name}).")
+    version = client.create_model_version(
+        name, source=model_uri, run_id=run_id, description=description,
+        tags={k: _tag_value(v)[:5000] for k, v in tags.items()},
+    )
+    return str(version.version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def promote_to_champion(name: str, version: str, *, run_key: str) -> str | None:
+    """Move ``champion`` to ``version``; the replaced champion keeps a ``previous_champion`` alias.
+
+    Returns the replaced version (None when there was none).
+    """
+    client = MlflowClient()
+    previous = get_alias(name, CHAMPION)
+    if previous is not None and str(previous.version) == str(version):
+        return None
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "visionops.promoted_by_run", run_key)
+    if previous is not None:
+        client.set_registered_model_alias(name, "previous_champion", previous.version)
+        client.set_model_version_tag(name, previous.version, "visionops.replaced_by_version", str(version))
+        client.set_model_version_tag(name, version, "visionops.replaced_version", str(previous.version))
+        return str(previous.version)
+    return None
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: str
+    aliases: list[str]
+    accuracy: str
+    macro_f1: str
+    gate: str
+    run_key: str
+    created: int
+
+
+def list_versions(name: str) -> list[VersionRow]:
+    """All versions of ``name``, newest first, with aliases and key metrics."""
+    client = MlflowClient()
+    model = client.get_registered_model(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        tags = mv.tags or {}
+        rows.append(VersionRow(
+            version=str(mv.version), aliases=sorted(aliases.get(str(mv.version), [])),
+            accuracy=tags.get("visionops.accuracy", ""), macro_f1=tags.get("visionops.macro_f1", ""),
+            gate=tags.get("visionops.gate", ""), run_key=tags.get("visionops.run_key", ""),
+            created=mv.creation_timestamp,
+        ))
+    return sorted(rows, key=lambda r: int(r.version), reverse=True)

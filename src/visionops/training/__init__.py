@@ -1,0 +1,1 @@
+"""Training: the loop (engine) and the train stage."""

@@ -1,0 +1,103 @@
+"""The train stage: full training with the tuned parameters, per-epoch metrics, the served model logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from visionops import tracking
+from visionops.data.preprocess import load_labels, load_split, load_stats
+from visionops.inference import log_classifier
+from visionops.models import build_model
+from visionops.models.wrappers import NormalizedNet
+from visionops.runs import RunContext
+from visionops.storage import StageOutput, fingerprint
+from visionops.training.engine import EpochMetrics, fit, select_device
+
+log = logging.getLogger("visionops")
+T = tracking.TAG_PREFIX
+
+
+def _save_learning_curves(history: list[EpochMetrics], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m.epoch for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [m.train_loss for m in history], label="train")
+    ax_loss.plot(epochs, [m.val_loss for m in history], label="val")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_acc.plot(epochs, [m.train_accuracy for m in history], label="train")
+    ax_acc.plot(epochs, [m.val_accuracy for m in history], label="val")
+    ax_acc.set(title="accuracy", xlabel="epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, float]) -> dict[str, Any]:
+    """Train with ``params`` (tuned or configured), log metrics and the model; reuse a finished run's model."""
+    cfg = ctx.config()
+    tracking.configure()
+    fp = fingerprint("train", preprocessed.fingerprint, params, cfg.model.model_dump(), cfg.train.model_dump())
+    store = ctx.store()
+    with tracking.stage_run(ctx.parent_run_id, "train") as run_id:
+        done = store.find("train", fp)
+        if done is not None and done.meta.get("run_key") == ctx.run_key:
+            # A retried task: the model of this run is already logged.
+            mlflow.set_tag(f"{T}reused_output", "true")
+            return done.meta
+        folder = preprocessed.local_path()
+        stats, labels = load_stats(folder), load_labels(folder)
+        train, val, test = (load_split(folder, s) for s in ("train", "val", "test"))
+        device = select_device(cfg.train.device)
+        mlflow.set_tags({f"{T}device": str(device), "torch_version": torch.__version__,
+                         "cuda_version": str(torch.version.cuda), "python_version": platform.python_version()})
+        mlflow.log_params({**params, "model": cfg.model.name, "max_epochs": cfg.train.max_epochs,
+                           "batch_size": cfg.train.batch_size, "patience": cfg.train.patience})
+        net = NormalizedNet(build_model(cfg.model.name, in_channels=cfg.data.channels,
+                                        image_size=cfg.data.image_size, num_classes=len(labels),
+                                        dropout=params["dropout"]), stats["mean"], stats["std"])
+        mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
+
+        def on_epoch(m: EpochMetrics) -> None:
+            mlflow.log_metrics({"train_loss": m.train_loss, "train_accuracy": m.train_accuracy,
+                                "val_loss": m.val_loss, "val_accuracy": m.val_accuracy,
+                                "learning_rate": m.learning_rate, "epoch_seconds": m.seconds,
+                                "images_per_second": m.images_per_second}, step=m.epoch)
+            log.info("epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)", m.epoch, m.train_loss,
+                     m.val_accuracy, m.seconds)
+
+        result = fit(net, train, val, max_epochs=cfg.train.max_epochs, batch_size=cfg.train.batch_size,
+                     learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
+                     patience=cfg.train.patience, seed=cfg.train.seed, device=device, on_epoch=on_epoch)
+        mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+                            "epochs_trained": len(result.history)})
+        with tempfile.TemporaryDirectory() as tmp:
+            curves = Path(tmp) / "learning_curves.png"
+            _save_learning_curves(result.history, curves)
+            mlflow.log_artifact(str(curves))
+            uris = log_classifier(result.model, labels=labels, image_size=cfg.data.image_size,
+                                  channels=cfg.data.channels, example=np.asarray(test.x[:2]), workdir=Path(tmp))
+        meta = {**uris, "train_run_id": run_id, "run_key": ctx.run_key,
+                "best_val_accuracy": result.best_val_accuracy, "epochs_trained": len(result.history),
+                "params": params}
+        with store.writing("train", fp) as pending:
+            (pending.path / "train.json").write_text(json.dumps(meta, indent=2))
+            pending.meta = meta
+    log.info("train: best val_accuracy %.4f at epoch %d of %d; model %s", result.best_val_accuracy,
+             result.best_epoch, len(result.history), uris["model_uri"])
+    return meta

@@ -1,0 +1,372 @@
+"""Checks of the deployment files that need no container engine.
+
+docker-compose.yaml is parsed and checked for the services, shared settings and repository
+paths it relies on; mlflow/start.sh is syntax-checked and then really started on SQLite, and an
+artifact is uploaded through its artifact proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+START_SH = REPO / "mlflow" / "start.sh"
+AIRFLOW_DOCKERFILE = REPO / "docker" / "airflow.Dockerfile"
+
+EXPECTED_SERVICES = {
+    "postgres",
+    "redis",
+    "mlflow",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
+    "airflow-init",
+}
+SHARED_AIRFLOW_SETTINGS = (
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "MLFLOW_TRACKING_URI",
+    "VISIONOPS_DATA_ROOT",
+    "VISIONOPS_OPTUNA_STORAGE",
+)
+SERVER_START_TIMEOUT_S = 90
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    with COMPOSE_FILE.open(encoding="utf-8") as handle:
+        document = yaml.safe_load(handle)
+    assert isinstance(document, dict), "docker-compose.yaml is not a mapping"
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def airflow_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: spec for name, spec in services.items() if name.startswith("airflow-")}
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict, whether written as a mapping or a KEY=VALUE list."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def dependencies_of(service: dict[str, Any]) -> list[str]:
+    depends_on = service.get("depends_on") or []
+    return list(depends_on)  # a list of names, or a mapping keyed by name
+
+
+def repo_path(relative: str) -> Path:
+    return (REPO / relative).resolve()
+
+
+def bind_sources(service: dict[str, Any]) -> list[str]:
+    """Host paths of the service's bind mounts (short or long syntax), as written."""
+    sources = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source = volume.split(":", 1)[0]
+        elif volume.get("type") == "bind":
+            source = volume["source"]
+        else:
+            continue
+        if source.startswith((".", "/")):
+            sources.append(source)
+    return sources
+
+
+def build_paths(service: dict[str, Any]) -> tuple[str, str] | None:
+    """(context, dockerfile) of a service that builds its image, both relative to the repo."""
+    build = service.get("build")
+    if build is None:
+        return None
+    if isinstance(build, str):
+        return build, str(Path(build) / "Dockerfile")
+    context = build.get("context", ".")
+    return context, str(Path(context) / build.get("dockerfile", "Dockerfile"))
+
+
+def test_compose_file_is_valid_yaml_with_the_expected_services(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert isinstance(services, dict)
+    missing = EXPECTED_SERVICES - services.keys()
+    assert not missing, f"services missing from docker-compose.yaml: {sorted(missing)}"
+    assert {"postgres-data", "mlflow-artifacts", "visionops-data"} <= set(compose["volumes"])
+
+
+def test_every_airflow_service_shares_executor_database_broker_and_tracking(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    airflow = airflow_services(services)
+    assert len(airflow) >= 7
+    environments = {name: environment_of(spec) for name, spec in airflow.items()}
+    for name, env in environments.items():
+        assert env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor", name
+    for setting in SHARED_AIRFLOW_SETTINGS:
+        values = {name: env.get(setting) for name, env in environments.items()}
+        assert None not in values.values(), f"{setting} missing in some Airflow service: {values}"
+        assert len(set(values.values())) == 1, f"{setting} differs between services: {values}"
+
+    env = environments["airflow-scheduler"]
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow")
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["VISIONOPS_DATA_ROOT"] == "/opt/visionops/data"
+    assert env["VISIONOPS_OPTUNA_STORAGE"].startswith("postgresql+psycopg2://")
+    assert env["VISIONOPS_OPTUNA_STORAGE"].endswith("@postgres:5432/optuna")
+
+
+def test_airflow_services_mount_the_project_and_the_shared_data_volume(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, spec in airflow_services(services).items():
+        targets = {
+            (v.split(":")[0], v.split(":")[1]) if isinstance(v, str) else (v["source"], v["target"])
+            for v in spec["volumes"]
+        }
+        assert ("./dags", "/opt/airflow/dags") in targets, name
+        assert ("./plugins", "/opt/airflow/plugins") in targets, name
+        assert ("./conf", "/opt/visionops/conf") in targets, name
+        assert ("visionops-data", "/opt/visionops/data") in targets, name
+        assert build_paths(spec) == (".", "docker/airflow.Dockerfile"), name
+
+
+def test_workers_listen_on_their_queues_and_the_gpu_worker_reserves_a_gpu(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert "--queues default" in services["airflow-worker"]["command"]
+    gpu_worker = services["airflow-worker-gpu"]
+    assert "--queues gpu" in gpu_worker["command"]
+    devices = gpu_worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+def test_mlflow_service_builds_from_mlflow_folder_on_postgres(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    mlflow = services["mlflow"]
+    context, dockerfile = build_paths(mlflow)
+    assert repo_path(context) == repo_path("mlflow")
+    assert repo_path(dockerfile) == repo_path("mlflow/Dockerfile")
+    env = environment_of(mlflow)
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
+    assert env["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    # Workers call the server as mlflow:5000, which MLflow's Host check must let through.
+    assert "mlflow:*" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+
+
+def test_every_service_has_a_healthcheck_except_the_one_off_init(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    without = {name for name, spec in services.items() if "healthcheck" not in spec}
+    assert without == {"airflow-init"}
+
+
+def test_every_depends_on_names_an_existing_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, spec in services.items():
+        for dependency in dependencies_of(spec):
+            assert dependency in services, f"{name} depends on unknown service {dependency!r}"
+            assert dependency != name
+
+
+def test_every_repository_path_used_by_the_compose_file_exists(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    used: set[str] = set()
+    for spec in services.values():
+        used.update(bind_sources(spec))
+        paths = build_paths(spec)
+        if paths is not None:
+            used.update(paths)
+    assert {"./dags", "./plugins", "./conf", "./docker/postgres-init.sql"} <= used
+    missing = sorted(path for path in used if not repo_path(path).exists())
+    assert not missing, f"paths used by docker-compose.yaml missing from the repo: {missing}"
+
+
+def test_airflow_dockerfile_copies_only_existing_paths() -> None:
+    copied = []
+    for line in AIRFLOW_DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            sources = [w for w in words[1:-1] if not w.startswith("--")]
+            copied.extend(s for s in sources if not any(c in s for c in "*?["))
+    assert "requirements.txt" in copied
+    missing = [source for source in copied if not repo_path(source).exists()]
+    assert not missing, f"airflow.Dockerfile copies paths missing from the repo: {missing}"
+
+
+def test_start_script_is_executable_bash_without_syntax_errors() -> None:
+    assert os.access(START_SH, os.X_OK), "mlflow/start.sh is not executable"
+    result = subprocess.run(
+        ["bash", "-n", str(START_SH)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` where the plugin is installed, else a standalone `docker-compose`."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    return [standalone] if standalone is not None else None
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    # `config` parses, interpolates and validates the file without talking to an engine.
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "--profile", "gpu", "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, json_body: Any = None) -> bytes:
+    headers = {}
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200, f"{method} {url} answered {response.status}"
+        return response.read()
+
+
+def wait_until_healthy(base_url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(
+                f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(
+        f"no 200 from {base_url}/health within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()}"
+    )
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """Stops the server's whole process group: mlflow server starts uvicorn and job runners."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+    try:  # children may outlive the script's own process for a moment
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_start_script_serves_tracking_and_artifacts_on_sqlite(tmp_path: Path) -> None:
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    if not mlflow_bin.exists():
+        pytest.skip(f"no mlflow command beside {sys.executable} (install requirements.txt)")
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    artifacts = tmp_path / "art"
+    database = tmp_path / "m.db"
+    env = {
+        **os.environ,
+        "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{database}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_SERVER_ALLOWED_HOSTS", None)
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_handle:
+        server = subprocess.Popen(
+            [str(START_SH)],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_healthy(base_url, server, log)
+        assert database.is_file()
+
+        api = f"{base_url}/api/2.0/mlflow"
+        experiment = json.loads(
+            http("POST", f"{api}/experiments/create", json_body={"name": "deployment-check"})
+        )["experiment_id"]
+        run = json.loads(
+            http("POST", f"{api}/runs/create", json_body={"experiment_id": experiment})
+        )
+        artifact_uri = run["run"]["info"]["artifact_uri"]
+        # --serve-artifacts: runs get proxied artifact URIs, stored under the destination.
+        assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
+        relative = artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
+        http(
+            "PUT",
+            f"{base_url}/api/2.0/mlflow-artifacts/artifacts/{relative}/hello.txt",
+            body=b"hello from the deployment test",
+        )
+        stored = artifacts / relative / "hello.txt"
+        assert stored.read_bytes() == b"hello from the deployment test"
+    finally:
+        stop(server)
