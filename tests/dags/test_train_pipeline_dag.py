@@ -1,0 +1,100 @@
+"""The DAG folder parses cleanly, does no heavy work at parse time, and has the expected shape."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "pandas", "mlflow", "great_expectations", "optuna", "sklearn", "numpy")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["train_pipeline"]
+
+
+def test_dag_folder_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "train_pipeline" in dagbag.dag_ids
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in (REPO / "dags").glob("*.py")))
+def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
+    code = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(REPO / 'dags' / dag_file)!r})\n"
+        f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('loaded=' + ','.join(loaded))\n"
+    )
+    env = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "loaded=", f"{dag_file} imports at parse time: {out.stdout}"
+
+
+def test_task_graph_is_the_expected_chain(dag):
+    expected = {
+        "start": {"ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "register",
+                  "promote", "reject", "finish"},
+        "ingest": {"validate", "preprocess"},
+        "validate": {"preprocess"},
+        "preprocess": {"tune", "train", "evaluate"},
+        "tune": {"train"},
+        "train": {"evaluate", "register"},
+        "evaluate": {"gate", "register", "promote"},
+        "gate": {"register", "decide", "reject"},
+        "register": {"decide", "promote", "reject"},
+        "decide": {"promote", "reject"},
+        "promote": {"finish"},
+        "reject": {"finish"},
+        "finish": set(),
+    }
+    assert set(dag.task_ids) == set(expected)
+    for task_id, downstream in expected.items():
+        assert dag.get_task(task_id).downstream_task_ids == downstream, task_id
+    order = ["start", "ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "register", "decide"]
+    for earlier, later in zip(order, order[1:]):
+        assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False), (earlier, later)
+
+
+def test_branch_and_join(dag):
+    from airflow.providers.standard.operators.python import BranchPythonOperator
+
+    assert isinstance(dag.get_task("decide"), BranchPythonOperator)
+    assert dag.get_task("finish").trigger_rule == "none_failed_min_one_success"
+
+
+def test_schedule_docs_tags_retries_and_params(dag):
+    assert dag.schedule == "@daily" or str(dag.timetable.summary) == "@daily"
+    assert dag.catchup is False
+    assert dag.doc_md and "champion" in dag.doc_md
+    assert {"visionops", "training"} <= set(dag.tags)
+    assert all(t.retries >= 1 for t in dag.tasks)
+    params = dag.params
+    for name in ("config", "model", "max_epochs", "n_trials", "overrides"):
+        assert name in params, name
+        assert params.get_param(name).description, f"param {name} has no description for the trigger form"
+    assert params["config"] == "conf/digits.yaml"
+
+
+def test_task_bodies_call_into_the_pipeline_module(dag):
+    """Rule 1: every stage task is one call into visionops.pipeline, which has a function per stage."""
+    source = (REPO / "dags" / "train_pipeline.py").read_text()
+    assert "from visionops import pipeline" in source
+    import visionops.pipeline as pipeline
+
+    for task_id in ("start", "ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate",
+                    "register", "promote", "reject", "finish"):
+        assert callable(getattr(pipeline, task_id)), task_id
+        assert f'_call("{task_id}"' in source, task_id

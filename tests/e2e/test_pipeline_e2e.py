@@ -1,0 +1,173 @@
+"""Whole pipeline runs through real Airflow (``airflow dags test`` via the CLI) and a real MLflow registry.
+
+Run 1 promotes version 1; run 2 scores that champion on its own test split and the gate decides;
+a run on broken data stops at validate, names the files and leaves the champion alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "e2e-digits"
+SMALL = ["--set", "train.max_epochs=8", "--set", "tune.n_trials=2", "--set", "tune.epochs_per_trial=2",
+         "--set", f"registry.model_name={MODEL}", "--set", "experiment=e2e-digits"]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "VISIONOPS_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    return env
+
+
+def run_cli(home: Path, *args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
+    summary = home / f"summary-{len(list(home.glob('summary-*.json')))}.json"
+    cmd = [str(Path(sys.executable).parent / "visionops"), "pipeline", "run", *args,
+           "--summary-json", str(summary)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(home), timeout=timeout)
+    return proc, (json.loads(summary.read_text()) if summary.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def two_runs(home):
+    first, s1 = run_cli(home, *SMALL)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    second, s2 = run_cli(home, *SMALL)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    return (first, s1), (second, s2)
+
+
+def _client(home: Path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_first_run_promotes_version_1(two_runs, home):
+    (proc, summary), _ = two_runs
+    assert summary["status"] == "FINISHED"
+    assert summary["gate"] == "passed"
+    assert summary["model_version"] == "1"
+    assert "champion" in summary["model_aliases"]
+    assert "gate              : PASSED" in proc.stdout
+    assert f"models:/{MODEL}@champion -> version 1" in proc.stdout
+
+
+def test_parent_and_child_runs_are_tracked(two_runs, home):
+    (_, summary), _ = two_runs
+    client = _client(home)
+    parent = client.get_run(summary["parent_run_id"])
+    tags = parent.data.tags
+    for key in ("dag_id", "airflow_run_id", "config_hash", "code_version", "data_fingerprint"):
+        assert tags.get(f"visionops.{key}"), key
+    assert tags["visionops.dag_id"] == "train_pipeline"
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = {c.data.tags["visionops.stage"] for c in children}
+    assert {"ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "register",
+            "promote"} <= stages
+    tune_run = next(c for c in children if c.data.tags["visionops.stage"] == "tune")
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tune_run.info.run_id}'")
+    assert len(trials) == 2
+    assert all("val_accuracy" in t.data.metrics for t in trials)
+    train_run = next(c for c in children if c.data.tags["visionops.stage"] == "train")
+    history = client.get_metric_history(train_run.info.run_id, "val_accuracy")
+    assert len(history) >= 2  # one point per epoch
+    validate_run = next(c for c in children if c.data.tags["visionops.stage"] == "validate")
+    docs = [a.path for a in client.list_artifacts(validate_run.info.run_id, "data_docs")]
+    assert "data_docs/index.html" in docs
+
+
+def test_second_run_compares_with_the_champion(two_runs, home):
+    (_, s1), (proc, s2) = two_runs
+    assert s2["status"] == "FINISHED"
+    assert s2["model_version"] == "2"
+    # The champion (v1) was scored on run 2's test split and the decision says so.
+    assert any("champion v1" in reason for reason in s2["gate_reasons"]), s2["gate_reasons"]
+    client = _client(home)
+    evaluate = client.search_runs(
+        [s2["experiment_id"]],
+        f"tags.mlflow.parentRunId = '{s2['parent_run_id']}' and tags.`visionops.stage` = 'evaluate'")[0]
+    assert "champion_test_accuracy" in evaluate.data.metrics
+    v2 = client.get_model_version(MODEL, "2")
+    assert v2.tags["visionops.gate"] == s2["gate"]
+    assert v2.tags["visionops.compared_with_version"] == "1"
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    if s2["gate"] == "passed":
+        assert str(champion.version) == "2"
+        assert str(client.get_model_version_by_alias(MODEL, "previous_champion").version) == "1"
+    else:
+        assert str(champion.version) == "1"
+
+
+def test_champion_labels_held_out_digits(two_runs, home):
+    import mlflow
+    import pandas as pd
+
+    (_, _), (_, s2) = two_runs
+    _client(home)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    splits = next((home / "data" / "runs").glob("*/preprocess/splits.parquet"))
+    test = pd.read_parquet(splits).query("split == 'test'")
+    images = np.stack([np.asarray(Image.open(p)) for p in test["path"]])  # raw 8x8 uint8, as stored
+    assert images.dtype == np.uint8 and images.ndim == 3
+    predicted = model.predict(images)
+    accuracy = float((predicted["label"].to_numpy() == test["label"].to_numpy()).mean())
+    assert accuracy >= 0.9, accuracy
+    assert predicted["probability"].between(0, 1).all()
+
+
+def test_broken_data_stops_at_validate_and_keeps_the_champion(two_runs, home, tmp_path):
+    digits = home / "sources" / "digits"
+    data = tmp_path / "broken"
+    for label in ("0", "1", "2"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((digits / label).glob("*.png"))[:12]:
+            shutil.copy(src, data / label / src.name)
+    corrupt = data / "1" / "corrupt.png"
+    corrupt.write_bytes((digits / "1" / sorted(os.listdir(digits / "1"))[0]).read_bytes()[:40])
+    duplicate = data / "2" / "copy_of_0.png"
+    original = sorted((data / "0").glob("*.png"))[0]
+    shutil.copy(original, duplicate)
+    client = _client(home)
+    champion_before = client.get_model_version_by_alias(MODEL, "champion").version
+    versions_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+
+    proc, summary = run_cli(home, *SMALL, "--set", "data.source=imagefolder", "--set", f"data.path={data}",
+                            "--set", "validate.min_images_per_class=5")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert summary["status"] == "FAILED" and summary["failed_stage"] == "validate"
+    assert str(corrupt) in output and str(duplicate) in output and str(original) in output
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions_before
+
+
+def test_invalid_config_fails_fast_naming_the_key(home):
+    proc, summary = run_cli(home, "--set", "train.max_epochs=0", "--set", "train.max_epoch=3")
+    assert proc.returncode == 2
+    assert "train.max_epochs" in proc.stderr and "train.max_epoch:" in proc.stderr
+    assert summary is None

@@ -1,0 +1,204 @@
+"""visionops.config: loading, overrides, validation errors that name the key, the config hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visionops.config import (
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    build_config,
+    load_config,
+    parse_override,
+)
+from visionops.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS_YAML = REPO / "conf" / "digits.yaml"
+
+
+def test_defaults_load_with_documented_values() -> None:
+    cfg = build_config({})
+    assert cfg.data.source == "digits"
+    assert cfg.data.image_size == 16
+    assert cfg.data.channels == 1
+    assert cfg.model.name == "small_cnn"
+    assert cfg.train.max_epochs == 15
+    assert cfg.gate.min_accuracy == pytest.approx(0.90)
+    assert cfg.tune.learning_rate == (1e-4, 1e-2)
+    assert cfg.validate_.min_images_per_class == 10
+
+
+def test_load_digits_yaml() -> None:
+    cfg = load_config(DIGITS_YAML)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.experiment == "visionops-digits"
+    assert cfg.registry.model_name == "visionops-digits"
+    assert cfg.data.source == "digits" and cfg.data.path is None
+    assert cfg.gate.max_regression == pytest.approx(0.005)
+    # The YAML key "validate" comes back under its own name.
+    assert cfg.to_dict()["validate"] == {"min_images_per_class": 10}
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "value"),
+    [
+        ("train.max_epochs=3", "train.max_epochs", 3),
+        ("gate.min_accuracy=0.5", "gate.min_accuracy", 0.5),
+        ("tune.dropout=[1, 2]", "tune.dropout", [1, 2]),
+        ("model.name=abc", "model.name", "abc"),
+        ("data.path=", "data.path", None),
+        (" train.seed = 7", "train.seed", 7),
+    ],
+)
+def test_parse_override_keeps_types(item: str, key: str, value: object) -> None:
+    parsed_key, parsed = parse_override(item)
+    assert parsed_key == key
+    assert parsed == value
+    assert type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("item", ["train.max_epochs", "=3", ""])
+def test_parse_override_rejects_malformed(item: str) -> None:
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_override(item)
+
+
+def test_parse_override_rejects_bad_yaml_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="train.max_epochs"):
+        parse_override("train.max_epochs=[1, 2")
+
+
+def test_overrides_apply_to_nested_keys_and_leave_the_rest() -> None:
+    cfg = load_config(DIGITS_YAML, {"train.max_epochs": 2, "gate.min_accuracy": 0.5,
+                                    "tune.dropout": [0.1, 0.2], "validate.min_images_per_class": 3})
+    assert cfg.train.max_epochs == 2
+    assert cfg.train.batch_size == 64  # untouched sibling
+    assert cfg.gate.min_accuracy == 0.5
+    assert cfg.tune.dropout == (0.1, 0.2)
+    assert cfg.validate_.min_images_per_class == 3
+
+
+def test_apply_overrides_does_not_modify_the_input() -> None:
+    raw = {"train": {"max_epochs": 5}}
+    merged = apply_overrides(raw, {"train.max_epochs": 1, "gate.min_accuracy": 0.1})
+    assert raw == {"train": {"max_epochs": 5}}
+    assert merged == {"train": {"max_epochs": 1}, "gate": {"min_accuracy": 0.1}}
+
+
+def test_override_below_a_scalar_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"experiment is not a section"):
+        apply_overrides({"experiment": "x"}, {"experiment.name": "y"})
+
+
+def test_config_error_is_an_input_error() -> None:
+    assert issubclass(ConfigError, InputError)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_unknown_key_names_the_dotted_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(DIGITS_YAML, {"train.max_epoch": 3})
+    message = str(info.value)
+    assert "train.max_epoch:" in message
+    assert "unknown key" in message
+    assert str(DIGITS_YAML) in message
+
+
+def test_unknown_top_level_section_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"trian: unknown key"):
+        build_config({"trian": {"max_epochs": 1}})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "got"),
+    [
+        ({"train.max_epochs": 0}, "train.max_epochs", "got 0"),
+        ({"gate.min_accuracy": 1.5}, "gate.min_accuracy", "got 1.5"),
+        ({"preprocess.val_fraction": 0.5}, "preprocess.val_fraction", "got 0.5"),
+        ({"data.channels": 2}, "data.channels", "got 2"),
+        ({"validate.min_images_per_class": 0}, "validate.min_images_per_class", "got 0"),
+    ],
+)
+def test_out_of_range_value_names_the_key(overrides: dict, key: str, got: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, overrides)
+    line = next(line for line in str(info.value).splitlines() if line.strip().startswith(f"{key}:"))
+    assert got in line
+
+
+def test_every_bad_key_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {"train.max_epochs": 0, "gate.min_accuracy": 1.5})
+    assert "train.max_epochs" in str(info.value) and "gate.min_accuracy" in str(info.value)
+
+
+def test_unknown_model_names_the_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {"model.name": "resnet9000"})
+    message = str(info.value)
+    assert "model.name 'resnet9000'" in message
+    assert "face_cnn" in message and "small_cnn" in message
+
+
+@pytest.mark.parametrize("source", ["imagefolder", "csv"])
+def test_path_required_for_file_sources(source: str) -> None:
+    with pytest.raises(ConfigError, match=rf"data.path is required when data.source is '{source}'"):
+        build_config({"data": {"source": source}})
+    assert build_config({"data": {"source": source, "path": "x"}}).data.path == "x"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("tune.dropout", [0.5, 0.1], "tune.dropout must be [low, high]"),
+        ("tune.learning_rate", [0.01, 0.01], "tune.learning_rate must be [low, high]"),
+        ("tune.weight_decay", [0.0, 0.001], "tune.weight_decay is searched on a log scale"),
+        ("tune.dropout", [0.1, 1.0], "tune.dropout high must be < 1"),
+    ],
+)
+def test_invalid_tune_ranges(key: str, value: list[float], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {key: value})
+    assert expected in str(info.value)
+
+
+def test_config_hash_is_stable_and_value_sensitive() -> None:
+    a = load_config(DIGITS_YAML)
+    b = load_config(DIGITS_YAML)
+    assert a.config_hash() == b.config_hash()
+    assert len(a.config_hash()) == 16
+    # Equal content reached another way hashes the same.
+    assert build_config(a.to_dict()).config_hash() == a.config_hash()
+    changed = load_config(DIGITS_YAML, {"train.max_epochs": 14})
+    assert changed.config_hash() != a.config_hash()
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        load_config(missing)
+
+
+def test_bad_yaml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listy)
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty).config_hash() == build_config({}).config_hash()

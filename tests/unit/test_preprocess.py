@@ -1,0 +1,178 @@
+"""visionops.data.preprocess and visionops.data.images: splits, arrays, train-only statistics, conversions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from visionops.data.images import to_model_array
+from visionops.data.preprocess import (
+    load_labels,
+    load_split,
+    load_stats,
+    preprocess_to,
+    stratified_split,
+)
+
+
+def test_stratified_split_proportions_per_class() -> None:
+    labels = ["a"] * 20 + ["b"] * 40 + ["c"] * 20
+    split = stratified_split(labels, val_fraction=0.2, test_fraction=0.25, seed=1)
+    assert set(split) == {"train", "val", "test"}
+    counts = Counter(zip(labels, split, strict=True))
+    # test: 25% of each class; val: 20% of the whole = 20/75 of the rest, per class.
+    assert {lab: counts[(lab, "test")] for lab in "abc"} == {"a": 5, "b": 10, "c": 5}
+    assert {lab: counts[(lab, "val")] for lab in "abc"} == {"a": 4, "b": 8, "c": 4}
+    assert {lab: counts[(lab, "train")] for lab in "abc"} == {"a": 11, "b": 22, "c": 11}
+
+
+def test_stratified_split_is_reproducible_for_a_seed() -> None:
+    labels = [str(i % 4) for i in range(80)]
+    a = stratified_split(labels, 0.15, 0.15, seed=7)
+    b = stratified_split(labels, 0.15, 0.15, seed=7)
+    c = stratified_split(labels, 0.15, 0.15, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+
+
+TRAIN_VALUES = {"b": 40, "a": 120}  # train images per label: solid grey of this value
+HELD_OUT_VALUE = 250                 # every val/test image
+
+
+def _dataset(tmp_path: Path, write_png, seed: int, channels: int = 1) -> pd.DataFrame:
+    """Images whose pixel value depends on the split they will land in, so train statistics are known."""
+    labels = ["b", "a"] * 10  # 10 per class, deliberately not sorted
+    split = stratified_split(labels, 0.2, 0.2, seed)
+    rows = []
+    for i, (label, part) in enumerate(zip(labels, split, strict=True)):
+        value = TRAIN_VALUES[label] if part == "train" else HELD_OUT_VALUE
+        shape = (12, 10) if channels == 1 else (12, 10, 3)
+        path = write_png(tmp_path / "src" / label / f"{i}.png", np.full(shape, value, np.uint8))
+        rows.append({"path": str(path), "label": label, "sha256": f"h{i}"})
+    return pd.DataFrame(rows)
+
+
+def test_preprocess_to_writes_arrays_labels_and_train_only_stats(tmp_path: Path, write_png) -> None:
+    manifest = _dataset(tmp_path, write_png, seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = preprocess_to(manifest, out, size=8, channels=1, val_fraction=0.2, test_fraction=0.2, seed=3)
+
+    assert result.labels == ["a", "b"]
+    assert load_labels(out) == ["a", "b"]
+    assert json.loads((out / "label_map.json").read_text()) == {"labels": ["a", "b"]}
+    assert result.counts == {"train": 12, "val": 4, "test": 4}
+
+    for name, n in result.counts.items():
+        split = load_split(out, name)
+        assert split.x.dtype == np.uint8 and split.x.shape == (n, 1, 8, 8)
+        assert split.y.dtype == np.int64 and split.y.shape == (n,)
+        assert sorted(Counter(split.y.tolist()).values()) == [n // 2, n // 2]
+
+    train = load_split(out, "train", mmap=False)
+    # x and y stay aligned: each train image has its label's value.
+    for x, y in zip(train.x, train.y, strict=True):
+        assert np.all(x == TRAIN_VALUES[result.labels[y]])
+    assert np.all(load_split(out, "test").x == HELD_OUT_VALUE)
+
+    # Train only: half the images at 40, half at 120 -> mean 80/255, std 40/255. Val/test (250) are ignored.
+    assert result.mean == pytest.approx([80 / 255])
+    assert result.std == pytest.approx([40 / 255])
+    stats = load_stats(out)
+    assert stats["mean"] == result.mean and stats["std"] == result.std
+    assert stats["image_size"] == 8 and stats["channels"] == 1
+    assert stats["counts"] == result.counts
+
+    splits = pd.read_parquet(out / "splits.parquet")
+    assert list(splits.columns) == ["path", "label", "sha256", "split", "class_index"]
+    assert len(splits) == 20
+    assert (splits["class_index"] == splits["label"].map({"a": 0, "b": 1})).all()
+    assert Counter(splits["split"]) == {"train": 12, "val": 4, "test": 4}
+
+
+def test_preprocess_to_rgb_and_constant_train_std_is_floored(tmp_path: Path, write_png) -> None:
+    manifest = _dataset(tmp_path, write_png, seed=5, channels=3)
+    manifest = manifest.assign(label="same")  # one class: every train image differs only by value
+    out = tmp_path / "out"
+    out.mkdir()
+    result = preprocess_to(manifest, out, size=4, channels=3, val_fraction=0.2, test_fraction=0.2, seed=5)
+    assert result.labels == ["same"]
+    x = load_split(out, "train").x
+    assert x.shape == (12, 3, 4, 4) and x.dtype == np.uint8
+    assert len(result.mean) == 3 and len(result.std) == 3
+    assert result.mean[0] == pytest.approx(result.mean[1]) == pytest.approx(result.mean[2])
+    assert min(result.std) >= 1e-6
+
+
+# -- to_model_array -------------------------------------------------------------------------------
+
+
+def test_to_model_array_grey_hw() -> None:
+    arr = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    out = to_model_array(arr, 8, 1)
+    assert out.shape == (1, 8, 8) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0], arr)
+
+
+def test_to_model_array_hw1_is_squeezed() -> None:
+    arr = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
+    np.testing.assert_array_equal(to_model_array(arr, 8, 1)[0], arr[:, :, 0])
+
+
+def test_to_model_array_rgb_keeps_channels_first() -> None:
+    arr = np.zeros((4, 4, 3), np.uint8)
+    arr[..., 0], arr[..., 1], arr[..., 2] = 10, 20, 30
+    out = to_model_array(arr, 4, 3)
+    assert out.shape == (3, 4, 4)
+    assert [int(out[c].max()) for c in range(3)] == [10, 20, 30]
+
+
+def test_to_model_array_rgba_drops_alpha() -> None:
+    arr = np.zeros((4, 4, 4), np.uint8)
+    arr[..., :3] = (200, 100, 50)
+    arr[..., 3] = 7
+    out = to_model_array(arr, 4, 3)
+    assert out.shape == (3, 4, 4)
+    assert out[:, 0, 0].tolist() == [200, 100, 50]
+
+
+def test_to_model_array_rgb_to_grey_uses_luminance() -> None:
+    arr = np.zeros((4, 4, 3), np.uint8)
+    arr[..., 0] = 255  # pure red -> L = 0.299 * 255 = 76
+    out = to_model_array(arr, 4, 1)
+    assert out.shape == (1, 4, 4)
+    assert int(out[0, 0, 0]) == 76
+
+
+def test_to_model_array_grey_to_rgb_repeats() -> None:
+    arr = np.full((4, 4), 99, np.uint8)
+    out = to_model_array(arr, 4, 3)
+    assert out.shape == (3, 4, 4)
+    assert np.all(out == 99)
+
+
+def test_to_model_array_resizes_and_accepts_pil_images() -> None:
+    out = to_model_array(np.full((20, 10), 77, np.uint8), 8, 1)
+    assert out.shape == (1, 8, 8) and np.all(out == 77)
+    img = Image.new("RGB", (5, 9), (1, 2, 3))
+    out = to_model_array(img, 6, 3)
+    assert out.shape == (3, 6, 6)
+    assert out[:, 3, 3].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint16])
+def test_to_model_array_rejects_non_uint8(dtype: type) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        to_model_array(np.zeros((8, 8), dtype=dtype), 8, 1)
+
+
+@pytest.mark.parametrize("shape", [(8,), (8, 8, 2), (8, 8, 5), (2, 8, 8, 1), (1, 8, 8, 3)])
+def test_to_model_array_rejects_bad_shapes(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="expected an image of shape"):
+        to_model_array(np.zeros(shape, np.uint8), 8, 1)
