@@ -8,6 +8,7 @@ model is a pyfunc that carries that network, the label map and the preprocessing
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ import torch
 from visionops.data.images import to_model_array
 
 PREPROCESSING_FILE = "preprocessing.json"
+
+# The input schema is a tensor signature given explicitly at logging time; MLflow's suggestion to
+# derive one from type hints does not apply to image batches.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
 def as_image_list(model_input: Any) -> list[np.ndarray]:

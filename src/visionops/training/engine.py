@@ -94,8 +94,9 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
     """
     seed_everything(seed)
     model = model.to(device)
-    xt, yt = torch.from_numpy(np.ascontiguousarray(train.x)).to(device), torch.from_numpy(train.y).to(device)
-    xv, yv = torch.from_numpy(np.ascontiguousarray(val.x)).to(device), torch.from_numpy(val.y).to(device)
+    # np.array copies the memory-mapped splits into writable memory that torch can share.
+    xt, yt = torch.from_numpy(np.array(train.x)).to(device), torch.from_numpy(np.array(train.y)).to(device)
+    xv, yv = torch.from_numpy(np.array(val.x)).to(device), torch.from_numpy(np.array(val.y)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.1, patience=max(1, patience // 2))
