@@ -133,13 +133,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     artifacts = visionops_home() / "mlartifacts"
     mlflow_cmd = [mlflow_bin, "server", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1",
                   "--port", str(args.mlflow_port), "--default-artifact-root", artifacts.as_uri()]
-    env_af = {**env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(args.airflow_port)}
+    env_af = {**env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(args.airflow_port),
+              # Tasks talk to the API server's execution API: it must follow the port.
+              "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.airflow_port}/execution/"}
     password_file = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
     print(f"MLflow UI : http://127.0.0.1:{args.mlflow_port}")
     print(f"Airflow UI: http://127.0.0.1:{args.airflow_port} (user 'admin'; the password is in {password_file})")
     mlflow_proc = subprocess.Popen(mlflow_cmd, env=env)
     try:
-        return subprocess.call([shutil.which("airflow", path=env["PATH"]) or "airflow", "standalone"], env=env_af)
+        return subprocess.call([shutil.which("airflow", path=env["PATH"]) or "airflow", "standalone"], env=env_af,
+                               cwd=project_dir())
     finally:
         mlflow_proc.terminate()
         mlflow_proc.wait(timeout=30)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from visionops.config import GateConfig
 
 COMPARED_METRICS = ("accuracy", "macro_f1")
+# Metrics are ratios of counts: a drop of exactly the allowed margin must not fail on float noise.
+_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,10 @@ def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: Ga
     ok = True
     for metric, required in (("accuracy", cfg.min_accuracy), ("macro_f1", cfg.min_macro_f1)):
         value = candidate[metric]
-        if value < required:
+        if not math.isfinite(value):
+            ok = False
+            reasons.append(f"{metric} is {value}: the evaluation produced no usable value")
+        elif value < required - _EPS:
             ok = False
             reasons.append(f"{metric} {value:.4f} < required {required:.4f}")
         else:
@@ -53,7 +59,7 @@ def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: Ga
             delta = candidate[metric] - champion[metric]
             comparison[metric] = {"candidate": candidate[metric], "champion": champion[metric], "delta": delta}
             points = 100 * delta
-            if delta < -cfg.max_regression:
+            if not math.isfinite(delta) or delta < -cfg.max_regression - _EPS:
                 ok = False
                 reasons.append(f"{metric} {candidate[metric]:.4f} is {-points:.2f} points below champion "
                                f"v{champion['version']} ({champion[metric]:.4f}); allowed drop is "

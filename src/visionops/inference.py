@@ -5,10 +5,8 @@ model is a pyfunc that carries that network, the label map and the preprocessing
 ``mlflow.pyfunc.load_model("models:/<name>@champion").predict(images)`` needs nothing else.
 """
 
-from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,6 @@ import torch
 from visionops.data.images import to_model_array
 
 PREPROCESSING_FILE = "preprocessing.json"
-
-# The input schema is a tensor signature given explicitly at logging time; MLflow's suggestion to
-# derive one from type hints does not apply to image batches.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
 def as_image_list(model_input: Any) -> list[np.ndarray]:
@@ -50,7 +44,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         # Logged in the pt2 (torch.export) format: a graph captured in eval mode, no pickled classes.
         self.network = mlflow.pytorch.load_model(context.artifacts["network"], map_location="cpu")
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads hints as a schema
+    # np.ndarray is a hint MLflow accepts without deriving a schema: the tensor signature given at
+    # logging time is the schema.
+    def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         """Labels and the winning class probability for a batch of raw images."""
         images = as_image_list(model_input)
         if not images:

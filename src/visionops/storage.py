@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +83,9 @@ class StageOutput:
         fs, path = fsspec.core.url_to_fs(self.uri)
         if isinstance(fs, LocalFileSystem):
             return Path(path)
-        cache = visionops_home() / "cache" / hashlib.sha256(self.uri.encode()).hexdigest()[:24]
+        # Keyed by content identity too: a stage rewritten with new inputs must not serve stale files.
+        key = hashlib.sha256(f"{self.uri}\0{self.fingerprint}".encode()).hexdigest()[:24]
+        cache = visionops_home() / "cache" / key
         if not (cache / MARKER).exists():
             tmp = cache.with_name(cache.name + f".tmp-{uuid.uuid4().hex[:8]}")
             fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
@@ -162,19 +164,27 @@ class RunStore:
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            # Object stores have no atomic folder rename: upload data first, the marker last.
+            # Object stores have no atomic folder rename. Upload everything beside the old output
+            # first (a failed upload leaves it intact), then swap, writing the marker last.
+            self._upload(scratch, tmp)
             if self.fs.exists(final):
+                self.fs.rm(f"{final}/{MARKER}")
                 self.fs.rm(final, recursive=True)
-            files = [p for p in scratch.rglob("*") if p.is_file() and p.name != MARKER]
-            for file in files:
-                self.fs.makedirs(f"{final}/{file.parent.relative_to(scratch).as_posix()}", exist_ok=True)
-                self.fs.put_file(str(file), f"{final}/{file.relative_to(scratch).as_posix()}")
-            self.fs.put_file(str(scratch / MARKER), f"{final}/{MARKER}")
+            self._upload(scratch, final)
+            self.fs.rm(tmp, recursive=True)
         index_dir = self._join("index", stage)
         self.fs.makedirs(index_dir, exist_ok=True)
         with self.fs.open(f"{index_dir}/{fp}.json", "w") as fh:
             json.dump({"path": final, "run_key": self.run_key}, fh)
         return StageOutput(self._uri(final), fp, meta)
+
+
+    def _upload(self, scratch: Path, target: str) -> None:
+        """Copy a local folder to ``target``, the completion marker last."""
+        for file in sorted(p for p in scratch.rglob("*") if p.is_file() and p.name != MARKER):
+            self.fs.makedirs(f"{target}/{file.parent.relative_to(scratch).as_posix()}", exist_ok=True)
+            self.fs.put_file(str(file), f"{target}/{file.relative_to(scratch).as_posix()}")
+        self.fs.put_file(str(scratch / MARKER), f"{target}/{MARKER}")
 
 
 class _Pending:
@@ -184,8 +194,3 @@ class _Pending:
         self.path = path
         self.meta: dict[str, Any] = {}
         self.output: StageOutput | None = None
-
-
-def ensure_local_dirs(paths: Iterable[Path]) -> None:
-    for p in paths:
-        p.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,12 @@ def flatten(prefix: str, obj: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def find_run_for_airflow(dag_id: str, airflow_run_id: str) -> tuple[str, str] | None:
+    """(experiment id, parent run id) of the MLflow parent run of an Airflow DAG run, if any."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list", max_results=1,
+        filter_string=f"tags.`{TAG_PREFIX}pipeline_run_id` = '{dag_id}/{airflow_run_id}'",
+    )
+    return (runs[0].info.experiment_id, runs[0].info.run_id) if runs else None

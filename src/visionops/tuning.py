@@ -14,7 +14,7 @@ from visionops.config import PipelineConfig
 from visionops.data.preprocess import Split
 from visionops.models import build_model
 from visionops.models.wrappers import NormalizedNet
-from visionops.training.engine import fit, select_device
+from visionops.training.engine import fit, seed_everything, select_device
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def run_study(cfg: PipelineConfig, train: Split, val: Split, *, mean: list[float
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (val_accuracy {m.val_accuracy:.4f})")
 
+            seed_everything(cfg.train.seed + trial.number)
             net = NormalizedNet(build_model(cfg.model.name, in_channels=cfg.data.channels,
                                             image_size=cfg.data.image_size, num_classes=num_classes,
                                             dropout=params["dropout"]), mean, std)

@@ -237,3 +237,9 @@ def test_source_fingerprint_parts_change_with_the_file(tmp_path: Path, write_png
     assert before[1] == (str(tmp_path / "gone.png"), "b", -1, -1)
     write_png(path, np.arange(64, dtype=np.uint8).reshape(8, 8))
     assert source_fingerprint_parts(items)[0] != before[0]
+
+
+def test_list_csv_reads_a_manifest_with_a_byte_order_mark(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes("path,label\na.png,cat\n".encode("utf-8-sig"))
+    assert list_csv(manifest) == [Item(str(tmp_path.resolve() / "a.png"), "cat")]

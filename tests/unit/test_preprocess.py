@@ -176,3 +176,13 @@ def test_to_model_array_rejects_non_uint8(dtype: type) -> None:
 def test_to_model_array_rejects_bad_shapes(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="expected an image of shape"):
         to_model_array(np.zeros(shape, np.uint8), 8, 1)
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1000).astype(np.uint16)  # 0 .. 63,000
+    path = tmp_path / "g16.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+        out = to_model_array(img, 8, 1)
+    np.testing.assert_allclose(out[0].astype(int), values.astype(int) / 257, atol=1.5)

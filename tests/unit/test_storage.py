@@ -224,3 +224,33 @@ def test_fingerprint_is_stable_and_order_sensitive() -> None:
     import hashlib
 
     assert fingerprint(1) == hashlib.sha256(b"1\0").hexdigest()
+
+
+def test_memory_root_local_path_is_not_stale_after_the_output_is_replaced(memory_root: str) -> None:
+    store = RunStore("r", memory_root)
+    _write_stage(store, "preprocess", "fp1", {"x.txt": b"v1"}, {})
+    assert (store.find("preprocess", "fp1").local_path() / "x.txt").read_bytes() == b"v1"
+    _write_stage(store, "preprocess", "fp2", {"x.txt": b"v2"}, {})
+    newer = store.find("preprocess", "fp2")
+    assert newer is not None and newer.fingerprint == "fp2"
+    assert (newer.local_path() / "x.txt").read_bytes() == b"v2"
+
+
+def test_memory_root_failed_upload_keeps_the_earlier_output(memory_root: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RunStore("r", memory_root)
+    _write_stage(store, "train", "fp_old", {"model.bin": b"good"}, {"acc": 0.9})
+    real_put = store.fs.put_file
+
+    def failing_put(lpath: str, rpath: str, *args, **kwargs):
+        if rpath.endswith("/model.bin"):
+            raise OSError("connection reset during upload")
+        return real_put(lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "put_file", failing_put)
+    with pytest.raises(OSError, match="connection reset"):
+        with store.writing("train", "fp_new") as pending:
+            (pending.path / "model.bin").write_bytes(b"new")
+    monkeypatch.undo()
+    found = RunStore("r", memory_root).find("train", "fp_old")
+    assert found is not None and found.meta == {"acc": 0.9}

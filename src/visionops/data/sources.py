@@ -79,7 +79,7 @@ def list_csv(manifest: str | Path) -> list[Item]:
         raise SourceError(f"manifest not found: {manifest}")
     base = manifest.parent.resolve()
     items: list[Item] = []
-    with manifest.open(newline="") as fh:
+    with manifest.open(newline="", encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
         reader = csv.DictReader(fh)
         missing = {"path", "label"} - set(reader.fieldnames or [])
         if missing:

@@ -20,7 +20,7 @@ from visionops.models import build_model
 from visionops.models.wrappers import NormalizedNet
 from visionops.runs import RunContext
 from visionops.storage import StageOutput, fingerprint
-from visionops.training.engine import EpochMetrics, fit, select_device
+from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
 
 log = logging.getLogger("visionops")
 T = tracking.TAG_PREFIX
@@ -68,6 +68,7 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, fl
                          "cuda_version": str(torch.version.cuda), "python_version": platform.python_version()})
         mlflow.log_params({**params, "model": cfg.model.name, "max_epochs": cfg.train.max_epochs,
                            "batch_size": cfg.train.batch_size, "patience": cfg.train.patience})
+        seed_everything(cfg.train.seed)  # the initial weights come from the seed too
         net = NormalizedNet(build_model(cfg.model.name, in_channels=cfg.data.channels,
                                         image_size=cfg.data.image_size, num_classes=len(labels),
                                         dropout=params["dropout"]), stats["mean"], stats["std"])

@@ -1,0 +1,61 @@
+"""visionops.summary.format_summary: the text printed at the end of a run (a pure function of a dict)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visionops.summary import format_summary
+
+URI = "sqlite:////tmp/x/mlflow.db"
+
+
+def _summary(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "status": "FINISHED", "failed_stage": None, "error": None, "experiment": "visionops-digits",
+        "experiment_id": "1", "parent_run_id": "abc123", "run_key": "manual_1", "airflow_run_id": None,
+        "test_accuracy": 0.97123, "test_macro_f1": 0.96555, "gate": "passed",
+        "gate_reasons": ["accuracy 0.9712 >= required 0.9000", "macro_f1 0.9656 >= required 0.9000"],
+        "model_name": "visionops-digits", "model_version": "4", "model_aliases": ["challenger", "champion"],
+        "champion_version": "4",
+    }
+    base.update(kw)
+    return base
+
+
+def test_successful_run() -> None:
+    text = format_summary(_summary(), URI)
+    lines = text.splitlines()
+    assert "visionops pipeline run: FINISHED" in lines
+    assert "  MLflow experiment : visionops-digits (id 1)" in lines
+    assert "  parent run        : abc123" in lines
+    assert "  test accuracy     : 0.9712" in lines
+    assert "  test macro-F1     : 0.9656" in lines
+    assert "  gate              : PASSED" in lines
+    assert "    - accuracy 0.9712 >= required 0.9000" in lines
+    assert "    - macro_f1 0.9656 >= required 0.9000" in lines
+    assert "  registered model  : visionops-digits version 4 (challenger, champion)" in lines
+    assert "  champion          : models:/visionops-digits@champion -> version 4" in lines
+    assert f"  tracking store    : {URI}" in lines
+    assert "FAILED" not in text
+    assert lines[1] == lines[-1] == "=" * 72
+
+
+def test_rejected_version_without_alias_keeps_the_old_champion() -> None:
+    text = format_summary(_summary(gate="rejected", gate_reasons=["accuracy 0.8700 < required 0.9000"],
+                                   model_version="5", model_aliases=[], champion_version="4"), URI)
+    assert "  gate              : REJECTED" in text
+    assert "    - accuracy 0.8700 < required 0.9000" in text
+    assert "version 5 (no alias)" in text
+    assert "@champion -> version 4" in text
+
+
+def test_failed_stage_is_shown_with_its_error() -> None:
+    text = format_summary(_summary(status="FAILED", failed_stage="preprocess", error="bad.png: cannot decode",
+                                   test_accuracy=None, test_macro_f1=None, gate=None, gate_reasons=[],
+                                   model_version=None, model_aliases=[], champion_version=None), URI)
+    lines = text.splitlines()
+    assert "visionops pipeline run: FAILED" in lines
+    assert "  FAILED at stage   : preprocess" in lines
+    assert "  error             : bad.png: cannot decode" in lines
+    for absent in ("test accuracy", "gate ", "registered model", "champion "):
+        assert absent not in text
