@@ -135,7 +135,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
                   "--port", str(args.mlflow_port), "--default-artifact-root", artifacts.as_uri()]
     env_af = {**env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(args.airflow_port),
               # Tasks talk to the API server's execution API: it must follow the port.
-              "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.airflow_port}/execution/"}
+              "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.airflow_port}/execution/",
+              # The plugin's links to MLflow, as a browser on this machine reaches it.
+              "VISIONOPS_MLFLOW_UI_URL": f"http://127.0.0.1:{args.mlflow_port}"}
     password_file = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
     print(f"MLflow UI : http://127.0.0.1:{args.mlflow_port}")
     print(f"Airflow UI: http://127.0.0.1:{args.airflow_port} (user 'admin'; the password is in {password_file})")
