@@ -87,7 +87,15 @@ def start_parent_run(exp_id: str, pipeline_run_id: str, tags: dict[str, str]) ->
 
 
 def end_parent_run(parent_run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient().set_terminated(parent_run_id, status=status)
+    """Close the parent run; a successful end clears the marks of failed attempts that were retried."""
+    client = MlflowClient()
+    if status == "FINISHED":
+        tags = client.get_run(parent_run_id).data.tags
+        for key in (f"{TAG_PREFIX}failed_stage", f"{TAG_PREFIX}error"):
+            if key in tags:
+                client.set_tag(parent_run_id, f"{key}_retried", tags[key])
+                client.delete_tag(parent_run_id, key)
+    client.set_terminated(parent_run_id, status=status)
 
 
 @contextmanager
@@ -95,6 +103,9 @@ def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
     """A child run for one stage; on error it and the parent are marked FAILED with the stage named."""
     client = MlflowClient()
     parent = client.get_run(parent_run_id)
+    if parent.info.status != "RUNNING":
+        # A retried task after a failure: the pipeline run is live again.
+        client.update_run(parent_run_id, status="RUNNING")
     child_tags = {f"{TAG_PREFIX}stage": stage, **(tags or {})}
     for key in ("dag_id", "airflow_run_id", "config_hash", "run_key"):
         if f"{TAG_PREFIX}{key}" in parent.data.tags:
