@@ -86,8 +86,17 @@ def train_pipeline():
         return _call("preprocess", ctx, ingested)
 
     @task
-    def tune(ctx: dict, preprocessed: dict) -> dict:
-        return _call("tune", ctx, preprocessed)
+    def tune_plan(ctx: dict, preprocessed: dict) -> list:
+        return _call("tune_plan", ctx, preprocessed)
+
+    # One mapped instance per item of tune_plan's list (tune.workers of them), all sharing one study.
+    @task
+    def tune_worker(ctx: dict, preprocessed: dict, item: dict) -> dict:
+        return _call("tune_worker", ctx, preprocessed, item)
+
+    @task
+    def tune(ctx: dict, workers: list) -> dict:
+        return _call("tune_reduce", ctx, list(workers))
 
     @task
     def train(ctx: dict, preprocessed: dict, tuned: dict) -> dict:
@@ -127,7 +136,9 @@ def train_pipeline():
     ingested = ingest(ctx)
     validated = validate(ctx, ingested)
     preprocessed = preprocess(ctx, ingested, validated)
-    tuned = tune(ctx, preprocessed)
+    plan = tune_plan(ctx, preprocessed)
+    workers = tune_worker.partial(ctx=ctx, preprocessed=preprocessed).expand(item=plan)
+    tuned = tune(ctx, workers)
     trained = train(ctx, preprocessed, tuned)
     evaluated = evaluate(ctx, preprocessed, trained)
     decision = gate(ctx, evaluated)

@@ -1,4 +1,4 @@
-"""Command line: ``visionops pipeline run``, ``visionops registry show``, ``visionops ui``.
+"""Command line: ``visionops pipeline run``, ``visionops registry show|promote|rollback``, ``predict``, ``ui``.
 
 ``pipeline run`` runs the ``train_pipeline`` DAG through real Airflow (``airflow dags test``, in
 one process, with the run's conf), then reads the outcome back from MLflow and prints a summary.
@@ -161,10 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="stream Airflow's output instead of logging it")
     run.add_argument("--summary-json", help="also write the summary as JSON to this file")
     run.set_defaults(func=cmd_pipeline_run)
-    reg = sub.add_parser("registry", help="inspect the model registry").add_subparsers(dest="cmd", required=True)
+    reg = sub.add_parser("registry", help="inspect the model registry, promote, roll back").add_subparsers(dest="cmd", required=True)
     show = reg.add_parser("show", help="list versions, aliases and key metrics")
     show.add_argument("name")
     show.set_defaults(func=cmd_registry_show)
+    from visionops.registry_cli import add_commands
+
+    add_commands(reg, sub)
     ui = sub.add_parser("ui", help="start airflow standalone and the MLflow UI on 127.0.0.1")
     ui.add_argument("--airflow-port", type=int, default=8080)
     ui.add_argument("--mlflow-port", type=int, default=5000)

@@ -22,12 +22,23 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Literal["digits", "imagefolder", "csv"] = "digits"
+    source: Literal["digits", "imagefolder", "csv", "urls"] = "digits"
     path: str | None = Field(
-        None, description="Image folder (imagefolder) or manifest CSV (csv); unused for digits."
+        None, description="Image folder (imagefolder), manifest CSV (csv: path,label or "
+        "path,name,int_label) or URL manifest (urls: name,url[,x1,y1,x2,y2][,md5]); unused for digits."
     )
     image_size: int = Field(16, ge=4, le=1024, description="Square side length after resizing.")
     channels: Literal[1, 3] = 1
+    max_pixels: int = Field(40_000_000, ge=1, description="Images with more pixels are rejected "
+                            "undecoded (decompression-bomb guard).")
+    download_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    download_retries: int = Field(2, ge=0, le=10, description="Retries after the first try, with backoff.")
+    download_workers: int = Field(4, ge=1, le=32)
+    max_download_bytes: int = Field(20_000_000, ge=1)
+    min_download_side: int = Field(16, ge=1, description="Downloaded images smaller than this are placeholders.")
+    placeholder_repeats: int = Field(3, ge=2, description="Same content at this many URLs = placeholder.")
+    max_rejected_fraction: float = Field(0.2, ge=0.0, le=1.0, description="URL rows rejected above "
+                                         "this fraction fail the ingest stage.")
 
     @model_validator(mode="after")
     def _path_required(self) -> DataConfig:
@@ -36,29 +47,86 @@ class DataConfig(_Section):
         return self
 
 
+Severity = Literal["error", "warning"]
+
+
 class ValidateConfig(_Section):
     min_images_per_class: int = Field(10, ge=1)
+    classes: list[str] | None = Field(None, description="Declared class set; other labels are errors.")
+    modes: list[str] | None = Field(None, description="Accepted PIL modes (e.g. [L]); None = any.")
+    convert_modes: bool = Field(True, description="Other modes are converted (warning) instead of errors.")
+    min_side: int = Field(1, ge=1)
+    max_side: int = Field(10_000, ge=1)
+    max_imbalance: float = Field(10.0, ge=1.0, description="Largest/smallest class size ratio.")
+    imbalance_severity: Severity = "warning"
+    duplicate_severity: Severity = "error"
+    near_duplicate_bits: int = Field(4, ge=0, le=64, description="dHash Hamming distance at or below "
+                                     "which a held-out image may copy a training image.")
+    near_duplicate_max_diff: float = Field(5.0, ge=0.0, le=255.0, description="Mean absolute difference "
+                                           "(0-255) of 16x16 grey thumbnails confirming a dHash match.")
+    leakage_severity: Severity = "error"
+    schema_change_severity: Severity = "warning"
+    max_drift_psi: float = Field(0.25, gt=0.0, description="PSI per feature vs the champion's data.")
+    drift_severity: Severity = "warning"
 
 
 class PreprocessConfig(_Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 42
+    workers: int = Field(1, ge=1, le=64, description="Worker processes decoding and resizing images.")
+
+
+class FacesConfig(_Section):
+    """Face-recognition use: keep photos with exactly one face, crop it with a margin, resize."""
+
+    enabled: bool = False
+    min_face: int = Field(40, ge=8, description="Smallest face side in pixels.")
+    margin: float = Field(0.2, ge=0.0, le=1.0, description="Added around the face, as a fraction of its side.")
+    size: int = Field(96, ge=16, le=1024)
+    scale_factor: float = Field(1.1, gt=1.0, le=2.0)
+    min_neighbors: int = Field(5, ge=1)
+    balance: Literal["none", "downsample", "weights"] = "downsample"
 
 
 class ModelConfig(_Section):
     name: str = "small_cnn"
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    width: float = Field(1.0, gt=0.0, le=4.0, description="Channel multiplier (cnn, vgg, vit; not resnet18).")
+    batch_norm: bool = Field(False, description="Batch norm after each conv (cnn, vgg).")
+    init: Literal["default", "paper"] = Field("default", description="vgg: 'paper' = N(0, 0.01^2), zero bias.")
+    transfer_mode: Literal["scratch", "feature_extraction", "finetune_last_n", "full_finetune"] = "scratch"
+    weights_path: str | None = Field(None, description="Local pretrained state dict (resnet18); never downloaded.")
+    finetune_blocks: int = Field(1, ge=1, le=4, description="finetune_last_n: residual stages that train.")
+    patch_size: int | None = Field(None, ge=1, description="vit_tiny patch side; default about an 8x8 grid.")
+    depth: int = Field(12, ge=1, le=48, description="vit_tiny transformer blocks.")
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        from visionops.models import available_models
+        from visionops.models import TRANSFER_MODELS, available_models
 
         if self.name not in available_models():
             raise ValueError(
                 f"model.name {self.name!r} is not a known model; choose one of {available_models()}"
             )
+        if self.transfer_mode != "scratch":
+            if self.name not in TRANSFER_MODELS:
+                raise ValueError(f"model.transfer_mode {self.transfer_mode!r} applies to {sorted(TRANSFER_MODELS)}, "
+                                 f"not {self.name!r}")
+            if not self.weights_path:
+                raise ValueError(f"model.transfer_mode {self.transfer_mode!r} needs model.weights_path: a local "
+                                 "pretrained weights file (nothing is downloaded)")
         return self
+
+
+class AugmentConfig(_Section):
+    """Training-split augmentation; strength 0 turns it off."""
+
+    strength: float = Field(0.0, ge=0.0, le=1.0)
+    hflip: bool = Field(False, description="Horizontal flips (wrong for digits and text).")
+    crop: Literal["pad", "resized", "none"] = "pad"
+    jitter: bool = True
+    erasing: bool = True
 
 
 class TrainConfig(_Section):
@@ -69,26 +137,66 @@ class TrainConfig(_Section):
     patience: int = Field(3, ge=1, description="Epochs without validation improvement before stopping.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 42
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only.")
+    nesterov: bool = False
+    scheduler: Literal["plateau", "cosine", "step", "none"] = Field(
+        "plateau", description="plateau: x0.1 when val accuracy stalls (the VGG recipe).")
+    step_size: int = Field(10, ge=1, description="step scheduler: epochs between decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
+    class_weights: Literal["none", "balanced"] = "none"
+    augment: AugmentConfig = AugmentConfig()
+    accumulate_steps: int = Field(1, ge=1, le=256, description="Batches per optimizer step.")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA (ignored on CPU).")
+    compile: bool = Field(False, description="torch.compile the model (slow to start; for long runs).")
+    deterministic: bool = Field(False, description="Deterministic kernels (slower on CUDA).")
+    checkpoint: bool = Field(True, description="Checkpoint every epoch so a retried task resumes.")
 
 
 class TuneConfig(_Section):
     n_trials: int = Field(4, ge=0, le=1000, description="0 skips tuning and uses train.* as given.")
     epochs_per_trial: int = Field(3, ge=1, le=100)
     seed: int = 42
-    learning_rate: tuple[float, float] = (1e-4, 1e-2)
-    weight_decay: tuple[float, float] = (1e-6, 1e-3)
-    dropout: tuple[float, float] = (0.0, 0.5)
+    # The search space: a [low, high] range or a list of choices; null leaves the key at train.*/model.*.
+    learning_rate: tuple[float, float] | None = (1e-4, 1e-2)      # log-uniform
+    weight_decay: tuple[float, float] | None = (1e-6, 1e-3)       # log-uniform
+    dropout: tuple[float, float] | None = (0.0, 0.5)
+    batch_size: list[int] | None = None
+    optimizer: list[Literal["adamw", "adam", "sgd"]] | None = None
+    width: tuple[float, float] | None = None
+    augment_strength: tuple[float, float] | None = None
+    label_smoothing: tuple[float, float] | None = None
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    workers: int = Field(1, ge=1, le=64, description="Parallel tuning workers sharing one study.")
+    storage_url: str | None = Field(None, description="Optuna RDB URL (postgresql://...); default a journal file.")
+    warm_start: bool = Field(True, description="Enqueue the champion's parameters as the first trial.")
+    plots: bool = Field(True, description="Optuna plots as HTML artifacts of the tuning run.")
 
     @model_validator(mode="after")
     def _ranges(self) -> TuneConfig:
-        for key in ("learning_rate", "weight_decay", "dropout"):
+        limits = {"learning_rate": (0.0, 10.0, True), "weight_decay": (0.0, 1.0, True), "dropout": (0.0, 1.0, False),
+                  "width": (0.0, 4.0, True), "augment_strength": (0.0, 1.0, False),
+                  "label_smoothing": (0.0, 1.0, False)}
+        for key, (lo_min, hi_max, positive) in limits.items():
+            if getattr(self, key) is None:
+                continue
             low, high = getattr(self, key)
             if not 0.0 <= low < high:
                 raise ValueError(f"tune.{key} must be [low, high] with 0 <= low < high, got {[low, high]}")
-            if key != "dropout" and low <= 0.0:
+            if positive and low <= lo_min:
                 raise ValueError(f"tune.{key} is searched on a log scale: low must be > 0, got {low}")
-        if self.dropout[1] >= 1.0:
-            raise ValueError(f"tune.dropout high must be < 1, got {self.dropout[1]}")
+            if high > hi_max or (key in ("dropout", "label_smoothing") and high >= 1.0):
+                raise ValueError(f"tune.{key} high must be {'<' if hi_max == 1.0 else '<='} {hi_max}, got {high}")
+        for key in ("batch_size", "optimizer"):
+            choices = getattr(self, key)
+            if choices is not None and len(choices) == 0:
+                raise ValueError(f"tune.{key}: give at least one choice, or null to leave it out")
+        if self.batch_size and any(b < 1 for b in self.batch_size):
+            raise ValueError(f"tune.batch_size choices must be >= 1, got {self.batch_size}")
         return self
 
 
@@ -98,10 +206,27 @@ class GateConfig(_Section):
     max_regression: float = Field(
         0.005, ge=0.0, le=1.0, description="Allowed drop against the champion (0.005 = 0.5 points)."
     )
+    policy: Literal["non_inferiority", "superiority"] = Field(
+        "non_inferiority", description="non_inferiority: not worse than the champion by more than "
+        "max_regression; superiority: a significant improvement (McNemar exact test at alpha).")
+    non_inferiority_on: Literal["delta", "ci_lower"] = Field(
+        "delta", description="Judge non-inferiority on the observed accuracy difference (delta) or on "
+        "the lower bound of its paired bootstrap confidence interval (ci_lower, stricter).")
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level; the CI is (1 - alpha).")
+    bootstrap_samples: int = Field(2000, ge=100, le=100000)
+    on_class_change: Literal["compare_on_shared", "reject", "skip_comparison"] = Field(
+        "compare_on_shared", description="When the class set differs from the champion's: compare on "
+        "test images of shared classes, reject the candidate, or skip the comparison.")
+    top_k: int | None = Field(None, ge=1, description="k of top-k accuracy; default 3 with more than 3 classes.")
+    require_approval: bool = Field(False, description="Stop at challenger; the promote_challenger DAG asks a "
+                                   "person (Airflow HITL approval) before champion moves.")
 
 
 class RegistryConfig(_Section):
     model_name: str = Field("visionops-digits", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    smoke_test_images: int = Field(
+        8, ge=0, le=1000, description="Held-out images the promoted champion must label in a fresh process "
+        "(0 skips the post-promotion smoke test).")
 
 
 class PipelineConfig(_Section):
@@ -109,6 +234,7 @@ class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     preprocess: PreprocessConfig = PreprocessConfig()
+    faces: FacesConfig = FacesConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()

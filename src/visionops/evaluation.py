@@ -1,21 +1,35 @@
-"""Evaluation: metrics of a served model on the held-out test split, and the champion on the same split."""
+"""Evaluation: metrics of a served model on the held-out test split, and the champion on the same split.
+
+Both models are scored through their served pyfunc (the same call an application makes). The
+paired predictions are stored under the run (``<run>/evaluate/predictions.parquet``) so that the
+gate, and anyone later, can compare them; XCom carries only the reference.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, f1_score, top_k_accuracy_score
 
 from visionops import registry, tracking
 from visionops.data.preprocess import load_labels, load_split
-from visionops.inference import load_classifier, to_raw_images
+from visionops.evaluation_plots import save_confusion_matrix, save_misclassified_grid, save_reliability_plot
+from visionops.gate import PairedPredictions
+from visionops.inference import load_classifier, model_labels, predict_probabilities, to_raw_images
+from visionops.report import render_markdown
 from visionops.runs import RunContext
-from visionops.storage import StageOutput
+from visionops.storage import StageOutput, fingerprint
+
+__all__ = ["classification_metrics", "save_confusion_matrix", "expected_calibration_error", "top_k_accuracy",
+           "evaluate_stage", "load_paired", "champion_metrics_for"]
+PREDICTIONS_FILE = "predictions.parquet"
 
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
@@ -31,70 +45,140 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
     }
 
 
-def save_confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], path: Path,
-                          title: str) -> np.ndarray:
-    """Draw the confusion matrix to ``path`` (PNG) and return it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    cm = confusion_matrix(np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str), labels=list(labels))
-    side = max(4.0, 0.45 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay(cm, display_labels=list(labels)).plot(ax=ax, colorbar=False, cmap="Blues")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return cm
+def top_k_accuracy(y_true: Sequence[str], probs: np.ndarray, labels: Sequence[str], k: int) -> float:
+    """Share of images whose true class is among the ``k`` most probable (columns of ``probs`` = ``labels``)."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.asarray([index[str(t)] for t in y_true])
+    if k >= len(labels):
+        return 1.0  # every class is in the top k (scikit-learn warns and says the same)
+    return float(top_k_accuracy_score(y, probs, k=k, labels=np.arange(len(labels))))
 
 
-def score_model(model_uri: str, raw_images: np.ndarray) -> list[str]:
-    """Predicted labels of a served model on raw images (the same call an application makes)."""
-    return load_classifier(model_uri).predict(raw_images)["label"].astype(str).tolist()
+def expected_calibration_error(y_true: Sequence[str], y_pred: Sequence[str], confidence: Sequence[float],
+                               n_bins: int = 10) -> tuple[float, list[dict[str, float]]]:
+    """ECE over equal-width confidence bins, and the bins (for the reliability plot).
+
+    Written here because scikit-learn's calibration_curve is binary only; this is the usual
+    multi-class top-label ECE: sum over bins of |accuracy - mean confidence| weighted by bin size.
+    """
+    correct = np.asarray(y_true, dtype=str) == np.asarray(y_pred, dtype=str)
+    conf = np.asarray(confidence, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Right-closed bins so that confidence 1.0 lands in the last bin and 0 < p is never dropped.
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        mask = which == b
+        count = int(mask.sum())
+        acc = float(correct[mask].mean()) if count else 0.0
+        mean_conf = float(conf[mask].mean()) if count else 0.0
+        ece += count / max(len(conf), 1) * abs(acc - mean_conf)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                     "accuracy": acc, "confidence": mean_conf})
+    return float(ece), bins
 
 
-def _test_set(preprocessed: StageOutput) -> tuple[list[str], np.ndarray, list[str]]:
+def load_test_set(preprocessed: StageOutput) -> tuple[list[str], np.ndarray, list[str]]:
+    """The label map, the raw test images (as an application passes them) and their true labels."""
     folder = preprocessed.local_path()
     labels = load_labels(folder)
     test = load_split(folder, "test")
     return labels, to_raw_images(np.asarray(test.x)), [labels[i] for i in test.y]
 
 
+def champion_predictions(model_name: str, version: str, raw: np.ndarray) -> tuple[list[str], list[str]]:
+    """A registered version's predicted labels on ``raw`` images, and its class set."""
+    model = load_classifier(f"models:/{model_name}/{version}")
+    return model.predict(raw)["label"].astype(str).tolist(), model_labels(model)
+
+
 def champion_metrics_for(preprocessed: StageOutput, model_name: str, version: str) -> dict[str, Any]:
-    """A registered version's accuracy and macro-F1 on a run's test split."""
-    labels, raw, y_true = _test_set(preprocessed)
-    metrics = classification_metrics(y_true, score_model(f"models:/{model_name}/{version}", raw), labels)
-    return {"version": str(version), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    """A registered version's accuracy and macro-F1 on a run's test split, with its predictions and labels."""
+    labels, raw, y_true = load_test_set(preprocessed)
+    pred, champ_labels = champion_predictions(model_name, version, raw)
+    metrics = classification_metrics(y_true, pred, sorted(set(labels) | set(champ_labels)))
+    return {"version": str(version), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "predictions": pred, "labels": champ_labels, "y_true": y_true}
+
+
+def load_paired(ref: dict[str, Any]) -> PairedPredictions | None:
+    """The paired predictions stored by ``evaluate_stage`` (None when there was no champion)."""
+    out = StageOutput(ref["uri"], ref["fingerprint"], ref.get("meta", {}))
+    frame = pd.read_parquet(out.local_path() / PREDICTIONS_FILE)
+    meta = json.loads((out.local_path() / "labels.json").read_text())
+    if meta.get("champion_labels") is None:
+        return None
+    return PairedPredictions(frame["y_true"].tolist(), frame["candidate"].tolist(), frame["champion"].tolist(),
+                             meta["candidate_labels"], meta["champion_labels"])
+
+
+def default_top_k(cfg_top_k: int | None, n_classes: int) -> int | None:
+    return cfg_top_k if cfg_top_k is not None else (3 if n_classes > 3 else None)
 
 
 def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str, Any]) -> dict[str, Any]:
     """Score the new model and the champion (if any) on this run's test split, through the served models."""
     cfg = ctx.config()
     tracking.configure()
-    labels, raw, y_true = _test_set(preprocessed)
+    labels, raw, y_true = load_test_set(preprocessed)
+    name = cfg.registry.model_name
     with tracking.stage_run(ctx.parent_run_id, "evaluate") as run_id, tempfile.TemporaryDirectory() as tmp:
-        y_pred = score_model(trained["model_uri"], raw)
+        tmp_path = Path(tmp)
+        preds, probs = predict_probabilities(load_classifier(trained["model_uri"]), raw)
+        y_pred = preds["label"].astype(str).tolist()
+        confidence = preds["probability"].to_numpy(dtype=float)
         metrics = classification_metrics(y_true, y_pred, labels)
-        save_confusion_matrix(y_true, y_pred, labels, Path(tmp) / "confusion_matrix.png",
+        k = default_top_k(cfg.gate.top_k, len(labels))
+        if k is not None:
+            metrics[f"top_{k}_accuracy"] = top_k_accuracy(y_true, probs, labels, k)
+        metrics["ece"], bins = expected_calibration_error(y_true, y_pred, confidence)
+        save_confusion_matrix(y_true, y_pred, labels, tmp_path / "confusion_matrix.png",
                               f"test split, n={len(y_true)}, accuracy {metrics['accuracy']:.3f}")
-        mlflow.log_artifact(str(Path(tmp) / "confusion_matrix.png"))
-        mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]})
-        champion = None
-        current = registry.get_alias(cfg.registry.model_name, registry.CHAMPION)
+        save_reliability_plot(bins, metrics["ece"], tmp_path / "reliability.png")
+        n_wrong = save_misclassified_grid(raw, y_true, y_pred, confidence, tmp_path / "misclassified.png")
+        for png in ("confusion_matrix.png", "reliability.png", "misclassified.png"):
+            mlflow.log_artifact(str(tmp_path / png), "evaluation")
+        logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "test_ece": metrics["ece"]}
+        if k is not None:
+            logged[f"test_top_{k}_accuracy"] = metrics[f"top_{k}_accuracy"]
+        mlflow.log_metrics(logged)
+        champion, champ_pred, champ_labels = None, None, None
+        current = registry.get_alias(name, registry.CHAMPION)
         if current is not None:
-            champion = champion_metrics_for(preprocessed, cfg.registry.model_name, str(current.version))
+            champ_pred, champ_labels = champion_predictions(name, str(current.version), raw)
+            cm = classification_metrics(y_true, champ_pred, sorted(set(labels) | set(champ_labels)))
+            champion = {"version": str(current.version), "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"]}
             mlflow.log_metrics({"champion_test_accuracy": champion["accuracy"],
                                 "champion_test_macro_f1": champion["macro_f1"]})
             mlflow.set_tag(f"{tracking.TAG_PREFIX}champion_version", champion["version"])
-        report = {"metrics": metrics, "champion": champion, "model_uri": trained["model_uri"],
-                  "test_size": len(y_true), "labels": labels}
+        predictions = _store_predictions(ctx, preprocessed, trained["model_uri"], champion, y_true, y_pred,
+                                         confidence, champ_pred, labels, champ_labels)
+        report = {"metrics": metrics, "calibration_bins": bins, "champion": champion,
+                  "model_uri": trained["model_uri"], "test_size": len(y_true), "labels": labels,
+                  "misclassified": n_wrong, "predictions": predictions["uri"]}
         tracking.log_json(report, "evaluation/report.json")
+        mlflow.log_text(render_markdown(report), "evaluation/report.md")
     client = mlflow.tracking.MlflowClient()
-    client.log_metric(ctx.parent_run_id, "test_accuracy", metrics["accuracy"])
-    client.log_metric(ctx.parent_run_id, "test_macro_f1", metrics["macro_f1"])
+    for key, value in logged.items():
+        client.log_metric(ctx.parent_run_id, key, value)
     return {"metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
-            "champion": champion, "evaluate_run_id": run_id,
+            "champion": champion, "evaluate_run_id": run_id, "predictions": predictions,
             "test_data": {"uri": preprocessed.uri, "fingerprint": preprocessed.fingerprint}}
+
+
+def _store_predictions(ctx: RunContext, preprocessed: StageOutput, model_uri: str, champion: dict | None,
+                       y_true: list[str], y_pred: list[str], confidence: np.ndarray, champ_pred: list[str] | None,
+                       labels: list[str], champ_labels: list[str] | None) -> dict[str, Any]:
+    """Write the paired predictions under the run; returns the reference that goes into XCom."""
+    store = ctx.store()
+    fp = fingerprint("evaluate", preprocessed.fingerprint, model_uri, (champion or {}).get("version"))
+    with store.writing("evaluate", fp) as pending:
+        frame = pd.DataFrame({"y_true": y_true, "candidate": y_pred, "candidate_probability": confidence})
+        frame["champion"] = champ_pred if champ_pred is not None else None
+        frame.to_parquet(pending.path / PREDICTIONS_FILE, index=False)
+        (pending.path / "labels.json").write_text(json.dumps(
+            {"candidate_labels": labels, "champion_labels": champ_labels,
+             "champion_version": (champion or {}).get("version")}))
+        pending.meta = {"n": len(y_true), "champion_version": (champion or {}).get("version")}
+    out = pending.output
+    return {"uri": out.uri, "fingerprint": out.fingerprint, "meta": out.meta}

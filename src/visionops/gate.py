@@ -1,10 +1,34 @@
-"""The promotion gate: a plain function that returns a decision with reasons a person can act on."""
+"""The promotion gate: a plain function that returns a decision with reasons a person can act on.
+
+Absolute thresholds first, then the champion, scored on this run's test split. With the paired
+predictions of both models on the same images, the comparison carries evidence: McNemar's exact
+test on the discordant pairs and a paired bootstrap confidence interval of the accuracy difference.
+
+Policies (``gate.policy``):
+
+* ``non_inferiority`` (default): the candidate may be worse than the champion by at most
+  ``gate.max_regression`` in accuracy and macro-F1. ``gate.non_inferiority_on`` says what is
+  judged for accuracy: the observed difference (``delta``, default) or the lower bound of the
+  (1 - alpha) bootstrap interval (``ci_lower``, stricter: on a few hundred test images the
+  interval is several points wide, so it only passes clearly better models).
+* ``superiority``: accuracy must improve significantly (one-sided McNemar exact p < ``gate.alpha``)
+  and macro-F1 must not drop by more than the margin.
+
+When the class set changed (``gate.on_class_change``): ``compare_on_shared`` compares both models
+on the test images whose true class both know; ``reject`` rejects; ``skip_comparison`` applies
+only the absolute thresholds. The reasons always name the added and removed classes.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.metrics import f1_score
 
 from visionops.config import GateConfig
 
@@ -32,14 +56,48 @@ class GateDecision:
         return f"gate {verdict}: " + "; ".join(self.reasons)
 
 
-def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: GateConfig) -> GateDecision:
-    """Apply the absolute thresholds, then the no-regression rule against the champion (same test split).
+@dataclass(frozen=True)
+class PairedPredictions:
+    """Both models' predicted labels on the same test images, and each model's class set."""
 
-    ``champion`` is None when no model is in service; otherwise it holds the champion's metrics on
-    this run's test split and its ``version``.
-    """
-    reasons: list[str] = []
-    ok = True
+    y_true: list[str]
+    candidate: list[str]
+    champion: list[str]
+    candidate_labels: list[str]
+    champion_labels: list[str]
+
+
+def paired_statistics(y_true: Sequence[str], candidate: Sequence[str], champion: Sequence[str], *,
+                      alpha: float, n_bootstrap: int, seed: int = 0) -> dict[str, Any]:
+    """McNemar's exact test and a paired bootstrap (1 - alpha) CI of accuracy(candidate) - accuracy(champion)."""
+    y = np.asarray(y_true, dtype=str)
+    cand_ok = np.asarray(candidate, dtype=str) == y
+    champ_ok = np.asarray(champion, dtype=str) == y
+    n = len(y)
+    wins = int(np.sum(cand_ok & ~champ_ok))    # candidate right, champion wrong
+    losses = int(np.sum(~cand_ok & champ_ok))  # candidate wrong, champion right
+    discordant = wins + losses
+    if discordant:
+        p_two = float(binomtest(wins, discordant, 0.5).pvalue)
+        p_better = float(binomtest(wins, discordant, 0.5, alternative="greater").pvalue)
+    else:
+        p_two = p_better = 1.0
+    diff = cand_ok.astype(np.int8) - champ_ok.astype(np.int8)
+    rng = np.random.default_rng(seed)
+    if n:
+        # Resampling images keeps each image's pair together: that is what makes it paired.
+        boot = diff[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
+        low, high = (float(v) for v in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+    else:
+        low = high = math.nan
+    return {"n": n, "candidate_only_correct": wins, "champion_only_correct": losses,
+            "accuracy_delta": float(diff.mean()) if n else math.nan,
+            "mcnemar_p_two_sided": p_two, "mcnemar_p_candidate_better": p_better,
+            "ci_level": 1 - alpha, "ci_low": low, "ci_high": high}
+
+
+def _thresholds(candidate: dict[str, float], cfg: GateConfig) -> tuple[bool, list[str]]:
+    ok, reasons = True, []
     for metric, required in (("accuracy", cfg.min_accuracy), ("macro_f1", cfg.min_macro_f1)):
         value = candidate[metric]
         if not math.isfinite(value):
@@ -50,23 +108,113 @@ def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: Ga
             reasons.append(f"{metric} {value:.4f} < required {required:.4f}")
         else:
             reasons.append(f"{metric} {value:.4f} >= required {required:.4f}")
+    return ok, reasons
+
+
+def _margin_rule(metric: str, cand: float, champ: float, version: str, cfg: GateConfig,
+                 reasons: list[str]) -> tuple[bool, dict[str, float]]:
+    delta = cand - champ
+    points = 100 * delta
+    entry = {"candidate": cand, "champion": champ, "delta": delta}
+    if not math.isfinite(delta) or delta < -cfg.max_regression - _EPS:
+        reasons.append(f"{metric} {cand:.4f} is {-points:.2f} points below champion v{version} ({champ:.4f}); "
+                       f"allowed drop is {100 * cfg.max_regression:.2f} points")
+        return False, entry
+    reasons.append(f"{metric} {cand:.4f} vs champion v{version} {champ:.4f} ({points:+.2f} points, allowed drop "
+                   f"{100 * cfg.max_regression:.2f})")
+    return True, entry
+
+
+def class_change(candidate_labels: Sequence[str], champion_labels: Sequence[str]) -> dict[str, list[str]]:
+    """Classes the candidate added and removed relative to the champion (empty dict when unchanged)."""
+    added = sorted(set(candidate_labels) - set(champion_labels))
+    removed = sorted(set(champion_labels) - set(candidate_labels))
+    return {"added": added, "removed": removed} if added or removed else {}
+
+
+def _paired_comparison(paired: PairedPredictions, version: str, cfg: GateConfig, reasons: list[str],
+                       comparison: dict[str, Any]) -> bool:
+    """Compare on paired predictions; returns whether the comparison passed."""
+    change = class_change(paired.candidate_labels, paired.champion_labels)
+    y, cand, champ = (np.asarray(v, dtype=str) for v in (paired.y_true, paired.candidate, paired.champion))
+    labels = list(paired.candidate_labels)
+    if change:
+        comparison["class_change"] = change
+        reasons.append(f"class set changed against champion v{version}: added {change['added'] or 'none'}, "
+                       f"removed {change['removed'] or 'none'}")
+        comparison["on_class_change"] = cfg.on_class_change
+        if cfg.on_class_change == "reject":
+            reasons.append("gate.on_class_change is 'reject': a model with a different class set is not "
+                           "promoted automatically (promote it with `visionops registry promote --force`)")
+            return False
+        if cfg.on_class_change == "skip_comparison":
+            reasons.append("comparison with the champion skipped (gate.on_class_change = skip_comparison): "
+                           "only the absolute thresholds apply")
+            return True
+        labels = [label for label in paired.candidate_labels if label in set(paired.champion_labels)]
+        keep = np.isin(y, labels)
+        y, cand, champ = y[keep], cand[keep], champ[keep]
+        reasons.append(f"compared on the {len(y)} test images of the {len(labels)} shared classes")
+    if len(y) == 0:
+        reasons.append(f"no test images of classes shared with champion v{version}: cannot compare")
+        return False
+    stats = paired_statistics(y, cand, champ, alpha=cfg.alpha, n_bootstrap=cfg.bootstrap_samples)
+    comparison["paired"] = stats
+    scores = {
+        "accuracy": (float(np.mean(cand == y)), float(np.mean(champ == y))),
+        "macro_f1": tuple(float(f1_score(y, p, labels=labels, average="macro", zero_division=0))
+                          for p in (cand, champ)),
+    }
+    ok = True
+    level = f"{100 * stats['ci_level']:.0f}%"
+    reasons.append(
+        f"on the same {stats['n']} test images: candidate alone right on {stats['candidate_only_correct']}, "
+        f"champion alone right on {stats['champion_only_correct']}, accuracy difference "
+        f"{100 * stats['accuracy_delta']:+.2f} points ({level} CI [{100 * stats['ci_low']:+.2f}, "
+        f"{100 * stats['ci_high']:+.2f}], McNemar exact p = {stats['mcnemar_p_two_sided']:.4g})")
+    for metric in COMPARED_METRICS:
+        metric_ok, comparison[metric] = _margin_rule(metric, *scores[metric], version, cfg, reasons)
+        if metric == "accuracy" and cfg.policy == "superiority":
+            continue  # judged by significance below, not by the margin
+        if metric == "accuracy" and cfg.non_inferiority_on == "ci_lower":
+            if stats["ci_low"] < -cfg.max_regression - _EPS:
+                metric_ok = False
+                reasons.append(f"accuracy not shown non-inferior: CI lower bound {100 * stats['ci_low']:+.2f} "
+                               f"points < -{100 * cfg.max_regression:.2f} (gate.non_inferiority_on = ci_lower)")
+        ok = ok and metric_ok
+    if cfg.policy == "superiority":
+        p = stats["mcnemar_p_candidate_better"]
+        if stats["accuracy_delta"] > 0 and p < cfg.alpha:
+            reasons.append(f"accuracy improvement is significant: one-sided McNemar p = {p:.4g} < alpha {cfg.alpha}")
+        else:
+            ok = False
+            reasons.append(f"gate.policy is superiority and the improvement is not significant: one-sided McNemar "
+                           f"p = {p:.4g} >= alpha {cfg.alpha} (or no improvement); the champion stays")
+    return ok
+
+
+def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: GateConfig,
+           paired: PairedPredictions | None = None) -> GateDecision:
+    """Apply the absolute thresholds, then compare with the champion on the same test split.
+
+    ``champion`` is None when no model is in service; otherwise it holds the champion's metrics on
+    this run's test split and its ``version``. ``paired`` (both models' predictions on that split)
+    turns on the statistical comparison and the class-change policy; without it only the margin
+    rule on the two metric values applies.
+    """
+    ok, reasons = _thresholds(candidate, cfg)
     comparison: dict[str, Any] = {}
     if champion is None:
         reasons.append("no champion in service: nothing to compare against")
     else:
-        comparison = {"champion_version": champion["version"], "max_regression": cfg.max_regression}
-        for metric in COMPARED_METRICS:
-            delta = candidate[metric] - champion[metric]
-            comparison[metric] = {"candidate": candidate[metric], "champion": champion[metric], "delta": delta}
-            points = 100 * delta
-            if not math.isfinite(delta) or delta < -cfg.max_regression - _EPS:
-                ok = False
-                reasons.append(f"{metric} {candidate[metric]:.4f} is {-points:.2f} points below champion "
-                               f"v{champion['version']} ({champion[metric]:.4f}); allowed drop is "
-                               f"{100 * cfg.max_regression:.2f} points")
-            else:
-                reasons.append(f"{metric} {candidate[metric]:.4f} vs champion v{champion['version']} "
-                               f"{champion[metric]:.4f} ({points:+.2f} points, allowed drop "
-                               f"{100 * cfg.max_regression:.2f})")
+        version = str(champion["version"])
+        comparison = {"champion_version": version, "max_regression": cfg.max_regression, "policy": cfg.policy}
+        if paired is not None:
+            ok = _paired_comparison(paired, version, cfg, reasons, comparison) and ok
+        else:
+            for metric in COMPARED_METRICS:
+                metric_ok, comparison[metric] = _margin_rule(metric, candidate[metric], champion[metric],
+                                                             version, cfg, reasons)
+                ok = ok and metric_ok
     metrics = {k: float(candidate[k]) for k in COMPARED_METRICS}
     return GateDecision(passed=ok, reasons=reasons, metrics=metrics, comparison=comparison)

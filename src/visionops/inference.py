@@ -18,6 +18,7 @@ import torch
 from visionops.data.images import to_model_array
 
 PREPROCESSING_FILE = "preprocessing.json"
+PROBA_PREFIX = "proba_"
 
 
 def as_image_list(model_input: Any) -> list[np.ndarray]:
@@ -47,7 +48,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     # np.ndarray is a hint MLflow accepts without deriving a schema: the tensor signature given at
     # logging time is the schema.
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
-        """Labels and the winning class probability for a batch of raw images."""
+        """Labels and the winning class probability for a batch of raw images.
+
+        With ``params={"return_probabilities": True}`` it adds one column per class,
+        ``proba_<label>``, in the order of the label map (what top-k and calibration need).
+        """
         images = as_image_list(model_input)
         if not images:
             return pd.DataFrame({"label": pd.Series(dtype=str), "probability": pd.Series(dtype=float)})
@@ -55,19 +60,24 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             probs = torch.softmax(self.network(torch.from_numpy(batch)), dim=1).numpy()
         best = probs.argmax(axis=1)
-        return pd.DataFrame({
+        out = pd.DataFrame({
             "label": [self.labels[i] for i in best],
             "probability": probs[np.arange(len(best)), best].astype(float),
         })
+        if (params or {}).get("return_probabilities"):
+            out = pd.concat([out, pd.DataFrame(probs.astype(float), columns=[PROBA_PREFIX + lb for lb in self.labels])],
+                            axis=1)
+        return out
 
 
 def serving_signature(channels: int) -> mlflow.models.ModelSignature:
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     shape = (-1, -1, -1) if channels == 1 else (-1, -1, -1, 3)
     return mlflow.models.ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]),
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability")]),
+        params=ParamSchema([ParamSpec("return_probabilities", "boolean", False)]),
     )
 
 
@@ -85,8 +95,12 @@ def pip_requirements() -> list[str]:
 
 
 def log_classifier(network: torch.nn.Module, *, labels: list[str], image_size: int, channels: int,
-                   example: np.ndarray, workdir: Path) -> dict[str, str]:
-    """Log the network (pytorch flavour) and the pyfunc classifier into the active run; return their URIs."""
+                   example: np.ndarray, workdir: Path, data_profile: Path | None = None) -> dict[str, str]:
+    """Log the network (pytorch flavour) and the pyfunc classifier into the active run; return their URIs.
+
+    ``data_profile`` (the training data's statistics) travels with the model so that a later run
+    can measure drift against the model in service.
+    """
     package_dir = str(Path(__file__).resolve().parent)
     network_info = mlflow.pytorch.log_model(
         network.cpu().eval(), name="network", input_example=example[:2],
@@ -99,7 +113,8 @@ def log_classifier(network: torch.nn.Module, *, labels: list[str], image_size: i
     model_info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("served_model.py")),  # models from code: no pickling
-        artifacts={"network": network_info.model_uri, "preprocessing": str(meta_path)},
+        artifacts={"network": network_info.model_uri, "preprocessing": str(meta_path),
+                   **({"data_profile": str(data_profile)} if data_profile and data_profile.exists() else {})},
         code_paths=[package_dir],
         signature=serving_signature(channels),
         input_example=to_raw_images(example[:2]),
@@ -110,3 +125,18 @@ def log_classifier(network: torch.nn.Module, *, labels: list[str], image_size: i
 
 def load_classifier(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
     return mlflow.pyfunc.load_model(model_uri)
+
+
+def model_labels(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
+    """The class set a served classifier predicts (its label map)."""
+    return list(model.unwrap_python_model().labels)
+
+
+def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Predictions and the (N, n_classes) probability matrix, through the served model's own predict."""
+    out = model.predict(images, params={"return_probabilities": True})
+    cols = [c for c in out.columns if c.startswith(PROBA_PREFIX)]
+    if not cols:
+        raise ValueError("this model version does not return per-class probabilities "
+                         "(it was logged before params.return_probabilities existed)")
+    return out[["label", "probability"]], out[cols].to_numpy(dtype=float)

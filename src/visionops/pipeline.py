@@ -16,8 +16,9 @@ import pandas as pd
 from mlflow.entities import Param
 
 from visionops import registry, tracking
-from visionops.data.ingest import build_manifest, list_items, source_fingerprint_parts
-from visionops.data.preprocess import load_labels, load_split, load_stats, preprocess_to
+from visionops.data.ingest import (build_manifest, list_items, load_catalog, save_catalog,
+                                   source_fingerprint_parts)
+from visionops.data.preprocess import preprocess_to
 from visionops.gate import GateDecision, decide
 from visionops.runs import RunContext, code_version, new_run_key, resolve_config, write_config
 from visionops.storage import StageOutput, data_root, fingerprint
@@ -61,26 +62,51 @@ def _ref(out: StageOutput, **extra: Any) -> dict[str, Any]:
 
 
 def ingest(context: dict[str, str]) -> dict[str, Any]:
-    """List the source and record hash, size, mode and decodability of every file."""
+    """List (or download) the source and record hash, size, mode, statistics and decodability of every file.
+
+    Files unchanged since the last ingest of the same source are not read again. URL rows that could
+    not be used, and photos without exactly one face (faces.enabled), are recorded in
+    ``ingest_report.json``; the stage fails only when too many URL rows were rejected.
+    """
     ctx = RunContext.from_dict(context)
     cfg, store = ctx.config(), ctx.store()
     tracking.configure()
     with tracking.stage_run(ctx.parent_run_id, "ingest"):
-        items = list_items(cfg.data)
-        fp = fingerprint("ingest", STAGE_VERSION, cfg.data.source, source_fingerprint_parts(items))
+        report: dict[str, Any] = {}
+        if cfg.data.source == "urls":
+            from visionops.data.urls import download_dir, ingest_urls
+
+            items, report["urls"] = ingest_urls(cfg.data, download_dir(cfg.data))
+        else:
+            items = list_items(cfg.data)
+        fp = fingerprint("ingest", STAGE_VERSION, cfg.data.source, source_fingerprint_parts(items),
+                         cfg.data.max_pixels, cfg.faces.model_dump() if cfg.faces.enabled else None)
         out = store.find("ingest", fp)
         if out is None:
             with store.writing("ingest", fp) as pending:
-                manifest = build_manifest(items)
+                manifest = build_manifest(items, load_catalog(cfg.data), max_pixels=cfg.data.max_pixels)
+                save_catalog(cfg.data, manifest)
+                reread = manifest.attrs.get("reread", len(manifest))
+                if cfg.faces.enabled:
+                    from visionops.data.faces import crop_faces, faces_dir
+
+                    manifest, report["faces"] = crop_faces(manifest, faces_dir(cfg.faces), cfg.faces,
+                                                           seed=cfg.preprocess.seed)
                 manifest.to_parquet(pending.path / "manifest.parquet", index=False)
+                (pending.path / "ingest_report.json").write_text(json.dumps(report, indent=2, default=str))
                 labelled = manifest.dropna(subset=["sha256"]).sort_values("sha256")
                 pending.meta = {
                     "n_images": len(manifest),
                     "n_classes": int(manifest["label"].nunique()),
+                    "n_reread": int(reread),
                     "data_fingerprint": fingerprint(list(zip(labelled["sha256"], labelled["label"])))[:16],
                 }
             out = pending.output
-        mlflow.log_metrics({"n_images": out.meta["n_images"], "n_classes": out.meta["n_classes"]})
+        mlflow.log_metrics({"n_images": out.meta["n_images"], "n_classes": out.meta["n_classes"],
+                            "n_reread": out.meta.get("n_reread", 0)})
+        report_file = out.local_path() / "ingest_report.json"
+        if report_file.exists():
+            mlflow.log_artifact(str(report_file))
         mlflow.set_tag(f"{T}reused_output", str(out.reused).lower())
         mlflow.tracking.MlflowClient().set_tag(ctx.parent_run_id, f"{T}data_fingerprint",
                                                out.meta["data_fingerprint"])
@@ -91,23 +117,35 @@ def ingest(context: dict[str, str]) -> dict[str, Any]:
 
 def validate(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, Any]:
     """Run the Great Expectations suite on the manifest; stop the run naming the offending files."""
+    from visionops.data.drift import champion_reference
+    from visionops.data.preprocess import assign_splits
     from visionops.data.validate import DataValidationError, validate_manifest
 
     ctx = RunContext.from_dict(context)
     cfg = ctx.config()
     tracking.configure()
     manifest = pd.read_parquet(_output(ingested).local_path() / "manifest.parquet")
+    try:  # the split preprocess will make, so that leakage across it is checked before any training
+        splits = assign_splits(manifest, **cfg.preprocess.model_dump())
+    except ValueError as exc:  # too few images to split: the class-count check reports it
+        log.warning("validate: no leakage check, the data cannot be split yet (%s)", exc)
+        splits = None
+    reference = champion_reference(cfg.registry.model_name)
     with tracking.stage_run(ctx.parent_run_id, "validate"), tempfile.TemporaryDirectory() as tmp:
-        report = validate_manifest(manifest, min_images_per_class=cfg.validate_.min_images_per_class,
-                                   docs_dir=Path(tmp) / "data_docs")
+        report = validate_manifest(manifest, config=cfg.validate_, docs_dir=Path(tmp) / "data_docs",
+                                   splits=splits, reference=reference)
         if report.data_docs_index is not None:
             mlflow.log_artifacts(str(Path(report.data_docs_index).parent), "data_docs")
         tracking.log_json(report.to_dict(), "validation/report.json")
-        mlflow.log_metrics({"validation_success": float(report.success), "n_issues": len(report.issues)})
+        mlflow.log_metrics({"validation_success": float(report.success), "n_issues": len(report.issues),
+                            "n_validation_warnings": report.statistics["n_warnings"]})
         if not report.success:
             raise DataValidationError(report)
+    if report.issues:  # warnings only: recorded, the run goes on
+        log.warning("%s", report.summary())
     log.info("validate: %d images passed the suite", len(manifest))
-    return {"success": True, "statistics": report.statistics}
+    return {"success": True, "statistics": report.statistics,
+            "warnings": [f"{i.expectation} on {i.column}: {i.description}" for i in report.issues]}
 
 
 def preprocess(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +154,7 @@ def preprocess(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, A
     cfg, store = ctx.config(), ctx.store()
     tracking.configure()
     fp = fingerprint("preprocess", STAGE_VERSION, ingested["fingerprint"], cfg.data.image_size,
-                     cfg.data.channels, cfg.preprocess.model_dump())
+                     cfg.data.channels, cfg.preprocess.model_dump(exclude={"workers"}))  # same output for any worker count
     with tracking.stage_run(ctx.parent_run_id, "preprocess"):
         out = store.find("preprocess", fp)
         if out is None:
@@ -130,37 +168,37 @@ def preprocess(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, A
         mlflow.log_metrics({f"n_{k}": v for k, v in out.meta["counts"].items()})
         mlflow.log_artifact(str(folder / "label_map.json"))
         mlflow.log_artifact(str(folder / "stats.json"))
+        if (folder / "data_profile.json").exists():  # the next run's drift reference (drift.champion_reference)
+            mlflow.log_artifact(str(folder / "data_profile.json"))
     return _ref(out)
 
 
 def tune(context: dict[str, str], preprocessed: dict[str, Any]) -> dict[str, Any]:
-    """Optuna search over learning rate, weight decay and dropout; returns the best parameters."""
-    ctx = RunContext.from_dict(context)
-    cfg = ctx.config()
-    tracking.configure()
-    defaults = {"learning_rate": cfg.train.learning_rate, "weight_decay": cfg.train.weight_decay,
-                "dropout": cfg.model.dropout}
-    with tracking.stage_run(ctx.parent_run_id, "tune") as run_id:
-        if cfg.tune.n_trials == 0:
-            mlflow.set_tag(f"{T}tuning", "skipped (tune.n_trials = 0)")
-            mlflow.log_params({f"best.{k}": v for k, v in defaults.items()})
-            return {"best_params": defaults, "best_value": None, "tuning_run_id": run_id}
-        from visionops.storage import visionops_home
-        from visionops.tuning import journal_storage, run_study
+    """The whole tune stage in one process (plan, each worker in turn, reduce); the best parameters."""
+    from visionops.tuning.stage import tune_stage
 
-        folder = _output(preprocessed).local_path()
-        stats = load_stats(folder)
-        result = run_study(cfg, load_split(folder, "train"), load_split(folder, "val"),
-                           mean=stats["mean"], std=stats["std"], num_classes=len(load_labels(folder)),
-                           storage=journal_storage(visionops_home() / "optuna" / "journal.log"),
-                           study_name=f"{ctx.run_key}__{preprocessed['fingerprint'][:12]}",
-                           tuning_run_id=run_id)
-        mlflow.log_params({f"best.{k}": v for k, v in result.best_params.items()})
-        mlflow.log_metrics({"best_val_accuracy": result.best_value, "n_complete": result.n_complete,
-                            "n_pruned": result.n_pruned, "n_failed": result.n_failed})
-    log.info("tune: best %s -> val_accuracy %.4f", result.best_params, result.best_value)
-    return {"best_params": {**defaults, **result.best_params}, "best_value": result.best_value,
-            "tuning_run_id": run_id}
+    return tune_stage(RunContext.from_dict(context), _output(preprocessed))
+
+
+def tune_plan(context: dict[str, str], preprocessed: dict[str, Any]) -> list[dict[str, Any]]:
+    """Open the tuning run and the shared Optuna study; one item per worker (``tune.workers``)."""
+    from visionops.tuning.stage import plan_stage
+
+    return plan_stage(RunContext.from_dict(context), _output(preprocessed))
+
+
+def tune_worker(context: dict[str, str], preprocessed: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """One tuning worker: trials of the shared study until it has ``tune.n_trials``."""
+    from visionops.tuning.stage import worker_stage
+
+    return worker_stage(RunContext.from_dict(context), _output(preprocessed), item)
+
+
+def tune_reduce(context: dict[str, str], workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study's best parameters (over the configured values), counts and plots in the tuning run."""
+    from visionops.tuning.stage import reduce_stage
+
+    return reduce_stage(RunContext.from_dict(context), list(workers))
 
 
 def train(context: dict[str, str], preprocessed: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +218,13 @@ def gate(context: dict[str, str], evaluated: dict[str, Any]) -> dict[str, Any]:
     ctx = RunContext.from_dict(context)
     cfg = ctx.config()
     tracking.configure()
+    paired = None
+    if evaluated.get("champion") and evaluated.get("predictions"):
+        from visionops.evaluation import load_paired
+
+        paired = load_paired(evaluated["predictions"])  # both models on the same test images
     with tracking.stage_run(ctx.parent_run_id, "gate"):
-        decision = decide(evaluated["metrics"], evaluated.get("champion"), cfg.gate)
+        decision = decide(evaluated["metrics"], evaluated.get("champion"), cfg.gate, paired)
         tracking.log_json(decision.to_dict(), "gate/decision.json")
         mlflow.set_tags({f"{T}gate": "passed" if decision.passed else "rejected",
                          f"{T}gate_reasons": "; ".join(decision.reasons)[:4900]})

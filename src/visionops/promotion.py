@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
 
 from visionops import registry, tracking
-from visionops.gate import GateDecision, decide
+from visionops.champion import SmokeTestError, promote_safely
+from visionops.gate import GateDecision, PairedPredictions, decide
+from visionops.report import model_card
 from visionops.runs import RunContext
 from visionops.storage import StageOutput
 
 log = logging.getLogger("visionops")
 T = tracking.TAG_PREFIX
+LINEAGE_KEYS = ("data_fingerprint", "config_hash", "code_version", "dag_id", "airflow_run_id", "run_key",
+                "parent_run_id", "train_run_id")
+
+
+def _labels(evaluated: dict[str, Any]) -> list[str]:
+    from visionops.data.preprocess import load_labels
+
+    test = evaluated["test_data"]
+    return load_labels(StageOutput(test["uri"], test["fingerprint"], {}).local_path())
 
 
 def register_stage(ctx: RunContext, trained: dict[str, Any], evaluated: dict[str, Any],
@@ -43,12 +55,30 @@ def register_stage(ctx: RunContext, trained: dict[str, Any], evaluated: dict[str
     }
     if decision.comparison:
         tags[f"{T}compared_with_version"] = decision.comparison["champion_version"]
+        paired = decision.comparison.get("paired")
+        if paired:
+            tags[f"{T}gate_evidence"] = {k: paired[k] for k in ("mcnemar_p_two_sided", "ci_low", "ci_high", "n")}
+    # Where this version was tested: `visionops registry promote` re-runs the gate on the same split.
+    tags[f"{T}test_data_uri"] = evaluated["test_data"]["uri"]
+    tags[f"{T}test_data_fingerprint"] = evaluated["test_data"]["fingerprint"]
+    if evaluated.get("predictions"):
+        tags[f"{T}predictions_uri"] = evaluated["predictions"]["uri"]
     description = (f"{cfg.model.name} on {cfg.data.source} data; test accuracy "
                    f"{decision.metrics['accuracy']:.4f}, macro-F1 {decision.metrics['macro_f1']:.4f}. "
                    f"{decision.summary()}")
     with tracking.stage_run(ctx.parent_run_id, "register"):
         version = _existing_version(cfg.registry.model_name, ctx.run_key) or registry.register_version(
             cfg.registry.model_name, trained["model_uri"], trained["train_run_id"], tags, description)
+        card = model_card(name=cfg.registry.model_name, version=version, cfg=cfg.to_dict(),
+                          metrics=decision.metrics, decision=decision.to_dict(),
+                          lineage={k.removeprefix(T): str(v) for k, v in tags.items()
+                                   if k.removeprefix(T) in LINEAGE_KEYS},
+                          labels=_labels(evaluated), n_test=(evaluated.get("predictions") or {}).get("meta", {}).get("n"))
+        mlflow.log_text(card, "model_card.md")
+        client = mlflow.tracking.MlflowClient()
+        client.set_model_version_tag(cfg.registry.model_name, version, f"{T}model_card",
+                                     f"{mlflow.get_artifact_uri()}/model_card.md")
+        client.update_model_version(cfg.registry.model_name, version, description=f"{description}\n\n{card}"[:60000])
         if decision.passed:
             registry.set_alias(cfg.registry.model_name, registry.CHALLENGER, version)
         mlflow.set_tags({f"{T}model_version": version, f"{T}registered_model": cfg.registry.model_name})
@@ -68,34 +98,99 @@ def _existing_version(name: str, run_key: str) -> str | None:
     return str(found[0].version) if found else None
 
 
+def recheck_against(evaluated: dict[str, Any], name: str, gate_cfg: Any) -> Callable[[str], GateDecision]:
+    """The gate again, against whichever version is champion now, on this run's test split and paired."""
+    def recheck(current: str) -> GateDecision:
+        from visionops.evaluation import champion_metrics_for
+
+        test_data = StageOutput(evaluated["test_data"]["uri"], evaluated["test_data"]["fingerprint"], {})
+        champion = champion_metrics_for(test_data, name, current)
+        paired = None
+        if evaluated.get("predictions"):
+            paired = PairedPredictions(champion["y_true"], _candidate_predictions(evaluated),
+                                       champion["predictions"], _labels(evaluated), champion["labels"])
+        return decide(evaluated["metrics"], champion, gate_cfg, paired)
+    return recheck
+
+
+def recheck_version(name: str, version: str) -> Callable[[str], GateDecision]:
+    """For promotions by hand: the full gate of ``version`` against the champion, on the version's test split."""
+    def recheck(current: str) -> GateDecision:
+        from visionops.registry_cli import gate_for_version
+
+        return gate_for_version(name, version)[0]
+    return recheck
+
+
+def _candidate_predictions(evaluated: dict[str, Any]) -> list[str]:
+    import pandas as pd
+
+    from visionops.evaluation import PREDICTIONS_FILE
+
+    ref = evaluated["predictions"]
+    folder = StageOutput(ref["uri"], ref["fingerprint"], ref.get("meta", {})).local_path()
+    return pd.read_parquet(folder / PREDICTIONS_FILE)["candidate"].astype(str).tolist()
+
+
+def smoke_check(name: str, evaluated: dict[str, Any], n_images: int) -> Callable[[], None] | None:
+    """The post-promotion smoke test: the first held-out images, labelled as evaluation labelled them."""
+    if n_images == 0 or not evaluated.get("predictions"):
+        return None
+
+    def check() -> None:
+        import numpy as np
+
+        from visionops.data.preprocess import load_split
+        from visionops.inference import to_raw_images
+        from visionops.serving import smoke_test
+
+        test = evaluated["test_data"]
+        x = load_split(StageOutput(test["uri"], test["fingerprint"], {}).local_path(), "test").x[:n_images]
+        smoke_test(f"models:/{name}@champion", to_raw_images(np.asarray(x)),
+                   _candidate_predictions(evaluated)[:n_images])
+    return check
+
+
 def promote_stage(ctx: RunContext, registered: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
-    """Move ``champion`` to the new version, deciding again if the champion changed since evaluation."""
+    """Move ``champion`` to the new version under the promotion lock, deciding again if it changed.
+
+    After the move a fresh process must load ``models:/NAME@champion`` and label held-out images as
+    the evaluation did; otherwise the aliases go back and the task fails.
+    """
     cfg = ctx.config()
     tracking.configure()
     name, version = registered["model_name"], registered["version"]
     client = mlflow.tracking.MlflowClient()
     with tracking.stage_run(ctx.parent_run_id, "promote"):
-        evaluated_against = (evaluated.get("champion") or {}).get("version")
-        current = registry.get_alias(name, registry.CHAMPION)
-        if current is not None and str(current.version) not in (str(evaluated_against), str(version)):
-            # Another run promoted meanwhile: compare with that model on this run's test split.
-            from visionops.evaluation import champion_metrics_for
-
-            test_data = StageOutput(evaluated["test_data"]["uri"], evaluated["test_data"]["fingerprint"], {})
-            champion = champion_metrics_for(test_data, name, str(current.version))
-            decision = decide(evaluated["metrics"], champion, cfg.gate)
-            if not decision.passed:
-                client.set_model_version_tag(name, version, f"{T}gate", "rejected")
-                client.set_model_version_tag(name, version, f"{T}gate_reasons", "; ".join(decision.reasons))
-                client.set_tag(ctx.parent_run_id, f"{T}gate", "rejected")
-                log.warning("promote: champion changed to v%s meanwhile; %s", current.version, decision.summary())
-                return {"promoted": False, "version": version, "reasons": decision.reasons}
-        replaced = registry.promote_to_champion(name, version, run_key=ctx.run_key)
-        mlflow.set_tags({f"{T}champion_version": version, f"{T}replaced_version": replaced or ""})
+        if cfg.gate.require_approval:
+            # A person decides: the version stays challenger until the promote_challenger DAG is approved.
+            client.set_model_version_tag(name, version, f"{T}awaiting_approval", "true")
+            mlflow.set_tag(f"{T}awaiting_approval", "true")
+            client.set_tag(ctx.parent_run_id, f"{T}promoted", "awaiting approval")
+            log.warning("promote: gate.require_approval is set; %s v%s stays challenger. Trigger the "
+                        "promote_challenger DAG (model_name=%s) to ask for approval.", name, version, name)
+            return {"promoted": False, "version": version, "awaiting_approval": True}
+        try:
+            result = promote_safely(
+                name, version, evaluated_against=(evaluated.get("champion") or {}).get("version"),
+                recheck=recheck_against(evaluated, name, cfg.gate), run_key=ctx.run_key,
+                smoke_test=smoke_check(name, evaluated, cfg.registry.smoke_test_images))
+        except SmokeTestError:
+            client.set_tag(ctx.parent_run_id, f"{T}promoted", "false")
+            raise
+        mlflow.set_tags({f"{T}promotion_lock": result.lock, f"{T}rechecked_against": result.rechecked_against or ""})
+        if not result.promoted:
+            client.set_tag(ctx.parent_run_id, f"{T}gate", "rejected")
+            client.set_tag(ctx.parent_run_id, f"{T}gate_reasons", "; ".join(result.reasons)[:4900])
+            client.set_tag(ctx.parent_run_id, f"{T}promoted", "false")
+            return {"promoted": False, "version": version, "reasons": result.reasons}
+        mlflow.set_tags({f"{T}champion_version": version, f"{T}replaced_version": result.replaced or ""})
     client.set_tag(ctx.parent_run_id, f"{T}champion_version", version)
     client.set_tag(ctx.parent_run_id, f"{T}promoted", "true")
-    log.info("promote: %s@champion -> version %s (replaced %s)", name, version, replaced or "none")
-    return {"promoted": True, "version": version, "replaced": replaced}
+    if result.replaced:
+        client.set_tag(ctx.parent_run_id, f"{T}replaced_version", result.replaced)
+    log.info("promote: %s@champion -> version %s (replaced %s)", name, version, result.replaced or "none")
+    return {"promoted": True, "version": version, "replaced": result.replaced}
 
 
 def reject_stage(ctx: RunContext, registered: dict[str, Any], decision: GateDecision) -> dict[str, Any]:

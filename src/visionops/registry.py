@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous_champion"
 
 
 def get_alias(name: str, alias: str = CHAMPION) -> ModelVersion | None:
@@ -65,8 +66,12 @@ def promote_to_champion(name: str, version: str, *, run_key: str) -> str | None:
         return None
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "visionops.promoted_by_run", run_key)
+    # The full sequence of champions, oldest first (previous_champion only keeps the last one).
+    history = client.get_registered_model(name).tags.get("visionops.champion_history", "")
+    client.set_registered_model_tag(name, "visionops.champion_history",
+                                    ",".join([*filter(None, history.split(",")), str(version)])[-5000:])
     if previous is not None:
-        client.set_registered_model_alias(name, "previous_champion", previous.version)
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous.version)
         client.set_model_version_tag(name, previous.version, "visionops.replaced_by_version", str(version))
         client.set_model_version_tag(name, version, "visionops.replaced_version", str(previous.version))
         return str(previous.version)

@@ -39,6 +39,7 @@ def build_summary(parent_run_id: str) -> dict[str, Any]:
         "model_version": version,
         "model_aliases": aliases,
         "champion_version": str(champion.version) if champion is not None else None,
+        "replaced_version": tags.get(f"{T}replaced_version"),
     }
 
 
@@ -62,6 +63,9 @@ def format_summary(summary: dict[str, Any], tracking_uri: str) -> str:
     if summary.get("champion_version"):
         lines.append(f"  champion          : models:/{summary['model_name']}@champion -> version "
                      f"{summary['champion_version']}")
+    if summary.get("replaced_version"):
+        lines.append(f"  replaced champion : version {summary['replaced_version']} (alias previous_champion; "
+                     f"`visionops registry rollback {summary['model_name']}` restores it)")
     lines.append(f"  tracking store    : {tracking_uri}")
     lines.append("  UIs               : `make ui`, then Airflow http://127.0.0.1:8080 and MLflow "
                  "http://127.0.0.1:5000")

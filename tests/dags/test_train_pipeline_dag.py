@@ -45,11 +45,13 @@ def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
 
 def test_task_graph_is_the_expected_chain(dag):
     expected = {
-        "start": {"ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "register",
+        "start": {"ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune", "train", "evaluate", "gate", "register",
                   "promote", "reject", "finish"},
         "ingest": {"validate", "preprocess"},
         "validate": {"preprocess"},
-        "preprocess": {"tune", "train", "evaluate"},
+        "preprocess": {"tune_plan", "tune_worker", "train", "evaluate"},
+        "tune_plan": {"tune_worker"},
+        "tune_worker": {"tune"},  # mapped: tune.workers instances sharing one Optuna study
         "tune": {"train"},
         "train": {"evaluate", "register"},
         "evaluate": {"gate", "register", "promote"},
@@ -63,9 +65,15 @@ def test_task_graph_is_the_expected_chain(dag):
     assert set(dag.task_ids) == set(expected)
     for task_id, downstream in expected.items():
         assert dag.get_task(task_id).downstream_task_ids == downstream, task_id
-    order = ["start", "ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate", "register", "decide"]
+    order = ["start", "ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune", "train", "evaluate", "gate", "register", "decide"]
     for earlier, later in zip(order, order[1:]):
         assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False), (earlier, later)
+
+
+def test_tuning_workers_are_dynamically_mapped(dag):
+    worker = dag.get_task("tune_worker")
+    assert type(worker).__name__.endswith("MappedOperator")  # N instances, N from tune_plan's list at run time
+    assert set(worker.upstream_task_ids) == {"start", "preprocess", "tune_plan"}
 
 
 def test_branch_and_join(dag):
@@ -94,7 +102,7 @@ def test_task_bodies_call_into_the_pipeline_module(dag):
     assert "from visionops import pipeline" in source
     import visionops.pipeline as pipeline
 
-    for task_id in ("start", "ingest", "validate", "preprocess", "tune", "train", "evaluate", "gate",
-                    "register", "promote", "reject", "finish"):
+    for task_id in ("start", "ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune_reduce",
+                    "train", "evaluate", "gate", "register", "promote", "reject", "finish"):
         assert callable(getattr(pipeline, task_id)), task_id
         assert f'_call("{task_id}"' in source, task_id

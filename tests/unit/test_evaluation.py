@@ -61,3 +61,67 @@ def test_save_confusion_matrix_writes_png_and_returns_matrix(tmp_path: Path) -> 
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as img:
         assert img.width > 100 and img.height > 100
+
+
+# -- top-k, calibration, figures, report --------------------------------------------------------
+
+from visionops.evaluation import expected_calibration_error, top_k_accuracy  # noqa: E402
+from visionops.evaluation_plots import save_misclassified_grid, save_reliability_plot  # noqa: E402
+from visionops.report import model_card, render_markdown  # noqa: E402
+
+
+def test_top_k_accuracy_hand_computed() -> None:
+    labels = ["a", "b", "c", "d"]
+    probs = np.array([[0.5, 0.3, 0.15, 0.05],   # true a: top-1
+                      [0.5, 0.3, 0.15, 0.05],   # true c: rank 3
+                      [0.1, 0.2, 0.3, 0.4]])    # true a: rank 4
+    y = ["a", "c", "a"]
+    assert top_k_accuracy(y, probs, labels, 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(y, probs, labels, 3) == pytest.approx(2 / 3)
+    assert top_k_accuracy(y, probs, labels, 4) == pytest.approx(1.0)
+    assert top_k_accuracy(y, probs, labels, 10) == pytest.approx(1.0)  # k capped at the class count
+
+
+def test_expected_calibration_error_hand_computed() -> None:
+    # Bin (0.9, 1.0]: 2 images, confidence 0.95, 1 right -> |0.5 - 0.95| = 0.45, weight 2/4.
+    # Bin (0.5, 0.6]: 2 images, confidence 0.55, both right -> |1 - 0.55| = 0.45, weight 2/4.
+    ece, bins = expected_calibration_error(["a", "a", "b", "b"], ["a", "b", "b", "b"], [0.95, 0.95, 0.55, 0.55])
+    assert ece == pytest.approx(0.45)
+    assert [b["count"] for b in bins] == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+    assert bins[9]["accuracy"] == 0.5 and bins[9]["confidence"] == pytest.approx(0.95)
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece() -> None:
+    # Confidence 1.0 (edge of the last bin) and always right.
+    ece, bins = expected_calibration_error(["a", "b"], ["a", "b"], [1.0, 1.0])
+    assert ece == pytest.approx(0.0)
+    assert bins[-1]["count"] == 2
+
+
+def test_reliability_and_misclassified_pngs(tmp_path: Path) -> None:
+    _, bins = expected_calibration_error(["a", "b", "a"], ["a", "a", "a"], [0.9, 0.8, 0.3])
+    save_reliability_plot(bins, 0.2, tmp_path / "rel.png")
+    images = np.random.default_rng(0).integers(0, 255, (5, 8, 8), dtype=np.uint8)
+    n = save_misclassified_grid(images, ["a", "b", "a", "b", "a"], ["a", "a", "b", "b", "b"],
+                                [0.9, 0.8, 0.7, 0.6, 0.99], tmp_path / "wrong.png")
+    assert n == 3
+    none = save_misclassified_grid(images, ["a"] * 5, ["a"] * 5, [0.9] * 5, tmp_path / "none.png")
+    assert none == 0
+    for name in ("rel.png", "wrong.png", "none.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_report_and_model_card_carry_the_numbers() -> None:
+    metrics = classification_metrics(["a", "b"], ["a", "a"], ["a", "b"])
+    metrics.update({"ece": 0.125, "top_3_accuracy": 1.0})
+    text = render_markdown({"metrics": metrics, "model_uri": "models:/m-1", "test_size": 2,
+                            "champion": {"version": "4", "accuracy": 0.9, "macro_f1": 0.8}, "misclassified": 1})
+    assert "| accuracy | 0.5000 |" in text and "| ece | 0.1250 |" in text and "| top_3_accuracy | 1.0000 |" in text
+    assert "Champion v4 on the same test images" in text
+    assert "| b | 0.000 | 0.000 | 0.000 | 1 |" in text
+    card = model_card(name="m", version="2", cfg={"data": {"source": "digits", "image_size": 16, "channels": 1}},
+                      metrics={"accuracy": 0.97}, decision={"passed": True, "reasons": ["accuracy ok"]},
+                      lineage={"run_key": "rk"}, labels=["0", "1"], n_test=270)
+    for section in ("## Data", "## Metrics", "## Intended use", "## Limitations", "## Lineage"):
+        assert section in card
+    assert "- accuracy: 0.9700" in card and "- accuracy ok" in card and "`rk`" in card

@@ -94,3 +94,141 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
     restored = GateDecision.from_dict(data)
     assert restored == decision
     assert restored.summary() == decision.summary()
+
+
+# -- paired comparison: significance, margin policies, changed class set -------------------------
+
+from visionops.gate import PairedPredictions, class_change, paired_statistics  # noqa: E402
+
+LOW = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, max_regression=0.005)
+
+
+def _paired(n_both: int, n_cand_only: int, n_champ_only: int, n_neither: int,
+            labels: tuple[str, ...] = ("a", "b")) -> PairedPredictions:
+    """Two-class predictions with a chosen count of each (candidate right?, champion right?) pair."""
+    y, cand, champ = [], [], []
+    for count, c_ok, h_ok in ((n_both, 1, 1), (n_cand_only, 1, 0), (n_champ_only, 0, 1), (n_neither, 0, 0)):
+        for i in range(count):
+            truth = labels[i % 2]
+            wrong = labels[(i + 1) % 2]
+            y.append(truth)
+            cand.append(truth if c_ok else wrong)
+            champ.append(truth if h_ok else wrong)
+    return PairedPredictions(y, cand, champ, list(labels), list(labels))
+
+
+def _metrics(p: PairedPredictions) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    acc = sum(a == b for a, b in zip(p.y_true, p.candidate)) / len(p.y_true)
+    return {"accuracy": acc, "macro_f1": f1_score(p.y_true, p.candidate, average="macro")}
+
+
+def test_mcnemar_exact_p_value_matches_binomial_by_hand() -> None:
+    # 10 discordant pairs, 9 for the candidate: two-sided p = 2 * (C(10,9) + C(10,10)) / 2^10 = 22/1024.
+    p = _paired(100, 9, 1, 0)
+    stats = paired_statistics(p.y_true, p.candidate, p.champion, alpha=0.05, n_bootstrap=500)
+    assert (stats["candidate_only_correct"], stats["champion_only_correct"]) == (9, 1)
+    assert stats["mcnemar_p_two_sided"] == pytest.approx(22 / 1024)
+    assert stats["mcnemar_p_candidate_better"] == pytest.approx(11 / 1024)
+    assert stats["accuracy_delta"] == pytest.approx(8 / 110)
+    assert stats["ci_low"] < 8 / 110 < stats["ci_high"]
+    assert stats["ci_low"] > 0  # 9 against 1 is clear even on 110 images
+
+
+def test_identical_models_give_p_one_and_a_zero_width_interval() -> None:
+    p = _paired(50, 0, 0, 5)
+    stats = paired_statistics(p.y_true, p.candidate, p.champion, alpha=0.05, n_bootstrap=200)
+    assert stats["mcnemar_p_two_sided"] == 1.0
+    assert stats["ci_low"] == stats["ci_high"] == 0.0
+
+
+def test_superiority_passes_a_significant_improvement_with_p_in_reasons() -> None:
+    p = _paired(100, 12, 1, 2)
+    cfg = LOW.model_copy(update={"policy": "superiority"})
+    decision = decide(_metrics(p), {"version": "3", "accuracy": 0.0, "macro_f1": 0.0}, cfg, p)
+    assert decision.passed, decision.reasons
+    assert any(r.startswith("accuracy improvement is significant: one-sided McNemar p = ") for r in decision.reasons)
+    assert decision.comparison["paired"]["mcnemar_p_candidate_better"] < 0.05
+    assert decision.comparison["policy"] == "superiority"
+
+
+def test_superiority_rejects_an_improvement_that_is_noise() -> None:
+    # +1 image out of 200: better, but p is far from significant.
+    p = _paired(190, 3, 2, 5)
+    cfg = LOW.model_copy(update={"policy": "superiority"})
+    decision = decide(_metrics(p), {"version": "3", "accuracy": 0.0, "macro_f1": 0.0}, cfg, p)
+    assert decision.passed is False
+    assert any("improvement is not significant" in r and "champion stays" in r for r in decision.reasons)
+
+
+def test_non_inferiority_on_delta_passes_equal_models_but_ci_lower_does_not() -> None:
+    p = _paired(180, 5, 5, 10)  # same accuracy, 10 discordant images
+    champion = {"version": "2", "accuracy": 0.0, "macro_f1": 0.0}
+    by_delta = decide(_metrics(p), champion, LOW, p)
+    assert by_delta.passed, by_delta.reasons
+    assert any("95% CI [" in r and "McNemar exact p = 1" in r for r in by_delta.reasons)
+    strict = decide(_metrics(p), champion, LOW.model_copy(update={"non_inferiority_on": "ci_lower"}), p)
+    assert strict.passed is False
+    assert any(r.startswith("accuracy not shown non-inferior: CI lower bound") for r in strict.reasons)
+
+
+def test_non_inferiority_rejects_a_paired_drop_beyond_the_margin() -> None:
+    p = _paired(180, 1, 9, 10)  # candidate loses 8 images of 200 = 4 points
+    decision = decide(_metrics(p), {"version": "5", "accuracy": 0.0, "macro_f1": 0.0}, LOW, p)
+    assert decision.passed is False
+    assert any(r.startswith("accuracy 0.9050 is 4.00 points below champion v5 (0.9450)") for r in decision.reasons)
+
+
+def test_class_change_is_reported_and_compare_on_shared_uses_shared_images() -> None:
+    y = ["a", "b", "c", "a", "b", "c"] * 10
+    cand = list(y)  # candidate knows a, b, c and is perfect
+    champ = [t if t != "b" else "a" for t in y]  # champion knows a, b, d and misses every b
+    p = PairedPredictions(y, cand, champ, ["a", "b", "c"], ["a", "b", "d"])
+    assert class_change(p.candidate_labels, p.champion_labels) == {"added": ["c"], "removed": ["d"]}
+    decision = decide({"accuracy": 1.0, "macro_f1": 1.0}, {"version": "1", "accuracy": 0.5, "macro_f1": 0.4},
+                      LOW, p)
+    assert decision.passed, decision.reasons
+    assert "class set changed against champion v1: added ['c'], removed ['d']" in decision.reasons
+    assert "compared on the 40 test images of the 2 shared classes" in decision.reasons
+    assert decision.comparison["paired"]["n"] == 40
+    assert decision.comparison["accuracy"]["champion"] == pytest.approx(0.5)
+
+
+def test_class_change_policy_reject_and_skip() -> None:
+    y = ["a", "b"] * 10
+    p = PairedPredictions(y, list(y), list(y), ["a", "b", "c"], ["a", "b"])
+    champion = {"version": "1", "accuracy": 1.0, "macro_f1": 1.0}
+    rejected = decide({"accuracy": 1.0, "macro_f1": 1.0}, champion,
+                      LOW.model_copy(update={"on_class_change": "reject"}), p)
+    assert rejected.passed is False
+    assert any(r.startswith("gate.on_class_change is 'reject'") for r in rejected.reasons)
+    skipped = decide({"accuracy": 1.0, "macro_f1": 1.0}, champion,
+                     LOW.model_copy(update={"on_class_change": "skip_comparison"}), p)
+    assert skipped.passed is True
+    assert any("comparison with the champion skipped" in r for r in skipped.reasons)
+    assert "paired" not in skipped.comparison
+
+
+def test_absolute_threshold_still_applies_with_paired_evidence() -> None:
+    p = _paired(50, 20, 0, 30)  # much better than the champion, but only 70% accurate
+    decision = decide(_metrics(p), {"version": "1", "accuracy": 0.0, "macro_f1": 0.0}, CFG, p)
+    assert decision.passed is False
+    assert "accuracy 0.7000 < required 0.9000" in decision.reasons
+
+
+def test_paired_decision_round_trips_through_json() -> None:
+    p = _paired(90, 4, 2, 4)
+    decision = decide(_metrics(p), {"version": "1", "accuracy": 0.0, "macro_f1": 0.0}, LOW, p)
+    assert GateDecision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
+
+
+@pytest.mark.parametrize(("key", "value"), [("gate.policy", "best"), ("gate.on_class_change", "ignore"),
+                                            ("gate.alpha", 0.0), ("gate.non_inferiority_on", "mean"),
+                                            ("registry.smoke_test_images", -1)])
+def test_gate_and_registry_keys_are_validated_naming_the_key(key: str, value: object) -> None:
+    from visionops.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config({}, {key: value})
+    assert build_config({}, {"gate.policy": "superiority"}).gate.policy == "superiority"

@@ -82,6 +82,23 @@ def test_pyfunc_predicts_labels_and_probabilities(logged: dict[str, Any], no_act
     np.testing.assert_allclose(out["probability"].to_numpy(), probs.max(axis=1), rtol=1e-5, atol=1e-6)
 
 
+def test_pyfunc_returns_per_class_probabilities_when_asked(logged: dict[str, Any], no_active_run: None) -> None:
+    from visionops.inference import model_labels, predict_probabilities
+
+    model = mlflow.pyfunc.load_model(logged["model_uri"])
+    x, y = _images(6, seed=7)
+    plain = model.predict(x[:, 0])
+    assert list(plain.columns) == ["label", "probability"]  # default unchanged for applications
+    preds, probs = predict_probabilities(model, x[:, 0])
+    assert probs.shape == (6, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs.max(axis=1), preds["probability"], rtol=1e-6)
+    assert preds["label"].tolist() == plain["label"].tolist()
+    assert model_labels(model) == LABELS
+    params = model.metadata.get_params_schema()
+    assert params is not None and [p.name for p in params.params] == ["return_probabilities"]
+
+
 def test_pyfunc_resizes_other_image_sizes(logged: dict[str, Any], no_active_run: None) -> None:
     model = mlflow.pyfunc.load_model(logged["model_uri"])
     x, y = _images(6, seed=9, size=20)

@@ -59,3 +59,10 @@ def test_failed_stage_is_shown_with_its_error() -> None:
     assert "  error             : bad.png: cannot decode" in lines
     for absent in ("test accuracy", "gate ", "registered model", "champion "):
         assert absent not in text
+
+
+def test_replaced_champion_and_rollback_hint() -> None:
+    text = format_summary(_summary(replaced_version="3"), URI)
+    assert ("  replaced champion : version 3 (alias previous_champion; "
+            "`visionops registry rollback visionops-digits` restores it)") in text.splitlines()
+    assert "replaced champion" not in format_summary(_summary(), URI)

@@ -1,8 +1,14 @@
-"""Ingest: list a source's files and record what each one is (hash, size, mode, whether it decodes)."""
+"""Ingest: list a source's files and record what each one is (hash, size, mode, whether it decodes).
+
+Incremental: a file whose (path, size, mtime) match the previous manifest is not read again; a file
+whose size or mtime changed is re-read, and keeps its ``first_seen`` time when its hash did not change.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +16,27 @@ import pandas as pd
 from PIL import Image
 
 from visionops.config import DataConfig
+from visionops.data.images import to_model_array
 from visionops.data.sources import Item, export_digits, list_csv, list_imagefolder
 from visionops.storage import file_sha256, visionops_home
 
-MANIFEST_COLUMNS = ["path", "label", "sha256", "size_bytes", "width", "height", "mode", "decode_error"]
+MANIFEST_COLUMNS = ["path", "label", "sha256", "size_bytes", "mtime_ns", "width", "height", "mode",
+                    "channels", "mean_intensity", "std_intensity", "dhash", "thumb", "box", "decode_error",
+                    "first_seen"]
+DEFAULT_MAX_PIXELS = 40_000_000
+_THUMB = 64  # side of the grey thumbnail the statistics and the perceptual hash are computed on
+THUMB_SIDE = 16  # side of the stored grey thumbnail that confirms a perceptual-hash match (256 bytes)
 
 
 def list_items(data: DataConfig) -> list[Item]:
-    """The ``(path, label)`` pairs of the configured source."""
+    """The ``(path, label)`` pairs of the configured source (URL manifests: see ``urls.ingest_urls``)."""
     if data.source == "digits":
         root = Path(data.path) if data.path else visionops_home() / "sources" / "digits"
         return list_imagefolder(export_digits(root))
     if data.source == "imagefolder":
         return list_imagefolder(data.path)
+    if data.source == "urls":
+        raise ValueError("URL manifests are downloaded first: use visionops.data.urls.ingest_urls")
     return list_csv(data.path)
 
 
@@ -38,29 +52,103 @@ def source_fingerprint_parts(items: list[Item]) -> list[tuple[str, str | None, i
     return parts
 
 
-def inspect_image(path: str) -> dict[str, Any]:
-    """Hash the file and decode it fully; problems go into ``decode_error`` instead of raising."""
-    record: dict[str, Any] = {"sha256": None, "size_bytes": None, "width": None, "height": None,
-                              "mode": None, "decode_error": None}
+def dhash_hex(image: Image.Image) -> str:
+    """64-bit difference hash (imagehash) as 16 hex digits."""
+    import imagehash
+
+    return str(imagehash.dhash(image, hash_size=8))
+
+
+def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+    """Hash the file and decode it fully; problems go into ``decode_error`` instead of raising.
+
+    The pixel count is checked from the header before any pixel is decoded, so a small file that
+    claims enormous dimensions (a decompression bomb) costs nothing.
+    """
+    record: dict[str, Any] = {"sha256": None, "size_bytes": None, "mtime_ns": None, "width": None,
+                              "height": None, "mode": None, "channels": None, "mean_intensity": None,
+                              "std_intensity": None, "dhash": None, "thumb": None, "decode_error": None}
     try:
-        record["size_bytes"] = os.path.getsize(path)
+        st = os.stat(path)
+        record["size_bytes"], record["mtime_ns"] = st.st_size, st.st_mtime_ns
         record["sha256"] = file_sha256(path)
     except OSError as exc:
         record["decode_error"] = f"cannot read file: {exc.strerror or exc}"
         return record
     try:
-        with Image.open(path) as img:
-            record["width"], record["height"], record["mode"] = img.width, img.height, img.mode
-            img.load()  # header-only checks miss truncated files
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                record["width"], record["height"], record["mode"] = img.width, img.height, img.mode
+                record["channels"] = len(img.getbands())
+                if img.width * img.height > max_pixels:
+                    record["decode_error"] = (f"DecompressionBombError: {img.width}x{img.height} = "
+                                              f"{img.width * img.height} pixels > data.max_pixels={max_pixels}")
+                    return record
+                img.load()  # header-only checks miss truncated files
+                thumb = to_model_array(img, _THUMB, 1)[0]
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
         record["decode_error"] = f"{type(exc).__name__}: {exc}"
+        return record
+    record["mean_intensity"] = float(thumb.mean())
+    record["std_intensity"] = float(thumb.std())
+    record["dhash"] = dhash_hex(Image.fromarray(thumb))
+    record["thumb"] = to_model_array(thumb, THUMB_SIDE, 1)[0].tobytes()
     return record
 
 
-def build_manifest(items: list[Item]) -> pd.DataFrame:
-    """One row per file with the columns of ``MANIFEST_COLUMNS``."""
-    rows = [{"path": item.path, "label": item.label, **inspect_image(item.path)} for item in items]
+def build_manifest(items: list[Item], previous: pd.DataFrame | None = None, *,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, now: float | None = None) -> pd.DataFrame:
+    """One row per file with the columns of ``MANIFEST_COLUMNS``.
+
+    Rows of ``previous`` (an earlier manifest of the same source) are reused for files whose path,
+    size and mtime are unchanged; ``frame.attrs["reread"]`` counts the files actually read.
+    """
+    now = time.time() if now is None else now
+    known = {} if previous is None or previous.empty else {
+        row["path"]: row for row in previous.to_dict("records")}
+    rows, reread = [], 0
+    for item in items:
+        old = known.get(item.path)
+        box = ",".join(str(v) for v in item.box) if getattr(item, "box", None) else None
+        try:
+            st = os.stat(item.path)
+            same = (old is not None and old.get("size_bytes") == st.st_size
+                    and old.get("mtime_ns") == st.st_mtime_ns)
+        except OSError:
+            same = False
+        if same and not pd.isna(old.get("sha256")):
+            rows.append({**old, "label": item.label, "box": box})
+            continue
+        reread += 1
+        record = inspect_image(item.path, max_pixels)
+        # A touched file with the same content keeps the time it was first seen.
+        first_seen = old["first_seen"] if old is not None and old.get("sha256") == record["sha256"] else now
+        rows.append({"path": item.path, "label": item.label, **record, "box": box, "first_seen": first_seen})
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    for col in ("size_bytes", "width", "height"):
+    for col in ("size_bytes", "mtime_ns", "width", "height", "channels"):
         frame[col] = frame[col].astype("Int64")
+    for col in ("mean_intensity", "std_intensity", "first_seen"):
+        frame[col] = frame[col].astype("float64")
+    frame.attrs["reread"] = reread
     return frame
+
+
+def catalog_path(data: DataConfig) -> Path:
+    """Where the last manifest of this source is kept for incremental re-ingest."""
+    from visionops.storage import fingerprint
+
+    return visionops_home() / "catalog" / f"{fingerprint(data.source, data.path)[:16]}.parquet"
+
+
+def load_catalog(data: DataConfig) -> pd.DataFrame | None:
+    path = catalog_path(data)
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def save_catalog(data: DataConfig, manifest: pd.DataFrame) -> None:
+    path = catalog_path(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # two ingests of one source never share it
+    manifest.to_parquet(tmp, index=False)
+    tmp.replace(path)

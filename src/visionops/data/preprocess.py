@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from visionops.data.drift import build_profile, write_profile
 from visionops.data.images import to_model_array
 
 SPLITS = ("train", "val", "test")
@@ -34,6 +37,34 @@ def stratified_split(labels: Sequence[str], val_fraction: float, test_fraction: 
     return out
 
 
+def assign_splits(manifest: pd.DataFrame, *, val_fraction: float, test_fraction: float, seed: int,
+                  **_: object) -> np.ndarray:
+    """The split of every manifest row: the one function validate (leakage check) and preprocess share."""
+    return stratified_split(manifest["label"].astype(str).tolist(), val_fraction, test_fraction, seed)
+
+
+def _load_chunk(args: tuple[list[str], int, int]) -> np.ndarray:
+    paths, size, channels = args
+    return np.stack([load_image(p, size, channels) for p in paths]).astype(np.uint8)
+
+
+def load_images(paths: Sequence[str], size: int, channels: int, workers: int = 1) -> np.ndarray:
+    """Decode and resize ``paths`` into one uint8 ``(N, C, size, size)`` array, in worker processes.
+
+    Chunks keep the per-task overhead small; results come back in order.
+    """
+    paths = list(paths)
+    if not paths:
+        return np.zeros((0, channels, size, size), np.uint8)
+    if workers <= 1 or len(paths) < 2 * workers:
+        return _load_chunk((paths, size, channels))
+    step = max(1, -(-len(paths) // (workers * 4)))
+    chunks = [(paths[i:i + step], size, channels) for i in range(0, len(paths), step)]
+    # fork: workers start in milliseconds and inherit the imported modules; nothing here holds locks.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return np.concatenate(list(pool.map(_load_chunk, chunks)))
+
+
 @dataclass(frozen=True)
 class PreprocessResult:
     counts: dict[str, int]
@@ -43,11 +74,12 @@ class PreprocessResult:
 
 
 def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int,
-                  val_fraction: float, test_fraction: float, seed: int) -> PreprocessResult:
-    """Write ``{split}_x.npy`` (uint8 N,C,H,W), ``{split}_y.npy``, ``splits.parquet``, ``label_map.json``, ``stats.json``."""
+                  val_fraction: float, test_fraction: float, seed: int, workers: int = 1) -> PreprocessResult:
+    """Write ``{split}_x.npy`` (uint8 N,C,H,W, memory-mappable), ``{split}_y.npy``, ``splits.parquet``,
+    ``label_map.json``, ``stats.json`` and ``data_profile.json`` (train rows' feature histograms)."""
     labels = sorted(manifest["label"].astype(str).unique())
     to_index = {label: i for i, label in enumerate(labels)}
-    split = stratified_split(manifest["label"].astype(str).tolist(), val_fraction, test_fraction, seed)
+    split = assign_splits(manifest, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     frame = manifest[["path", "label", "sha256"]].copy()
     frame["split"] = split
     frame["class_index"] = frame["label"].astype(str).map(to_index)
@@ -55,7 +87,7 @@ def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int
     counts = {}
     for name in SPLITS:
         rows = frame[frame["split"] == name]
-        x = np.stack([load_image(p, size, channels) for p in rows["path"]]).astype(np.uint8)
+        x = load_images(rows["path"].tolist(), size, channels, workers)
         np.save(out / f"{name}_x.npy", x)
         np.save(out / f"{name}_y.npy", rows["class_index"].to_numpy(dtype=np.int64))
         counts[name] = len(rows)
@@ -66,6 +98,7 @@ def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int
     (out / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2))
     stats = {"image_size": size, "channels": channels, "mean": mean, "std": std, "counts": counts}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_profile(out, build_profile(manifest[np.asarray(split) == "train"], labels))
     return PreprocessResult(counts, labels, mean, std)
 
 

@@ -23,6 +23,7 @@ class SourceError(InputError):
 class Item:
     path: str  # absolute
     label: str | None
+    box: tuple[int, int, int, int] | None = None  # face rectangle x1, y1, x2, y2 when the source gives one
 
 
 def export_digits(target: Path) -> Path:
@@ -61,19 +62,27 @@ def list_imagefolder(root: str | Path) -> list[Item]:
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"image folder not found: {root}")
-    items = [
-        Item(str(path.resolve()), class_dir.name)
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for path in sorted(class_dir.iterdir())
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-    ]
+    base = root.resolve()
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(class_dir.iterdir()):
+            if not (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS):
+                continue
+            resolved = path.resolve()
+            if not resolved.is_relative_to(base):  # a symlink pointing out of the source
+                raise SourceError(f"{path}: resolves to {resolved}, outside the image folder {base}")
+            items.append(Item(str(resolved), class_dir.name))
     if not items:
         raise SourceError(f"image folder {root} has no images in class sub-folders ({', '.join(IMAGE_EXTENSIONS)})")
     return items
 
 
 def list_csv(manifest: str | Path) -> list[Item]:
-    """A CSV with ``path,label`` columns; paths are relative to the manifest's folder and must stay inside it."""
+    """A CSV with ``path,label`` (or the face-service layout ``path,name,int_label``) columns.
+
+    Paths are relative to the manifest's folder and must stay inside it (``../``, absolute paths
+    elsewhere and symlinks out of the folder are rejected, naming the row).
+    """
     manifest = Path(manifest)
     if not manifest.is_file():
         raise SourceError(f"manifest not found: {manifest}")
@@ -81,7 +90,9 @@ def list_csv(manifest: str | Path) -> list[Item]:
     items: list[Item] = []
     with manifest.open(newline="", encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
         reader = csv.DictReader(fh)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
+        fields = set(reader.fieldnames or [])
+        label_key = "name" if "label" not in fields and {"name", "int_label"} <= fields else "label"
+        missing = {"path", label_key} - fields
         if missing:
             raise SourceError(f"{manifest}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
         for row_no, row in enumerate(reader, start=2):
@@ -91,7 +102,7 @@ def list_csv(manifest: str | Path) -> list[Item]:
             path = (base / raw).resolve()
             if not path.is_relative_to(base):
                 raise SourceError(f"{manifest}:{row_no}: path {raw!r} escapes the manifest folder {base}")
-            label = (row.get("label") or "").strip() or None
+            label = (row.get(label_key) or "").strip() or None
             items.append(Item(str(path), label))
     if not items:
         raise SourceError(f"manifest {manifest} has no rows")

@@ -9,37 +9,24 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionops.config import ValidateConfig
 from visionops.errors import InputError
 
 if TYPE_CHECKING:  # pandas and great_expectations are imported lazily: GX alone takes ~3 s
     import pandas as pd
+
+    from visionops.data.checks import Table
 
 __all__ = ["DataValidationError", "ValidationIssue", "ValidationReport", "validate_manifest"]
 
 MAX_OFFENDING = 20
 REQUIRED_COLUMNS = ("path", "label", "sha256", "decode_error")
 _SITE_NAME = "visionops"
-
-# What each failed expectation means for a person fixing the data, keyed by (type, column).
-_ADVICE: dict[tuple[str, str], str] = {
-    ("expect_column_values_to_be_null", "decode_error"):
-        "{n} file(s) do not decode as images; repair or remove them from the source",
-    ("expect_column_values_to_not_be_null", "label"):
-        "{n} image(s) have no label; label them or remove them from the source",
-    ("expect_column_values_to_match_regex", "label"):
-        "{n} image(s) have an empty or blank label; label them or remove them from the source",
-    ("expect_column_values_to_be_unique", "sha256"):
-        "{n} files have the same content (sha256) as another file; keep one copy of each",
-    ("expect_column_values_to_be_between", "count"):
-        "{n} class(es) have fewer than {min} images; add images or drop the class",
-    ("expect_table_row_count_to_be_between", ""):
-        "the manifest has no images; check the data source",
-}
-
 
 @dataclass(frozen=True)
 class ValidationIssue:
@@ -49,6 +36,7 @@ class ValidationIssue:
     column: str
     description: str
     offending: list[dict]
+    severity: str = "error"  # "error" stops the pipeline; "warning" is recorded and the run goes on
 
 
 @dataclass(frozen=True)
@@ -69,11 +57,14 @@ class ValidationReport:
             "expectations met"
         )
         lines = [f"Data validation {'passed' if self.success else 'FAILED'}: {head}."]
-        for issue in self.issues:
-            lines.append(f"- {issue.expectation} on '{issue.column}': {issue.description}.")
+        for issue in sorted(self.issues, key=lambda i: i.severity != "error"):
+            lines.append(f"- {issue.severity.upper()} {issue.expectation} on '{issue.column}': "
+                         f"{issue.description}.")
             for row in issue.offending:
-                name = row.get("path", row.get("label"))
-                lines.append(f"    {name}  (observed: {row.get('observed')!r})")
+                name = row.get("path", row.get("label", row.get("feature")))
+                extra = "".join(f", {k}: {v}" for k, v in row.items()
+                                if k not in ("path", "label", "feature", "observed") and v is not None)
+                lines.append(f"    {name}  (observed: {row.get('observed')!r}{extra})")
             if len(issue.offending) >= MAX_OFFENDING:
                 lines.append(f"    (first {MAX_OFFENDING} shown; the Data Docs list all)")
         if self.data_docs_index is not None:
@@ -90,6 +81,7 @@ class ValidationReport:
                     "column": i.column,
                     "description": i.description,
                     "offending": [dict(row) for row in i.offending],
+                    "severity": i.severity,
                 }
                 for i in self.issues
             ],
@@ -134,8 +126,10 @@ def _plain(value: Any) -> Any:
     return None if value is pd.NA or value is pd.NaT else value
 
 
-def _issue_from_result(result: Any, index_column: str, min_per_class: int) -> ValidationIssue:
+def _issue_from_result(result: Any, index_columns: list[str], severity: str, min_per_class: int,
+                       cfg: ValidateConfig) -> ValidationIssue:
     """Build an issue from one failed GX ExpectationValidationResult."""
+    from visionops.data.checks import ADVICE
     config = result.expectation_config
     etype: str = config.type
     column: str = config.kwargs.get("column") or ""
@@ -146,22 +140,24 @@ def _issue_from_result(result: Any, index_column: str, min_per_class: int) -> Va
             column=column,
             description=f"GX could not evaluate it: {info.get('exception_message')}",
             offending=[],
+            severity="error",
         )
     res = result.result or {}
     rows = [
-        {index_column: _plain(row.get(index_column)), "observed": _plain(row.get(column))}
+        {**{c: _plain(row.get(c)) for c in index_columns}, "observed": _plain(row.get(column))}
         for row in res.get("unexpected_index_list") or []
     ]
     if etype == "expect_column_values_to_be_unique":
         # Keep files with the same hash next to each other so both of a pair survive truncation.
         rows.sort(key=lambda row: str(row["observed"]))
     n = res.get("unexpected_count", len(rows))
-    advice = _ADVICE.get((etype, column), "{n} row(s) do not meet this expectation")
+    advice = ADVICE.get((etype, column), "{n} row(s) do not meet this expectation")
     return ValidationIssue(
         expectation=etype,
         column=column,
-        description=advice.format(n=n, min=min_per_class),
+        description=advice.format(n=n, min=min_per_class, cfg=cfg),
         offending=rows[:MAX_OFFENDING],
+        severity=severity,
     )
 
 
@@ -194,23 +190,26 @@ def _new_context(docs_dir: Path) -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _run(
-    context: Any, name: str, frame: pd.DataFrame, expectations: list, index_column: str
-) -> Any:
-    """Validate ``frame`` against a new suite; return GX's ExpectationSuiteValidationResult."""
+def _run(context: Any, name: str, table: Table) -> Any:
+    """Validate ``table.frame`` against a new suite; return GX's ExpectationSuiteValidationResult."""
     import great_expectations as gx
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
+    for expectation, severity in table.expectations:
+        # Recorded in the suite too, so the Data Docs show which failures stop the run.
+        expectation.severity = FailureSeverity.CRITICAL if severity == "error" else FailureSeverity.WARNING
     batch = context.data_sources.add_pandas(name).add_dataframe_asset(name)
     batch_definition = batch.add_batch_definition_whole_dataframe(name)
+    expectations = [e for e, _ in table.expectations]
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
     )
     return definition.run(
-        batch_parameters={"dataframe": frame},
+        batch_parameters={"dataframe": table.frame},
         result_format={
             "result_format": "COMPLETE",
-            "unexpected_index_column_names": [index_column],
+            "unexpected_index_column_names": table.index_columns,
             "return_unexpected_index_query": False,
         },
     )
@@ -219,75 +218,80 @@ def _run(
 def validate_manifest(
     manifest: pd.DataFrame,
     *,
-    min_images_per_class: int,
+    min_images_per_class: int | None = None,
     docs_dir: Path,
     suite_name: str = "visionops_manifest",
+    config: ValidateConfig | None = None,
+    splits: Sequence[str] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Validate an ingest manifest with Great Expectations and build Data Docs in ``docs_dir``.
 
-    Checks that every file decodes, every image has a non-empty label, no two files have the
-    same sha256, and every class has at least ``min_images_per_class`` images. Returns the
-    report whether or not validation passed; raising is the caller's decision.
+    Per file: decodes, label present (and declared), size and mode, no exact duplicate, and, when
+    ``splits`` (one split name per row, as preprocess will assign them) is given, no held-out image
+    that is a near-copy of a training image. Per class: at least ``min_images_per_class`` images and
+    an imbalance within limits. Against ``reference`` (the champion's ``labels`` and ``profile``, see
+    ``drift.champion_reference``): classes added or removed, and drift per feature (PSI).
+    Returns the report; ``success`` is False only when an error-severity check failed.
     """
-    import pandas as pd
+    from visionops.data.checks import class_table, drift_table_for, file_table, schema_table
 
+    cfg = config or ValidateConfig()
+    min_per_class = cfg.min_images_per_class if min_images_per_class is None else min_images_per_class
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest is missing required column(s) {missing}; "
                          f"expected at least {list(REQUIRED_COLUMNS)}")
-    if min_images_per_class < 0:
-        raise ValueError(f"min_images_per_class must be >= 0, got {min_images_per_class}")
+    if min_per_class < 0:
+        raise ValueError(f"min_images_per_class must be >= 0, got {min_per_class}")
+    if splits is not None and len(splits) != len(manifest):
+        raise ValueError(f"splits has {len(splits)} entries for {len(manifest)} manifest rows")
 
     docs_dir = Path(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
-    frame = manifest.loc[:, list(REQUIRED_COLUMNS)].reset_index(drop=True)
-
-    # Rows without a usable label are reported by the label expectations, not counted as a class.
-    labels = frame["label"]
-    usable = labels.notna() & labels.astype("string").str.strip().ne("").fillna(False)
-    per_class = labels[usable].astype(str).value_counts().sort_index()
-    counts = pd.DataFrame({"label": per_class.index.astype(str), "count": per_class.to_numpy()})
 
     # GX logs hundreds of INFO lines (mostly at import); an Airflow task log needs our summary.
     gx_logger = logging.getLogger("great_expectations")
     previous_level = gx_logger.level
     gx_logger.setLevel(logging.WARNING)
     try:
-        import great_expectations.expectations as gxe
-
+        tables = [file_table(manifest, cfg, splits), class_table(manifest, min_per_class, cfg)]
+        if reference and reference.get("labels"):
+            tables.append(schema_table(manifest, reference["labels"], cfg))
+        if reference and reference.get("profile"):
+            drift = drift_table_for(manifest, reference["profile"], cfg)
+            if drift is not None:
+                tables.append(drift)
         context = _new_context(docs_dir)
-        files = _run(context, suite_name, frame, [
-            gxe.ExpectTableRowCountToBeBetween(min_value=1),
-            gxe.ExpectColumnValuesToBeNull(column="decode_error"),
-            gxe.ExpectColumnValuesToNotBeNull(column="label"),
-            gxe.ExpectColumnValuesToMatchRegex(column="label", regex=r"\S"),
-            gxe.ExpectColumnValuesToBeUnique(column="sha256"),
-        ], index_column="path")
-        classes = _run(context, f"{suite_name}_class_counts", counts, [
-            gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_images_per_class),
-        ], index_column="label")
+        names = {"files": suite_name}
+        results = [(t, _run(context, names.get(t.name, f"{suite_name}_{t.name}"), t)) for t in tables]
         built = context.build_data_docs(site_names=[_SITE_NAME])
     finally:
         gx_logger.setLevel(previous_level)
 
-    issues = [
-        _issue_from_result(r, "path", min_images_per_class) for r in files.results if not r.success
-    ] + [
-        _issue_from_result(r, "label", min_images_per_class)
-        for r in classes.results
-        if not r.success
-    ]
+    issues = []
+    for table, outcome in results:
+        for r, (_, severity) in zip(outcome.results, table.expectations, strict=True):
+            if not r.success:
+                issues.append(_issue_from_result(r, table.index_columns, severity, min_per_class, cfg))
+    counts = tables[1].frame
     index = docs_dir / "index.html"
-    statistics = {
-        "n_images": int(len(frame)),
+    statistics: dict[str, Any] = {
+        "n_images": int(len(manifest)),
         "n_classes": int(len(counts)),
         "images_per_class": {str(k): int(v) for k, v in zip(counts["label"], counts["count"])},
-        "min_images_per_class": int(min_images_per_class),
+        "min_images_per_class": int(min_per_class),
+        "n_errors": sum(i.severity == "error" for i in issues),
+        "n_warnings": sum(i.severity == "warning" for i in issues),
     }
+    for table in tables[2:]:
+        statistics[table.name] = table.frame.to_dict("records")
+    if reference:
+        statistics["champion_version"] = reference.get("version")
     for key in ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations"):
-        statistics[key] = int(files.statistics[key] + classes.statistics[key])
+        statistics[key] = int(sum(outcome.statistics[key] for _, outcome in results))
     return ValidationReport(
-        success=bool(files.success and classes.success),
+        success=statistics["n_errors"] == 0,
         issues=issues,
         statistics=statistics,
         data_docs_index=index if _SITE_NAME in built and index.exists() else None,

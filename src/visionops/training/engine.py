@@ -1,18 +1,29 @@
-"""The training loop: uint8 batches in, early stopping on validation accuracy, per-epoch history."""
+"""The training loop: uint8 batches in, early stopping on validation accuracy, per-epoch history.
+
+Optional: gradient accumulation, augmentation of the training split, focal loss / label
+smoothing / class weights, and on CUDA bf16 autocast, channels_last and ``torch.compile``. A
+checkpoint after every epoch lets an interrupted run continue where it stopped.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from visionops.data.preprocess import Split
+from visionops.training.augment import AugmentSpec, augment_batch, build_augment
+from visionops.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from visionops.training.losses import balanced_class_weights, make_loss
+from visionops.training.optim import make_optimizer, make_scheduler, scheduler_step
 
 
 def select_device(preference: str) -> torch.device:
@@ -23,10 +34,36 @@ def select_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Everything about the loop beyond the classic hyperparameters; the defaults are plain AdamW."""
+
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = False
+    scheduler: str = "plateau"
+    step_size: int = 10
+    gamma: float = 0.1
+    loss: str = "cross_entropy"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    class_weights: str = "none"       # none | balanced
+    augment: AugmentSpec = AugmentSpec()
+    accumulate_steps: int = 1
+    amp: bool = True                  # bf16 autocast, CUDA only
+    channels_last: bool = True        # CUDA only
+    compile: bool = False
+    deterministic: bool = False
 
 
 @dataclass
@@ -48,6 +85,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
     stopped_early: bool = False
+    resumed_from: int = 0
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -55,74 +93,126 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    # bf16 needs no loss scaling; GPUs without it train in fp32 rather than risk fp16 overflow.
+    on = enabled and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on)
+
+
 def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-                  loss_fn: nn.Module, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+                  loss_fn: nn.Module, batch_size: int, generator: torch.Generator, *,
+                  options: FitOptions = FitOptions(), transform=None) -> tuple[float, float]:
     """One pass over the training data; returns (mean loss, accuracy)."""
     model.train()
-    total_loss, correct = 0.0, 0
-    for idx in _batches(len(y), batch_size, generator):
-        xb, yb = x[idx], y[idx]
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(yb)
-        correct += (logits.argmax(1) == yb).sum().item()
-    return total_loss / len(y), correct / len(y)
+    device = x.device
+    memory = torch.channels_last if options.channels_last and device.type == "cuda" else torch.contiguous_format
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    batches = _batches(len(y), batch_size, generator)
+    accumulate = max(1, options.accumulate_steps)
+    optimizer.zero_grad(set_to_none=True)
+    for i, idx in enumerate(batches):
+        xb, yb = augment_batch(transform, x[idx]).contiguous(memory_format=memory), y[idx]
+        with _autocast(device, options.amp):
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+        (loss / accumulate if accumulate > 1 else loss).backward()
+        if (i + 1) % accumulate == 0 or i + 1 == len(batches):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        # Summed on the device: no host sync per batch.
+        total_loss += loss.detach().float() * len(yb)
+        correct += (logits.detach().argmax(1) == yb).sum()
+    return total_loss.item() / len(y), correct.item() / len(y)
 
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
-                   batch_size: int) -> tuple[float, float]:
+                   batch_size: int, amp: bool = False) -> tuple[float, float]:
     model.eval()
     total_loss, correct = 0.0, 0
     for idx in _batches(len(y), batch_size, None):
-        logits = model(x[idx])
-        total_loss += loss_fn(logits, y[idx]).item() * len(idx)
+        with _autocast(x.device, amp):
+            logits = model(x[idx])
+            total_loss += loss_fn(logits.float(), y[idx]).item() * len(idx)
         correct += (logits.argmax(1) == y[idx]).sum().item()
     return total_loss / len(y), correct / len(y)
 
 
 def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_size: int,
         learning_rate: float, weight_decay: float, patience: int, seed: int, device: torch.device,
-        on_epoch: Callable[[EpochMetrics], None] | None = None) -> FitResult:
-    """Train with AdamW, cut the learning rate x0.1 when validation accuracy stalls, stop early.
+        on_epoch: Callable[[EpochMetrics], None] | None = None, options: FitOptions | None = None,
+        checkpoint: Path | None = None) -> FitResult:
+    """Train, step the schedule on validation accuracy, stop early; checkpoint each epoch if asked.
 
     Returns the model with the weights of its best validation epoch. ``on_epoch`` may raise to
-    stop (the tuner's pruning does).
+    stop (the tuner's pruning does). With ``checkpoint``, a run finding a checkpoint there
+    continues after its last epoch, with the same RNG states, so the result is as if uninterrupted.
     """
-    seed_everything(seed)
+    opts = options or FitOptions()
+    seed_everything(seed, opts.deterministic)
+    if device.type == "cuda" and not opts.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     model = model.to(device)
+    if opts.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if opts.compile else model  # state dicts stay on `model`
     # np.array copies the memory-mapped splits into writable memory that torch can share.
     xt, yt = torch.from_numpy(np.array(train.x)).to(device), torch.from_numpy(np.array(train.y)).to(device)
     xv, yv = torch.from_numpy(np.array(val.x)).to(device), torch.from_numpy(np.array(val.y)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=0.1, patience=max(1, patience // 2))
-    loss_fn = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(model, opts.optimizer, lr=learning_rate, weight_decay=weight_decay,
+                               momentum=opts.momentum, nesterov=opts.nesterov)
+    scheduler = make_scheduler(optimizer, opts.scheduler, max_epochs=max_epochs, patience=patience,
+                               step_size=opts.step_size, gamma=opts.gamma)
+    n_classes = int(max(int(yt.max()), int(yv.max())) + 1) if len(yt) else 1
+    weight = balanced_class_weights(np.asarray(train.y), n_classes).to(device) if opts.class_weights == "balanced" else None
+    loss_fn = make_loss(opts.loss, label_smoothing=opts.label_smoothing, focal_gamma=opts.focal_gamma,
+                        weight=weight).to(device)
+    eval_loss = nn.CrossEntropyLoss()  # validation loss stays comparable across loss settings
+    transform = build_augment(opts.augment, xt.shape[1], xt.shape[2], xt.shape[3])
     generator = torch.Generator().manual_seed(seed)
     result = FitResult(model=model)
-    best_state, since_best = copy.deepcopy(model.state_dict()), 0
-    for epoch in range(1, max_epochs + 1):
+    best_state, since_best, start_epoch = copy.deepcopy(model.state_dict()), 0, 1
+    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved["scheduler"] is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"], generator)
+        result.history = [EpochMetrics(**m) for m in saved["history"]]
+        result.best_epoch, result.best_val_accuracy = saved["best_epoch"], saved["best_val_accuracy"]
+        best_state, since_best = saved["best_state"], saved["since_best"]
+        start_epoch = result.resumed_from = saved["epoch"] + 1
+        result.stopped_early = saved["stopped_early"]
+    for epoch in range(start_epoch, max_epochs + 1):
+        if result.stopped_early:
+            break
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        tr_loss, tr_acc = fit_one_epoch(model, xt, yt, optimizer, loss_fn, batch_size, generator)
-        va_loss, va_acc = evaluate_split(model, xv, yv, loss_fn, batch_size * 4)
+        tr_loss, tr_acc = fit_one_epoch(step_model, xt, yt, optimizer, loss_fn, batch_size, generator,
+                                        options=opts, transform=transform)
+        va_loss, va_acc = evaluate_split(step_model, xv, yv, eval_loss, batch_size * 4, opts.amp)
         seconds = time.perf_counter() - start
         metrics = EpochMetrics(epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, len(yt) / seconds)
         result.history.append(metrics)
-        scheduler.step(va_acc)
+        scheduler_step(scheduler, va_acc)
         if va_acc > result.best_val_accuracy or epoch == 1:
             result.best_epoch, result.best_val_accuracy = epoch, va_acc
             best_state, since_best = copy.deepcopy(model.state_dict()), 0
         else:
             since_best += 1
+        result.stopped_early = since_best >= patience
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(generator), "history": [asdict(m) for m in result.history],
+                "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                "best_state": best_state, "since_best": since_best, "stopped_early": result.stopped_early,
+            })
         if on_epoch is not None:
             on_epoch(metrics)
-        if since_best >= patience:
-            result.stopped_early = True
-            break
     model.load_state_dict(best_state)
     model.eval()
     return result

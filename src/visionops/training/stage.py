@@ -1,4 +1,8 @@
-"""The train stage: full training with the tuned parameters, per-epoch metrics, the served model logged."""
+"""The train stage: full training with the tuned parameters, per-epoch metrics, the served model logged.
+
+Every epoch is checkpointed into the run folder, so a retried train task resumes after the last
+finished epoch instead of starting over.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ import torch
 from visionops import tracking
 from visionops.data.preprocess import load_labels, load_split, load_stats
 from visionops.inference import log_classifier
-from visionops.models import build_model
+from visionops.models import build_from_config
 from visionops.models.wrappers import NormalizedNet
 from visionops.runs import RunContext
-from visionops.storage import StageOutput, fingerprint
+from visionops.storage import StageOutput, fingerprint, visionops_home
+from visionops.training.checkpoint import load_checkpoint
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
+from visionops.training.settings import apply_params, fit_options
 
 log = logging.getLogger("visionops")
 T = tracking.TAG_PREFIX
@@ -48,9 +54,33 @@ def _save_learning_curves(history: list[EpochMetrics], path: Path) -> None:
     plt.close(fig)
 
 
-def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, float]) -> dict[str, Any]:
+def epoch_metrics(m: EpochMetrics) -> dict[str, float]:
+    return {"train_loss": m.train_loss, "train_accuracy": m.train_accuracy, "val_loss": m.val_loss,
+            "val_accuracy": m.val_accuracy, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds,
+            "images_per_second": m.images_per_second}
+
+
+def device_tags(device: torch.device) -> dict[str, str]:
+    tags = {f"{T}device": str(device), "torch_version": torch.__version__,
+            "cuda_version": str(torch.version.cuda), "python_version": platform.python_version()}
+    if device.type == "cuda":
+        tags["gpu_name"] = torch.cuda.get_device_name(device)
+        tags["cudnn_version"] = str(torch.backends.cudnn.version())
+        tags["bf16_autocast"] = str(torch.cuda.is_bf16_supported()).lower()
+    return tags
+
+
+def checkpoint_path(ctx: RunContext, fp: str) -> Path:
+    """Inside the run folder when the data root is local; under VISIONOPS_HOME otherwise."""
+    store = ctx.store()
+    if store.is_local:
+        return Path(store.stage_path("train-checkpoint")) / f"{fp[:16]}.pt"
+    return visionops_home() / "checkpoints" / ctx.run_key / f"{fp[:16]}.pt"
+
+
+def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, Any]) -> dict[str, Any]:
     """Train with ``params`` (tuned or configured), log metrics and the model; reuse a finished run's model."""
-    cfg = ctx.config()
+    cfg = apply_params(ctx.config(), params)
     tracking.configure()
     fp = fingerprint("train", preprocessed.fingerprint, params, cfg.model.model_dump(), cfg.train.model_dump())
     store = ctx.store()
@@ -64,41 +94,54 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, fl
         stats, labels = load_stats(folder), load_labels(folder)
         train, val, test = (load_split(folder, s) for s in ("train", "val", "test"))
         device = select_device(cfg.train.device)
-        mlflow.set_tags({f"{T}device": str(device), "torch_version": torch.__version__,
-                         "cuda_version": str(torch.version.cuda), "python_version": platform.python_version()})
-        mlflow.log_params({**params, "model": cfg.model.name, "max_epochs": cfg.train.max_epochs,
-                           "batch_size": cfg.train.batch_size, "patience": cfg.train.patience})
-        seed_everything(cfg.train.seed)  # the initial weights come from the seed too
-        net = NormalizedNet(build_model(cfg.model.name, in_channels=cfg.data.channels,
-                                        image_size=cfg.data.image_size, num_classes=len(labels),
-                                        dropout=params["dropout"]), stats["mean"], stats["std"])
+        mlflow.set_tags(device_tags(device))
+        t = cfg.train
+        mlflow.log_params({**params, "model": cfg.model.name, "max_epochs": t.max_epochs,
+                           "batch_size": t.batch_size, "patience": t.patience, "optimizer": t.optimizer,
+                           "scheduler": t.scheduler, "loss": t.loss, "label_smoothing": t.label_smoothing,
+                           "augment_strength": t.augment.strength, "accumulate_steps": t.accumulate_steps,
+                           "model_width": cfg.model.width, "transfer_mode": cfg.model.transfer_mode})
+        seed_everything(t.seed)  # the initial weights come from the seed too
+        net = NormalizedNet(build_from_config(cfg.model, in_channels=cfg.data.channels,
+                                              image_size=cfg.data.image_size, num_classes=len(labels)),
+                            stats["mean"], stats["std"])
         mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
+        mlflow.log_metric("n_trainable_parameters", sum(p.numel() for p in net.parameters() if p.requires_grad))
+        ckpt = checkpoint_path(ctx, fp) if t.checkpoint else None
+        earlier = load_checkpoint(ckpt) if ckpt is not None else None
+        if earlier is not None:
+            # A retry: this run gets the epochs before the interruption too, so its curves are whole.
+            mlflow.set_tag(f"{T}resumed_after_epoch", str(earlier["epoch"]))
+            for m in earlier["history"]:
+                mlflow.log_metrics(epoch_metrics(EpochMetrics(**m)), step=m["epoch"])
+            log.info("train: resuming after epoch %d from %s", earlier["epoch"], ckpt)
 
         def on_epoch(m: EpochMetrics) -> None:
-            mlflow.log_metrics({"train_loss": m.train_loss, "train_accuracy": m.train_accuracy,
-                                "val_loss": m.val_loss, "val_accuracy": m.val_accuracy,
-                                "learning_rate": m.learning_rate, "epoch_seconds": m.seconds,
-                                "images_per_second": m.images_per_second}, step=m.epoch)
+            mlflow.log_metrics(epoch_metrics(m), step=m.epoch)
             log.info("epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)", m.epoch, m.train_loss,
                      m.val_accuracy, m.seconds)
 
-        result = fit(net, train, val, max_epochs=cfg.train.max_epochs, batch_size=cfg.train.batch_size,
-                     learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
-                     patience=cfg.train.patience, seed=cfg.train.seed, device=device, on_epoch=on_epoch)
+        result = fit(net, train, val, max_epochs=t.max_epochs, batch_size=t.batch_size,
+                     learning_rate=t.learning_rate, weight_decay=t.weight_decay, patience=t.patience,
+                     seed=t.seed, device=device, on_epoch=on_epoch, options=fit_options(cfg), checkpoint=ckpt)
         mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                             "epochs_trained": len(result.history)})
+        result.model.to("cpu")
         with tempfile.TemporaryDirectory() as tmp:
             curves = Path(tmp) / "learning_curves.png"
             _save_learning_curves(result.history, curves)
             mlflow.log_artifact(str(curves))
             uris = log_classifier(result.model, labels=labels, image_size=cfg.data.image_size,
-                                  channels=cfg.data.channels, example=np.asarray(test.x[:2]), workdir=Path(tmp))
+                                  channels=cfg.data.channels, example=np.asarray(test.x[:2]), workdir=Path(tmp),
+                                  data_profile=folder / "data_profile.json")
         meta = {**uris, "train_run_id": run_id, "run_key": ctx.run_key,
                 "best_val_accuracy": result.best_val_accuracy, "epochs_trained": len(result.history),
-                "params": params}
+                "resumed_from_epoch": result.resumed_from, "params": params}
         with store.writing("train", fp) as pending:
             (pending.path / "train.json").write_text(json.dumps(meta, indent=2))
             pending.meta = meta
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)  # the committed output now answers any retry
     log.info("train: best val_accuracy %.4f at epoch %d of %d; model %s", result.best_val_accuracy,
              result.best_epoch, len(result.history), uris["model_uri"])
     return meta

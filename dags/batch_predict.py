@@ -1,0 +1,68 @@
+"""batch_predict: label a folder of images with the champion and write a CSV under the data root.
+
+Thin wiring only: each task is a lazy import and one call into ``visionops.serving``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+DOC = """
+### Score a folder of images with the model in service
+
+`resolve` pins `models:/<model_name>@<alias>` to a version when the run starts (a promotion
+during the run cannot mix two models in one file); `score` labels every image under
+**input_dir** and writes `path,label,probability,model_version` as CSV to **output_path**
+(default: `<data_root>/predictions/<model>/v<version>/<run id>.csv`), and logs it to MLflow
+(experiment `visionops-batch-predict`).
+"""
+
+
+def _call(func: str, *args, **kwargs):
+    """Run one serving step; bad input (unknown model, missing folder) fails without retries."""
+    from visionops import serving
+    from visionops.errors import InputError
+
+    try:
+        return getattr(serving, func)(*args, **kwargs)
+    except InputError as exc:
+        raise AirflowFailException(f"{func}: {exc}") from exc
+
+
+@dag(
+    dag_id="batch_predict",
+    description="Label a folder of images with models:/NAME@champion and write a CSV.",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    doc_md=DOC,
+    tags=["visionops", "serving", "mlflow"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    params={
+        "model_name": Param("visionops-digits", type="string", title="Registered model"),
+        "alias": Param("champion", type="string", title="Alias", description="Resolved to a version at start."),
+        "input_dir": Param("", type="string", title="Input folder", description="Folder of images (recursive)."),
+        "output_path": Param(None, type=["null", "string"], title="Output CSV",
+                             description="Path or URL; default under the data root's predictions/."),
+    },
+)
+def batch_predict():
+    @task
+    def resolve() -> dict:
+        params = get_current_context()["params"]
+        return _call("resolve_for_batch", params["model_name"], params["alias"])
+
+    @task
+    def score(resolved: dict) -> dict:
+        context = get_current_context()
+        params = context["params"]
+        return _call("batch_predict", resolved, params["input_dir"], params.get("output_path"),
+                     run_id=context["run_id"])
+
+    score(resolve())
+
+
+batch_predict()

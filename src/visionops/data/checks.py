@@ -1,0 +1,183 @@
+"""The tables the validation suite runs on, derived from the manifest, and the expectations on each.
+
+Each check is a real GX expectation on one of these tables: per file (decode, label, size, mode,
+duplicates, leakage across splits), per class (count, imbalance), per class against the champion
+(schema change) and per feature (drift). ``severity`` says whether a failure stops the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from visionops.config import ValidateConfig
+from visionops.data.drift import drift_table
+
+
+# What each failed expectation means for a person fixing the data, keyed by (type, column).
+ADVICE: dict[tuple[str, str], str] = {
+    ("expect_column_values_to_be_null", "decode_error"):
+        "{n} file(s) do not decode as images; repair or remove them from the source",
+    ("expect_column_values_to_not_be_null", "label"):
+        "{n} image(s) have no label; label them or remove them from the source",
+    ("expect_column_values_to_match_regex", "label"):
+        "{n} image(s) have an empty or blank label; label them or remove them from the source",
+    ("expect_column_values_to_be_unique", "sha256"):
+        "{n} files have the same content (sha256) as another file; keep one copy of each",
+    ("expect_column_values_to_be_between", "count"):
+        "{n} class(es) have fewer than {min} images; add images or drop the class",
+    ("expect_column_values_to_be_between", "imbalance"):
+        "{n} class(es) are more than {cfg.max_imbalance}x smaller than the largest class "
+        "(observed: largest/this); add images or rebalance",
+    ("expect_column_values_to_be_in_set", "label"):
+        "{n} image(s) have a label outside the declared classes (validate.classes)",
+    ("expect_column_values_to_be_in_set", "mode"):
+        "{n} image(s) are not in the configured mode(s) {cfg.modes}",
+    ("expect_column_values_to_be_between", "width"):
+        "{n} image(s) have a width outside [{cfg.min_side}, {cfg.max_side}]",
+    ("expect_column_values_to_be_between", "height"):
+        "{n} image(s) have a height outside [{cfg.min_side}, {cfg.max_side}]",
+    ("expect_column_values_to_be_between", "leak_pixel_diff"):
+        "{n} held-out image(s) are near-copies of a training image (dHash within "
+        "{cfg.near_duplicate_bits} bits, thumbnails differ by <= {cfg.near_duplicate_max_diff}/255): "
+        "leakage across the split",
+    ("expect_column_values_to_be_in_set", "change"):
+        "{n} class(es) were added or removed compared with the champion's label map",
+    ("expect_column_values_to_be_between", "psi"):
+        "{n} feature(s) drifted from the champion's training data (PSI > {cfg.max_drift_psi})",
+    ("expect_table_row_count_to_be_between", ""):
+        "the manifest has no images; check the data source",
+}
+
+
+@dataclass
+class Table:
+    """A frame, the column that names its rows, and its expectations with their severities."""
+
+    name: str
+    frame: pd.DataFrame
+    index_columns: list[str]
+    expectations: list[tuple[Any, str]] = field(default_factory=list)  # (GX expectation, severity)
+
+
+def usable_labels(labels: pd.Series) -> pd.Series:
+    return labels.notna() & labels.astype("string").str.strip().ne("").fillna(False)
+
+
+def nearest_train(manifest: pd.DataFrame, splits: Sequence[str],
+                  max_bits: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """For each held-out row, its closest training image among those whose 64-bit dHash is within
+    ``max_bits``: (mean absolute difference of their 16x16 grey thumbnails, 0-255; that image's row
+    position; the Hamming distance). None where no training image is that close.
+
+    The hash finds candidates fast; the thumbnail confirms them, because on small or simple images
+    (8x8 digits, objects on black) unrelated pictures share a dHash within a few bits.
+    """
+    n = len(manifest)
+    split = np.asarray(splits, dtype=object)
+    hashes = manifest["dhash"].reset_index(drop=True)
+    valid = hashes.notna().to_numpy() & manifest["thumb"].notna().to_numpy()
+    as_int = np.array([int(h, 16) if ok else 0 for h, ok in zip(hashes, valid, strict=True)], dtype=np.uint64)
+    diff: list[Any] = [None] * n
+    partner: list[Any] = [None] * n
+    bits_out: list[Any] = [None] * n
+    train_pos = np.flatnonzero((split == "train") & valid)
+    if len(train_pos) == 0:
+        return diff, partner, bits_out
+    thumbs = manifest["thumb"].reset_index(drop=True)
+    train_hashes = as_int[train_pos]
+    for i in np.flatnonzero((split != "train") & valid):
+        bits = np.bitwise_count(train_hashes ^ as_int[i])
+        close = np.flatnonzero(bits <= max_bits)
+        if len(close) == 0:
+            continue
+        mine = np.frombuffer(thumbs[i], np.uint8).astype(np.float32)
+        mads = [float(np.abs(np.frombuffer(thumbs[train_pos[j]], np.uint8) - mine).mean()) for j in close]
+        best = close[int(np.argmin(mads))]
+        diff[i], partner[i], bits_out[i] = round(min(mads), 3), int(train_pos[best]), int(bits[best])
+    return diff, partner, bits_out
+
+
+def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, splits: Sequence[str] | None) -> Table:
+    import great_expectations.expectations as gxe
+
+    cols = [c for c in ("path", "label", "sha256", "decode_error", "width", "height", "mode")
+            if c in manifest.columns]
+    frame = manifest.loc[:, cols].reset_index(drop=True)
+    exp: list[tuple[Any, str]] = [
+        (gxe.ExpectTableRowCountToBeBetween(min_value=1), "error"),
+        (gxe.ExpectColumnValuesToBeNull(column="decode_error"), "error"),
+        (gxe.ExpectColumnValuesToNotBeNull(column="label"), "error"),
+        (gxe.ExpectColumnValuesToMatchRegex(column="label", regex=r"\S"), "error"),
+        (gxe.ExpectColumnValuesToBeUnique(column="sha256"), cfg.duplicate_severity),
+    ]
+    if cfg.classes is not None:
+        exp.append((gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.classes)), "error"))
+    for col in ("width", "height"):
+        if col in frame.columns:
+            frame[col] = frame[col].astype("Float64")
+            exp.append((gxe.ExpectColumnValuesToBeBetween(column=col, min_value=cfg.min_side,
+                                                          max_value=cfg.max_side), "error"))
+    if cfg.modes is not None and "mode" in frame.columns:
+        exp.append((gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(cfg.modes)),
+                    "warning" if cfg.convert_modes else "error"))
+    index = ["path"]
+    if splits is not None and {"dhash", "thumb"} <= set(manifest.columns):
+        diff, partner, bits = nearest_train(manifest, splits, cfg.near_duplicate_bits)
+        paths = frame["path"].tolist()
+        frame["split"] = list(splits)
+        frame["leak_pixel_diff"] = pd.array(diff, dtype="Float64")
+        frame["leaks_train_file"] = [None if p is None else paths[p] for p in partner]
+        frame["dhash_bits"] = pd.array(bits, dtype="Int64")
+        exp.append((gxe.ExpectColumnValuesToBeBetween(
+            column="leak_pixel_diff", min_value=cfg.near_duplicate_max_diff, strict_min=True),
+            cfg.leakage_severity))
+        index = ["path", "split", "leaks_train_file", "dhash_bits"]
+    return Table("files", frame, index, exp)
+
+
+def class_table(manifest: pd.DataFrame, min_per_class: int, cfg: ValidateConfig) -> Table:
+    import great_expectations.expectations as gxe
+
+    labels = manifest["label"]
+    per_class = labels[usable_labels(labels)].astype(str).value_counts().sort_index()
+    if cfg.classes is not None:  # a declared class without images is a class with 0 images
+        per_class = per_class.reindex(sorted(set(per_class.index) | set(cfg.classes)), fill_value=0)
+    counts = pd.DataFrame({"label": per_class.index.astype(str), "count": per_class.to_numpy(dtype=int)})
+    # How many times larger the biggest class is than this one: the small classes are the problem.
+    # Empty classes get no ratio (null is skipped): the count check already names them.
+    nonzero = counts["count"].where(counts["count"] > 0)
+    counts["imbalance"] = (counts["count"].max() / nonzero).round(3).astype("Float64")
+    return Table("class_counts", counts, ["label"], [
+        (gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class), "error"),
+        (gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance),
+         cfg.imbalance_severity),
+    ])
+
+
+def schema_table(manifest: pd.DataFrame, champion_labels: list[str], cfg: ValidateConfig) -> Table:
+    import great_expectations.expectations as gxe
+
+    labels = manifest["label"]
+    current = set(labels[usable_labels(labels)].astype(str))
+    before = set(map(str, champion_labels))
+    rows = [{"label": lab, "change": "unchanged" if lab in current and lab in before
+             else "added" if lab in current else "removed"} for lab in sorted(current | before)]
+    frame = pd.DataFrame(rows, columns=["label", "change"])
+    return Table("schema", frame, ["label"], [
+        (gxe.ExpectColumnValuesToBeInSet(column="change", value_set=["unchanged"]),
+         cfg.schema_change_severity)])
+
+
+def drift_table_for(manifest: pd.DataFrame, profile: dict, cfg: ValidateConfig) -> Table | None:
+    import great_expectations.expectations as gxe
+
+    rows = drift_table(manifest, profile)
+    if not rows:
+        return None
+    return Table("drift", pd.DataFrame(rows), ["feature"], [
+        (gxe.ExpectColumnValuesToBeBetween(column="psi", max_value=cfg.max_drift_psi), cfg.drift_severity)])

@@ -1,0 +1,69 @@
+"""The promote_challenger DAG (HITL approval before promotion) and the functions its tasks call."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from visionops import registry
+from visionops.approval import describe_candidate, promote_approved
+from visionops.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dag_waits_on_an_approval_operator_before_promote() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "promote_challenger.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["promote_challenger"]
+    assert isinstance(dag.get_task("approve"), ApprovalOperator)
+    assert dag.get_task("describe").downstream_task_ids == {"approve", "promote"}
+    assert dag.get_task("approve").downstream_task_ids == {"promote"}
+    assert "xcom_pull(task_ids='describe')['summary']" in dag.get_task("approve").body
+
+
+@pytest.fixture()
+def challenger(sqlite_store: dict[str, Any]) -> str:
+    name = f"appr-{uuid.uuid4().hex[:6]}"
+    tags = {"visionops.test_data_uri": str(sqlite_store["test_split"]), "visionops.test_data_fingerprint": "t"}
+    for kind in ("good", "bad"):
+        m = sqlite_store["models"][kind]
+        registry.register_version(name, m["model_uri"], m["run_id"], tags, kind)
+    registry.set_alias(name, registry.CHALLENGER, "1")
+    return name
+
+
+def test_describe_and_promote_after_approval(challenger: str) -> None:
+    described = describe_candidate(challenger)
+    assert described["version"] == "1" and described["passed"] is True and described["against"] is None
+    assert described["summary"].startswith("gate PASSED")
+    result = promote_approved(described, {"responded_by_user": {"id": "7", "name": "alice"}})
+    assert result == {"promoted": True, "version": "1", "replaced": None}
+    tags = MlflowClient().get_model_version(challenger, "1").tags
+    assert "alice" in tags["visionops.approved_by"]
+    assert tags["visionops.smoke_test"] == "passed"
+    assert str(registry.get_alias(challenger, registry.CHAMPION).version) == "1"
+
+
+def test_approval_cannot_override_a_failed_gate(challenger: str) -> None:
+    registry.set_alias(challenger, registry.CHAMPION, "1")
+    described = describe_candidate(challenger, "2")
+    assert described["passed"] is False and described["against"] == "1"
+    with pytest.raises(InputError, match="approval cannot override"):
+        promote_approved(described, {"responded_by_user": {"name": "bob"}})
+    assert str(registry.get_alias(challenger, registry.CHAMPION).version) == "1"
+
+
+def test_no_challenger_is_a_clear_error(sqlite_store: dict[str, Any]) -> None:
+    name = f"appr-{uuid.uuid4().hex[:6]}"
+    m = sqlite_store["models"]["good"]
+    registry.register_version(name, m["model_uri"], m["run_id"], {}, "x")
+    with pytest.raises(InputError, match="no challenger alias"):
+        describe_candidate(name)

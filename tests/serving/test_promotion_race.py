@@ -1,0 +1,155 @@
+"""Two processes promote against the same registry at the same moment: the better model ends as champion.
+
+Each process does what a pipeline run's promote task does (``promote_safely`` with the pipeline's
+re-check against its own stored predictions), and a barrier releases both together. Both evaluated
+against "no champion": without the lock both would move the alias and the last writer would win.
+With it, exactly one finds the champion changed and decides again. On SQLite and on PostgreSQL
+(skipped only when PostgreSQL does not answer, unless VISIONOPS_REQUIRE_POSTGRES=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+WORKER = r"""
+import json, sys, time
+from pathlib import Path
+from visionops import tracking
+from visionops.champion import promote_safely
+from visionops.config import GateConfig
+from visionops.promotion import recheck_against
+import visionops.evaluation  # noqa: F401 - imported before the barrier so that both start together
+
+tracking.configure()
+name, version, evaluated_file, barrier, me = sys.argv[1:6]
+evaluated = json.loads(Path(evaluated_file).read_text())
+Path(barrier, me).touch()
+while len(list(Path(barrier).iterdir())) < 2:
+    time.sleep(0.005)
+result = promote_safely(name, version, evaluated_against=None,
+                        recheck=recheck_against(evaluated, name, GateConfig(min_accuracy=0, min_macro_f1=0)),
+                        run_key=me)
+print(json.dumps(result.__dict__))
+"""
+
+
+def _postgres_db() -> Iterator[str]:
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
+        if os.environ.get("VISIONOPS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required (VISIONOPS_REQUIRE_POSTGRES=1) but: {exc}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer: {exc}")
+    admin.autocommit = True
+    db = f"visionops_race_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def race_store(request, tmp_path: Path, helpers, trained_nets) -> Iterator[dict[str, Any]]:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from visionops import tracking
+
+    gen = _postgres_db() if request.param == "postgres" else iter([f"sqlite:///{tmp_path}/mlflow.db"])
+    uri = next(gen)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "VISIONOPS_HOME")}
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, "VISIONOPS_HOME": str(tmp_path / "home")})
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    try:
+        tracking.configure()
+        # Artifacts in the temp folder, whatever the store (a database store would default to ./mlartifacts).
+        exp = MlflowClient().create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
+        models = {k: helpers.log_model(net, tmp_path / f"work-{k}", exp) for k, net in trained_nets.items()}
+        yield {"uri": uri, "models": models, "split": helpers.write_test_split(tmp_path / "preprocess"),
+               "kind": request.param, "tmp": tmp_path}
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        tracking.configure()  # MLflow keeps the URI it was given: point it back at the session's store
+        next(gen, None)  # drops the PostgreSQL database
+
+
+def _evaluated(store: dict[str, Any], kind: str, labels: list[str]) -> dict[str, Any]:
+    """What evaluate hands to promote: metrics and references to the stored paired predictions."""
+    import mlflow
+
+    from visionops.inference import to_raw_images
+
+    x = np.load(store["split"] / "test_x.npy")
+    y = [labels[i] for i in np.load(store["split"] / "test_y.npy")]
+    pred = mlflow.pyfunc.load_model(store["models"][kind]["model_uri"]).predict(to_raw_images(x))["label"].tolist()
+    folder = store["tmp"] / f"evaluate-{kind}"
+    folder.mkdir()
+    pd.DataFrame({"y_true": y, "candidate": pred, "champion": None}).to_parquet(folder / "predictions.parquet")
+    (folder / "labels.json").write_text(json.dumps({"candidate_labels": labels, "champion_labels": None}))
+    acc = float(np.mean(np.array(pred) == np.array(y)))
+    return {"metrics": {"accuracy": acc, "macro_f1": acc}, "champion": None,
+            "predictions": {"uri": str(folder), "fingerprint": kind, "meta": {"n": len(y)}},
+            "test_data": {"uri": str(store["split"]), "fingerprint": "t"}}
+
+
+def test_concurrent_promotions_end_with_the_better_model(race_store: dict[str, Any], helpers) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from visionops import registry
+
+    name = f"race-{uuid.uuid4().hex[:6]}"
+    versions = {}
+    for kind in ("good", "bad"):
+        m = race_store["models"][kind]
+        versions[kind] = registry.register_version(name, m["model_uri"], m["run_id"], {}, kind)
+    barrier = race_store["tmp"] / "barrier"
+    barrier.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": race_store["uri"]}
+    procs = {}
+    for kind in ("good", "bad"):
+        evaluated_file = race_store["tmp"] / f"{kind}.json"
+        evaluated_file.write_text(json.dumps(_evaluated(race_store, kind, helpers.labels)))
+        procs[kind] = subprocess.Popen(
+            [sys.executable, "-c", WORKER, name, versions[kind], str(evaluated_file), str(barrier), kind],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=race_store["tmp"])
+    results = {}
+    for kind, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results[kind] = json.loads(out.strip().splitlines()[-1])
+    champion = registry.get_alias(name, registry.CHAMPION)
+    assert str(champion.version) == versions["good"], results
+    expected_lock = "file" if race_store["kind"] == "sqlite" else "postgres-advisory"
+    assert {r["lock"] for r in results.values()} == {expected_lock}
+    # Serialised: exactly one of the two saw the other's promotion and decided again.
+    rechecked = [kind for kind, r in results.items() if r["rechecked_against"] is not None]
+    assert len(rechecked) == 1, results
+    if rechecked == ["bad"]:  # good went first; bad was compared with it and rejected
+        assert results["bad"]["promoted"] is False
+        assert any("below champion" in r for r in results["bad"]["reasons"])
+        assert MlflowClient().get_model_version(name, versions["bad"]).tags["visionops.gate"] == "rejected"
+    else:  # bad went first; good was compared with it, passed, and replaced it
+        assert results["good"]["promoted"] is True and results["good"]["replaced"] == versions["bad"]
+        assert str(registry.get_alias(name, registry.PREVIOUS_CHAMPION).version) == versions["bad"]

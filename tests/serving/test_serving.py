@@ -1,0 +1,151 @@
+"""Serving the champion: ``visionops predict``, the ``batch_predict`` DAG through ``dag.test()``, and
+``mlflow models serve`` answering a real HTTP request with images."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from visionops import registry
+from visionops.cli import main
+from visionops.serving import parse_model_ref, resolve_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def served(sqlite_store: dict[str, Any], helpers, tmp_path_factory) -> dict[str, Any]:
+    """A model whose champion is the good classifier (v2; v1 is the bad one), and a folder of PNGs."""
+    name = f"serve-{uuid.uuid4().hex[:6]}"
+    for kind in ("bad", "good"):
+        m = sqlite_store["models"][kind]
+        registry.register_version(name, m["model_uri"], m["run_id"], {}, kind)
+    registry.set_alias(name, registry.CHAMPION, "2")
+    folder = tmp_path_factory.mktemp("inbox")
+    x, y = helpers.images(10, seed=21)
+    expected = {}
+    for i, (img, label) in enumerate(zip(x[:, 0], y)):
+        sub = folder / ("a" if i < 5 else "b")  # nested folders are searched too
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(img).save(sub / f"img{i}.png")
+        expected[str(sub / f"img{i}.png")] = helpers.labels[label]
+    return {"name": name, "folder": folder, "expected": expected, "x": x, "y": y}
+
+
+def test_parse_model_ref() -> None:
+    assert parse_model_ref("m") == ("m", "champion", None)
+    assert parse_model_ref("m@challenger") == ("m", "challenger", None)
+    assert parse_model_ref("models:/m/3") == ("m", None, "3")
+    with pytest.raises(Exception, match="numeric version"):
+        parse_model_ref("m/x")
+
+
+def test_resolve_model_pins_the_alias_to_a_version(served: dict[str, Any]) -> None:
+    assert resolve_model(served["name"]).uri == f"models:/{served['name']}/2"
+    with pytest.raises(Exception, match="has no alias 'nope'"):
+        resolve_model(f"{served['name']}@nope")
+
+
+def _check_csv(path: Path, served: dict[str, Any], version: str) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={"model_version": str})
+    assert list(frame.columns) == ["path", "label", "probability", "model_version"]
+    assert dict(zip(frame["path"], frame["label"])) == served["expected"]
+    assert frame["probability"].between(0.5, 1.0).all()
+    assert set(frame["model_version"]) == {version}
+    return frame
+
+
+def test_predict_cli_writes_csv(served: dict[str, Any], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out" / "pred.csv"
+    assert main(["predict", "--model", served["name"], "--input", str(served["folder"]), "--output", str(out)]) == 0
+    assert "10 images scored" in capsys.readouterr().out
+    _check_csv(out, served, "2")
+    out1 = tmp_path / "v1.csv"
+    assert main(["predict", "--model", f"{served['name']}/1", "--input", str(served["folder"]),
+                 "--output", str(out1)]) == 0
+    assert set(pd.read_csv(out1, dtype=str)["model_version"]) == {"1"}
+    assert main(["predict", "--model", served["name"], "--input", str(tmp_path / "missing"),
+                 "--output", str(out1)]) == 2
+    assert "input folder not found" in capsys.readouterr().err
+
+
+def test_batch_predict_dag_writes_csv_and_logs_to_mlflow(served: dict[str, Any], sqlite_store, tmp_path: Path) -> None:
+    import mlflow
+    from airflow.dag_processing.dagbag import DagBag
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    dag = DagBag(dag_folder=str(REPO / "dags" / "batch_predict.py")).dags["batch_predict"]
+    run = dag.test(run_conf={"model_name": served["name"], "alias": "champion", "input_dir": str(served["folder"])})
+    assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
+    out = next((Path(os.environ["VISIONOPS_HOME"]) / "data" / "predictions" / served["name"] / "v2").glob("*.csv"))
+    _check_csv(out, served, "2")
+    runs = mlflow.search_runs(experiment_names=["visionops-batch-predict"], output_format="list",
+                              filter_string=f"tags.`visionops.model_name` = '{served['name']}'")
+    assert runs and runs[0].data.tags["visionops.model_version"] == "2"
+    assert runs[0].data.tags["visionops.output"] == str(out)
+    assert [a.path for a in mlflow.tracking.MlflowClient().list_artifacts(runs[0].info.run_id)] == ["predictions.csv"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                             f"models:/{served['name']}@champion", "--env-manager", "local", "-h", "127.0.0.1",
+                             "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+            time.sleep(1)
+        # The README's payload: {"inputs": [image, ...]}, each image rows of uint8 pixels.
+        payload = {"inputs": served["x"][:6, 0].tolist()}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answer = json.loads(resp.read())
+        labels = [row["label"] for row in answer["predictions"]]
+        assert labels == ["left", "right", "left", "right", "left", "right"]
+        assert all(0.5 <= row["probability"] <= 1.0 for row in answer["predictions"])
+        probs = {"inputs": served["x"][:2, 0].tolist(), "params": {"return_probabilities": True}}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(probs).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            rows = json.loads(resp.read())["predictions"]
+        assert np.isclose(rows[0]["proba_left"] + rows[0]["proba_right"], 1.0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
