@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+
+from visionops_tasks import call
 
 DOC = """
 ### Score a folder of images with the model in service
@@ -22,15 +23,8 @@ during the run cannot mix two models in one file); `score` labels every image un
 
 
 def _call(func: str, *args, **kwargs):
-    """Run one serving step; bad input (unknown model, missing folder) fails without retries."""
-    from visionops import serving
-    from visionops.errors import InputError
-
-    try:
-        return getattr(serving, func)(*args, **kwargs)
-    except InputError as exc:
-        raise AirflowFailException(f"{func}: {exc}") from exc
-
+    """One call into ``visionops.serving`` (lazy import; bad input fails without retries)."""
+    return call("serving", func, *args, **kwargs)
 
 @dag(
     dag_id="batch_predict",

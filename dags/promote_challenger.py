@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+
+from visionops_tasks import call
 
 DOC = """
 ### Approve a challenger, then promote it
@@ -25,14 +26,8 @@ be approved into service (use `visionops registry promote --force`, which is rec
 
 
 def _call(func: str, *args, **kwargs):
-    from visionops import approval
-    from visionops.errors import InputError
-
-    try:
-        return getattr(approval, func)(*args, **kwargs)
-    except InputError as exc:
-        raise AirflowFailException(f"{func}: {exc}") from exc
-
+    """One call into ``visionops.approval`` (lazy import; bad input fails without retries)."""
+    return call("approval", func, *args, **kwargs)
 
 @dag(
     dag_id="promote_challenger",

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+
+from visionops_tasks import call
 
 DOC = """
 ### Train an image classifier and promote it only when it earns it
@@ -30,16 +31,9 @@ Bad input (config, files, labels) fails the run without retries and names what i
 default_args = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
 
 
-def _call(stage: str, *args, **kwargs):
-    """Run one stage; errors in the input are final (no retry), anything else may be retried."""
-    from visionops import pipeline
-    from visionops.errors import InputError
-
-    try:
-        return getattr(pipeline, stage)(*args, **kwargs)
-    except InputError as exc:
-        raise AirflowFailException(f"{stage}: {exc}") from exc
-
+def _call(func: str, *args, **kwargs):
+    """One call into ``visionops.pipeline`` (lazy import; bad input fails without retries)."""
+    return call("pipeline", func, *args, **kwargs)
 
 @dag(
     dag_id="train_pipeline",

@@ -33,6 +33,7 @@ def test_dag_folder_imports_without_errors(dagbag):
 def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
     code = (
         "import runpy, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'plugins')!r})\n"  # as Airflow does for its plugins folder
         f"runpy.run_path({str(REPO / 'dags' / dag_file)!r})\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print('loaded=' + ','.join(loaded))\n"
@@ -99,7 +100,7 @@ def test_schedule_docs_tags_retries_and_params(dag):
 def test_task_bodies_call_into_the_pipeline_module(dag):
     """Rule 1: every stage task is one call into visionops.pipeline, which has a function per stage."""
     source = (REPO / "dags" / "train_pipeline.py").read_text()
-    assert "from visionops import pipeline" in source
+    assert 'call("pipeline", func' in source
     import visionops.pipeline as pipeline
 
     for task_id in ("start", "ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune_reduce",
