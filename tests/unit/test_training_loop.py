@@ -186,3 +186,13 @@ def test_config_to_options_and_tuned_params() -> None:
     assert replace(opts, amp=False).amp is False
     with pytest.raises(ValueError, match="unknown tuned parameters \\['momentum_x'\\]"):
         apply_params(PipelineConfig(), {"momentum_x": 1})
+
+
+def test_faces_weight_balancing_turns_on_balanced_class_weights():
+    from visionops.config import build_config
+    from visionops.training.settings import fit_options
+
+    base = {"faces": {"enabled": True, "balance": "weights"}}
+    assert fit_options(build_config(base)).class_weights == "balanced"
+    assert fit_options(build_config({"faces": {"enabled": True, "balance": "downsample"}})).class_weights == "none"
+    assert fit_options(build_config({})).class_weights == "none"
