@@ -23,7 +23,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "digits.yaml"
 class _Constant(mlflow.pyfunc.PythonModel):
     """A stand-in network is enough here: only the registry entry and its artifacts are read."""
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001, ANN201
         return model_input
 
 

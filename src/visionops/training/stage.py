@@ -132,7 +132,7 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             _save_learning_curves(result.history, curves)
             mlflow.log_artifact(str(curves))
             uris = log_classifier(result.model, labels=labels, image_size=cfg.data.image_size,
-                                  channels=cfg.data.channels, example=np.asarray(test.x[:2]), workdir=Path(tmp),
+                                  channels=cfg.data.channels, example=np.array(test.x[:2]), workdir=Path(tmp),
                                   data_profile=folder / "data_profile.json")
         meta = {**uris, "train_run_id": run_id, "run_key": ctx.run_key,
                 "best_val_accuracy": result.best_val_accuracy, "epochs_trained": len(result.history),
