@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Param
 
-from visionops import registry, tracking
+from visionops import tracking
 from visionops.data.ingest import (build_manifest, list_items, load_catalog, save_catalog,
                                    source_fingerprint_parts)
 from visionops.data.preprocess import preprocess_to
