@@ -188,11 +188,20 @@ def test_config_to_options_and_tuned_params() -> None:
         apply_params(PipelineConfig(), {"momentum_x": 1})
 
 
-def test_faces_weight_balancing_turns_on_balanced_class_weights():
+def test_faces_weight_balancing_samples_every_class_equally():
+    import torch
+
     from visionops.config import build_config
+    from visionops.training.engine import training_batches
     from visionops.training.settings import fit_options
 
-    base = {"faces": {"enabled": True, "balance": "weights"}}
-    assert fit_options(build_config(base)).class_weights == "balanced"
-    assert fit_options(build_config({"faces": {"enabled": True, "balance": "downsample"}})).class_weights == "none"
-    assert fit_options(build_config({})).class_weights == "none"
+    assert fit_options(build_config({"faces": {"enabled": True, "balance": "weights"}})).sampling == "balanced"
+    assert fit_options(build_config({"faces": {"enabled": True, "balance": "downsample"}})).sampling == "uniform"
+    assert fit_options(build_config({})).sampling == "uniform"
+    y = torch.tensor([0] * 900 + [1] * 100)  # 9:1 imbalance
+    uniform = torch.cat(training_batches(y, 64, torch.Generator().manual_seed(0)))
+    assert sorted(uniform.tolist()) == list(range(1000))  # a plain pass sees every image once
+    drawn = torch.cat(training_batches(y, 64, torch.Generator().manual_seed(0), "balanced"))
+    assert len(drawn) == 1000
+    share_small = float((y[drawn] == 1).double().mean())
+    assert 0.4 < share_small < 0.6, share_small  # about half, against 0.1 in the data

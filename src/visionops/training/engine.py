@@ -58,6 +58,7 @@ class FitOptions:
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
     class_weights: str = "none"       # none | balanced
+    sampling: str = "uniform"         # uniform | balanced (each class drawn equally often)
     augment: AugmentSpec = AugmentSpec()
     accumulate_steps: int = 1
     amp: bool = True                  # bf16 autocast, CUDA only
@@ -93,6 +94,21 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
+def training_batches(y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                     sampling: str = "uniform") -> list[torch.Tensor]:
+    """An epoch's batches: a shuffled pass, or ``balanced`` weighted sampling with replacement.
+
+    Balanced sampling draws every class equally often in expectation (weight 1/class size per
+    image), so small classes are seen as much as large ones without dropping any photo.
+    """
+    if sampling != "balanced":
+        return _batches(len(y), batch_size, generator)
+    labels = y.cpu()
+    weights = 1.0 / torch.bincount(labels).double()[labels]
+    order = torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return list(order.split(batch_size))
+
+
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     # bf16 needs no loss scaling; GPUs without it train in fp32 rather than risk fp16 overflow.
     on = enabled and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -108,7 +124,7 @@ def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
     memory = torch.channels_last if options.channels_last and device.type == "cuda" else torch.contiguous_format
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    batches = _batches(len(y), batch_size, generator)
+    batches = training_batches(y, batch_size, generator, options.sampling)
     accumulate = max(1, options.accumulate_steps)
     optimizer.zero_grad(set_to_none=True)
     for i, idx in enumerate(batches):

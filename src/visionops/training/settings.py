@@ -42,14 +42,12 @@ def apply_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 
 def fit_options(cfg: PipelineConfig) -> FitOptions:
     t = cfg.train
-    class_weights = t.class_weights
-    if cfg.faces.enabled and cfg.faces.balance == "weights":
-        # faces.balance=weights keeps every photo and weighs the loss so each person counts equally.
-        class_weights = "balanced"
+    # faces.balance=weights keeps every photo and samples so that each person is seen equally often.
+    sampling = "balanced" if cfg.faces.enabled and cfg.faces.balance == "weights" else "uniform"
     return FitOptions(
         optimizer=t.optimizer, momentum=t.momentum, nesterov=t.nesterov, scheduler=t.scheduler,
         step_size=t.step_size, gamma=t.gamma, loss=t.loss, label_smoothing=t.label_smoothing,
-        focal_gamma=t.focal_gamma, class_weights=class_weights, augment=AugmentSpec(**t.augment.model_dump()),
+        focal_gamma=t.focal_gamma, class_weights=t.class_weights, sampling=sampling, augment=AugmentSpec(**t.augment.model_dump()),
         accumulate_steps=t.accumulate_steps, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
         deterministic=t.deterministic,
     )
