@@ -14,12 +14,9 @@ from PIL import Image
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_home(isolated_home: Path) -> Path:
     """Own VISIONOPS_HOME and data root per test: catalogs, downloads and crops land in tmp_path."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("VISIONOPS_HOME", str(home))
-    monkeypatch.delenv("VISIONOPS_DATA_ROOT", raising=False)
-    return home
+    return isolated_home
 
 
 def textured(seed: int, size: int = 32) -> np.ndarray:

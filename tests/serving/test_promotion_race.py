@@ -46,27 +46,6 @@ print(json.dumps(result.__dict__))
 """
 
 
-def _postgres_db() -> Iterator[str]:
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
-        if os.environ.get("VISIONOPS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required (VISIONOPS_REQUIRE_POSTGRES=1) but: {exc}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer: {exc}")
-    admin.autocommit = True
-    db = f"visionops_race_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def race_store(request, tmp_path: Path, helpers, trained_nets) -> Iterator[dict[str, Any]]:
     import mlflow
@@ -74,8 +53,8 @@ def race_store(request, tmp_path: Path, helpers, trained_nets) -> Iterator[dict[
 
     from visionops import tracking
 
-    gen = _postgres_db() if request.param == "postgres" else iter([f"sqlite:///{tmp_path}/mlflow.db"])
-    uri = next(gen)
+    # The PostgreSQL fixture creates a fresh database and drops it after the test.
+    uri = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/mlflow.db"
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "VISIONOPS_HOME")}
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "VISIONOPS_HOME": str(tmp_path / "home")})
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
@@ -92,7 +71,6 @@ def race_store(request, tmp_path: Path, helpers, trained_nets) -> Iterator[dict[
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         tracking.configure()  # MLflow keeps the URI it was given: point it back at the session's store
-        next(gen, None)  # drops the PostgreSQL database
 
 
 def _evaluated(store: dict[str, Any], kind: str, labels: list[str]) -> dict[str, Any]:

@@ -11,12 +11,9 @@ from PIL import Image
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _isolated_home(isolated_home: Path) -> Path:
     """Every test gets its own VISIONOPS_HOME, so nothing lands in the repository's .visionops/."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("VISIONOPS_HOME", str(home))
-    monkeypatch.delenv("VISIONOPS_DATA_ROOT", raising=False)
-    return home
+    return isolated_home
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import uuid
 from pathlib import Path
 
 import mlflow
@@ -179,29 +177,6 @@ def test_two_worker_processes_share_one_journal_study(tmp_path: Path) -> None:
     journal = tmp_path / "journal.log"
     counts = _two_workers(str(journal), "shared")
     _check_shared(counts, optuna.load_study(study_name="shared", storage=journal_storage(journal)))
-
-
-@pytest.fixture()
-def postgres_url() -> str:
-    """A fresh database on the local PostgreSQL, dropped afterwards."""
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no PostgreSQL here"
-        if os.environ.get("VISIONOPS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"VISIONOPS_REQUIRE_POSTGRES=1 but PostgreSQL at 127.0.0.1:5432 does not answer: {exc}")
-        pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432 ({exc})")
-    admin.autocommit = True
-    name = f"visionops_optuna_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_two_worker_processes_share_one_postgres_study(postgres_url: str) -> None:
