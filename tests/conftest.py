@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +69,73 @@ def postgres_url() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """Stop the server's whole process group: mlflow server starts uvicorn and job runners."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+    try:  # children may outlive the script's own process for a moment
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Start the project's MLflow server (``mlflow/start.sh``) on a backend store URI; returns its URL.
+
+    Called as ``mlflow_server(backend_uri)``; artifacts go under the test's temp folder and every
+    server started is stopped (process group) when the test ends.
+    """
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    if not mlflow_bin.exists():
+        pytest.skip(f"no mlflow command beside {sys.executable} (install requirements.txt)")
+    started: list[subprocess.Popen] = []
+
+    def start(backend_uri: str, timeout_s: float = 90.0) -> str:
+        port = free_port()
+        folder = tmp_path / f"mlflow-server-{port}"
+        folder.mkdir()
+        env = {**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "artifacts"),
+               "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+               "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_SERVER_ALLOWED_HOSTS"):
+            env.pop(key, None)
+        log = folder / "server.log"
+        with log.open("wb") as handle:
+            server = subprocess.Popen([str(REPO / "mlflow" / "start.sh")], cwd=folder, env=env,
+                                      stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        started.append(server)
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return base_url
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"no 200 from {base_url}/health within {timeout_s:.0f} s:\n{log.read_text()}")
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            _stop_group(server)

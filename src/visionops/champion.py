@@ -9,9 +9,13 @@ test":
   this machine, which are the only ones that can open that database.
 * PostgreSQL store: a session-level advisory lock (``pg_advisory_lock``) in the same database, so
   it holds across hosts.
-* Anything else (an MLflow tracking server over HTTP): no lock is available through MLflow's API;
-  the re-read just before moving the alias narrows the window but does not close it. Point the
-  pipeline's workers at the database (or run promotions one at a time) where that matters.
+* An MLflow tracking server (HTTP): MLflow's API has no lock, so the lock lives in a PostgreSQL
+  database that every promoting process can reach, named by ``VISIONOPS_PROMOTION_LOCK_URL``
+  (the multi-service setup points it at its PostgreSQL). Without it a promotion against a
+  server is refused before anything moves: a guarantee that holds only sometimes is not one.
+
+``VISIONOPS_PROMOTION_LOCK_URL`` (a ``postgresql://`` URL) also overrides the lock for the other
+stores, e.g. to serialise promotions from several hosts that share one SQLite file over a network.
 """
 
 from __future__ import annotations
@@ -55,39 +59,67 @@ def _lock_key(name: str) -> int:
     return int(hashlib.sha256(f"visionops-promote:{name}".encode()).hexdigest()[:15], 16)
 
 
+LOCK_URL_ENV = "VISIONOPS_PROMOTION_LOCK_URL"
+
+
+@contextmanager
+def _advisory_lock(url: str, name: str, timeout_s: float) -> Iterator[None]:
+    """A session-level PostgreSQL advisory lock keyed by the model name, held while the block runs."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    key = _lock_key(name)
+    try:
+        with engine.connect() as conn:
+            deadline = time.monotonic() + timeout_s
+            while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"promotion lock of {name!r} not acquired in {timeout_s:.0f} s")
+                time.sleep(0.2)
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _is_postgres(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
 @contextmanager
 def promotion_lock(name: str, timeout_s: float = 600.0) -> Iterator[str]:
-    """Hold the promotion lock of ``name`` for the current registry; yields the kind of lock held."""
+    """Hold the promotion lock of ``name`` for the current registry; yields the kind of lock held.
+
+    Raises InputError, before anything moves, when no lock can be had (an MLflow server without
+    ``VISIONOPS_PROMOTION_LOCK_URL``, or a lock URL that is not PostgreSQL).
+    """
+    import os
+
     uri = mlflow.get_registry_uri()
-    if uri.startswith("sqlite:///"):
+    lock_url = os.environ.get(LOCK_URL_ENV, "").strip()
+    if lock_url:
+        if not _is_postgres(lock_url):
+            raise InputError(f"{LOCK_URL_ENV} must be a postgresql:// URL (an advisory lock is taken there), "
+                             f"got {lock_url.split('@')[-1]!r}")
+        with _advisory_lock(lock_url, name, timeout_s):
+            yield "postgres-advisory"
+    elif uri.startswith("sqlite:///"):
         from filelock import FileLock
 
         db = Path(uri.removeprefix("sqlite:///"))
         lock_file = db.with_name(f"{db.name}.promote-{hashlib.sha256(name.encode()).hexdigest()[:12]}.lock")
         with FileLock(str(lock_file), timeout=timeout_s):
             yield "file"
-    elif uri.startswith(("postgresql", "postgres")):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
-        key = _lock_key(name)
-        try:
-            with engine.connect() as conn:
-                deadline = time.monotonic() + timeout_s
-                while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"promotion lock of {name!r} not acquired in {timeout_s:.0f} s")
-                    time.sleep(0.2)
-                try:
-                    yield "postgres-advisory"
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-        finally:
-            engine.dispose()
+    elif _is_postgres(uri):
+        with _advisory_lock(uri, name, timeout_s):
+            yield "postgres-advisory"
     else:
-        log.warning("registry %s: no cross-process promotion lock; relying on re-reading the champion", uri)
-        yield "none"
+        raise InputError(f"registry {uri}: promotions of {name!r} need a lock that MLflow's API does not offer; "
+                         f"set {LOCK_URL_ENV} to a PostgreSQL database every promoting process can reach "
+                         f"(the multi-service setup uses its own PostgreSQL)")
 
 
 def alias_snapshot(name: str) -> dict[str, str | None]:

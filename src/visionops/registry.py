@@ -42,11 +42,15 @@ def _tag_value(value: Any) -> str:
 
 def register_version(name: str, model_uri: str, run_id: str, tags: dict[str, Any], description: str) -> str:
     """Create a version of ``name`` from ``model_uri``; returns the version number."""
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
     client = MlflowClient()
     ensure_registered_model(name, f"Image classifier trained by the visionops pipeline ({name}).")
+    # A tracking server accepts a models:/<model_id> source only with its model_id (a local store does
+    # not check); mlflow.register_model does the same, but cannot set tags and description at once.
     version = client.create_model_version(
         name, source=model_uri, run_id=run_id, description=description,
-        tags={k: _tag_value(v)[:5000] for k, v in tags.items()},
+        tags={k: _tag_value(v)[:5000] for k, v in tags.items()}, model_id=_parse_model_id_if_present(model_uri),
     )
     return str(version.version)
 

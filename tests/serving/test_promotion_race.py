@@ -3,8 +3,10 @@
 Each process does what a pipeline run's promote task does (``promote_safely`` with the pipeline's
 re-check against its own stored predictions), and a barrier releases both together. Both evaluated
 against "no champion": without the lock both would move the alias and the last writer would win.
-With it, exactly one finds the champion changed and decides again. On SQLite and on PostgreSQL
-(skipped only when PostgreSQL does not answer, unless VISIONOPS_REQUIRE_POSTGRES=1).
+With it, exactly one finds the champion changed and decides again. On SQLite, on PostgreSQL, and
+through an MLflow tracking server (the project's ``mlflow/start.sh`` on PostgreSQL) where the lock is
+the advisory lock named by VISIONOPS_PROMOTION_LOCK_URL. The PostgreSQL cases are skipped only when
+PostgreSQL does not answer, unless VISIONOPS_REQUIRE_POSTGRES=1.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ print(json.dumps(result.__dict__))
 """
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mlflow-server"])
 def race_store(request, tmp_path: Path, helpers, trained_nets) -> Iterator[dict[str, Any]]:
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -54,10 +56,21 @@ def race_store(request, tmp_path: Path, helpers, trained_nets) -> Iterator[dict[
     from visionops import tracking
 
     # The PostgreSQL fixture creates a fresh database and drops it after the test.
-    uri = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path}/mlflow.db"
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "VISIONOPS_HOME")}
+    lock_url = None
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+    elif request.param == "postgres":
+        uri = request.getfixturevalue("postgres_url")
+    else:  # the multi-service layout: clients talk HTTP to the server, the lock is in PostgreSQL
+        lock_url = request.getfixturevalue("postgres_url")
+        uri = request.getfixturevalue("mlflow_server")(lock_url)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "VISIONOPS_HOME",
+                                            "VISIONOPS_PROMOTION_LOCK_URL")}
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "VISIONOPS_HOME": str(tmp_path / "home")})
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    os.environ.pop("VISIONOPS_PROMOTION_LOCK_URL", None)
+    if lock_url:
+        os.environ["VISIONOPS_PROMOTION_LOCK_URL"] = lock_url
     try:
         tracking.configure()
         # Artifacts in the temp folder, whatever the store (a database store would default to ./mlartifacts).
@@ -119,7 +132,7 @@ def test_concurrent_promotions_end_with_the_better_model(race_store: dict[str, A
         results[kind] = json.loads(out.strip().splitlines()[-1])
     champion = registry.get_alias(name, registry.CHAMPION)
     assert str(champion.version) == versions["good"], results
-    expected_lock = "file" if race_store["kind"] == "sqlite" else "postgres-advisory"
+    expected_lock = "file" if race_store["kind"] == "sqlite" else "postgres-advisory"  # also for the server
     assert {r["lock"] for r in results.values()} == {expected_lock}
     # Serialised: exactly one of the two saw the other's promotion and decided again.
     rechecked = [kind for kind, r in results.items() if r["rechecked_against"] is not None]
@@ -131,3 +144,26 @@ def test_concurrent_promotions_end_with_the_better_model(race_store: dict[str, A
     else:  # bad went first; good was compared with it, passed, and replaced it
         assert results["good"]["promoted"] is True and results["good"]["replaced"] == versions["bad"]
         assert str(registry.get_alias(name, registry.PREVIOUS_CHAMPION).version) == versions["bad"]
+
+
+def test_promotion_through_a_tracking_server_without_a_lock_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against an MLflow server MLflow's API offers no lock: refuse before anything moves, naming the fix."""
+    import mlflow
+
+    from visionops.champion import promote_safely
+    from visionops.errors import InputError
+
+    monkeypatch.delenv("VISIONOPS_PROMOTION_LOCK_URL", raising=False)
+    previous = mlflow.get_registry_uri()
+    mlflow.set_registry_uri("http://127.0.0.1:9")  # nothing listens: any request would fail differently
+    try:
+        def never(_current: str):
+            raise AssertionError("no gate re-check may run without the lock")
+        with pytest.raises(InputError, match="VISIONOPS_PROMOTION_LOCK_URL"):
+            promote_safely("m", "1", evaluated_against=None, recheck=never, run_key="r")
+        monkeypatch.setenv("VISIONOPS_PROMOTION_LOCK_URL", "redis://127.0.0.1:6379/0")
+        with pytest.raises(InputError, match="must be a postgresql:// URL"):
+            promote_safely("m", "1", evaluated_against=None, recheck=never, run_key="r")
+    finally:
+        mlflow.set_registry_uri(previous)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)

@@ -10,12 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -49,8 +44,8 @@ SHARED_AIRFLOW_SETTINGS = (
     "MLFLOW_TRACKING_URI",
     "VISIONOPS_DATA_ROOT",
     "VISIONOPS_OPTUNA_STORAGE",
+    "VISIONOPS_PROMOTION_LOCK_URL",
 )
-SERVER_START_TIMEOUT_S = 90
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +138,9 @@ def test_every_airflow_service_shares_executor_database_broker_and_tracking(
     assert env["VISIONOPS_DATA_ROOT"] == "/opt/visionops/data"
     assert env["VISIONOPS_OPTUNA_STORAGE"].startswith("postgresql+psycopg2://")
     assert env["VISIONOPS_OPTUNA_STORAGE"].endswith("@postgres:5432/optuna")
+    # Promotions through the MLflow server are serialised by an advisory lock in PostgreSQL.
+    assert env["VISIONOPS_PROMOTION_LOCK_URL"].startswith("postgresql+psycopg2://")
+    assert env["VISIONOPS_PROMOTION_LOCK_URL"].endswith("@postgres:5432/optuna")
 
 
 def test_airflow_services_mount_the_project_and_the_shared_data_volume(
@@ -263,12 +261,6 @@ def test_docker_compose_accepts_the_file() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http(method: str, url: str, body: bytes | None = None, json_body: Any = None) -> bytes:
     headers = {}
     if json_body is not None:
@@ -280,93 +272,27 @@ def http(method: str, url: str, body: bytes | None = None, json_body: Any = None
         return response.read()
 
 
-def wait_until_healthy(base_url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(
-                f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}"
-            )
-        try:
-            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(
-        f"no 200 from {base_url}/health within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()}"
-    )
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    """Stops the server's whole process group: mlflow server starts uvicorn and job runners."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-    try:  # children may outlive the script's own process for a moment
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def test_start_script_serves_tracking_and_artifacts_on_sqlite(tmp_path: Path) -> None:
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    if not mlflow_bin.exists():
-        pytest.skip(f"no mlflow command beside {sys.executable} (install requirements.txt)")
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    artifacts = tmp_path / "art"
+def test_start_script_serves_tracking_and_artifacts_on_sqlite(tmp_path: Path, mlflow_server) -> None:
     database = tmp_path / "m.db"
-    env = {
-        **os.environ,
-        "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{database}",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
-        "MLFLOW_HOST": "127.0.0.1",
-        "MLFLOW_PORT": str(port),
-        "MLFLOW_WORKERS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_SERVER_ALLOWED_HOSTS", None)
-    log = tmp_path / "server.log"
-    with log.open("wb") as log_handle:
-        server = subprocess.Popen(
-            [str(START_SH)],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_healthy(base_url, server, log)
-        assert database.is_file()
+    base_url = mlflow_server(f"sqlite:///{database}")
+    artifacts = next(tmp_path.glob("mlflow-server-*")) / "artifacts"
+    assert database.is_file()
 
-        api = f"{base_url}/api/2.0/mlflow"
-        experiment = json.loads(
-            http("POST", f"{api}/experiments/create", json_body={"name": "deployment-check"})
-        )["experiment_id"]
-        run = json.loads(
-            http("POST", f"{api}/runs/create", json_body={"experiment_id": experiment})
-        )
-        artifact_uri = run["run"]["info"]["artifact_uri"]
-        # --serve-artifacts: runs get proxied artifact URIs, stored under the destination.
-        assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
-        relative = artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
-        http(
-            "PUT",
-            f"{base_url}/api/2.0/mlflow-artifacts/artifacts/{relative}/hello.txt",
-            body=b"hello from the deployment test",
-        )
-        stored = artifacts / relative / "hello.txt"
-        assert stored.read_bytes() == b"hello from the deployment test"
-    finally:
-        stop(server)
+    api = f"{base_url}/api/2.0/mlflow"
+    experiment = json.loads(
+        http("POST", f"{api}/experiments/create", json_body={"name": "deployment-check"})
+    )["experiment_id"]
+    run = json.loads(
+        http("POST", f"{api}/runs/create", json_body={"experiment_id": experiment})
+    )
+    artifact_uri = run["run"]["info"]["artifact_uri"]
+    # --serve-artifacts: runs get proxied artifact URIs, stored under the destination.
+    assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
+    relative = artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
+    http(
+        "PUT",
+        f"{base_url}/api/2.0/mlflow-artifacts/artifacts/{relative}/hello.txt",
+        body=b"hello from the deployment test",
+    )
+    stored = artifacts / relative / "hello.txt"
+    assert stored.read_bytes() == b"hello from the deployment test"
