@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from visionops_tasks import call
@@ -21,6 +22,10 @@ evaluates on the held-out test split, and gates the new model against thresholds
 the model in service (`models:/<name>@champion`), scored on the same split.
 
 * **Passed**: the version is registered with `challenger`, then `champion` moves to it.
+* **Passed, `gate.require_approval: true`**: the `approve` task waits for a person (Browse ->
+  Required Actions, or the HITL REST API) with the decision and its evidence. *Approve* promotes
+  (the champion is re-checked first, and who approved is recorded on the version); *Reject*, or
+  no answer within a day, skips `promote` and `finish` records it.
 * **Rejected**: the version is registered without an alias, `promote` is skipped and the
   `reject` task logs the reasons; the champion is unchanged.
 
@@ -28,6 +33,9 @@ Every run is an MLflow parent run (tagged with this DAG run's id); each stage is
 Bad input (config, files, labels) fails the run without retries and names what is wrong.
 """
 
+# A person has a day to answer; then "Reject" applies, so that a forgotten request does not hold the
+# next daily run (max_active_runs=1). promote_challenger can still ask for the version later.
+APPROVAL_TIMEOUT = timedelta(hours=23)
 default_args = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
 
 
@@ -112,19 +120,34 @@ def train_pipeline():
     def decide(decision: dict, registered: dict) -> str:
         from visionops.pipeline import next_step
 
-        return next_step(decision)
+        return next_step(decision, registered)
 
-    @task
+    # Reached only when the branch chose it (gate.require_approval); "Reject" skips promote.
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} version "
+                "{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
+        body="{{ ti.xcom_pull(task_ids='register')['review'] }}",
+        defaults=["Reject"],
+        response_timeout=APPROVAL_TIMEOUT,
+        retries=0,
+    )
+
+    # After decide directly, or after approve: one of the two is skipped, hence the trigger rule.
+    @task(trigger_rule="none_failed_min_one_success")
     def promote(ctx: dict, registered: dict, evaluated: dict) -> dict:
-        return _call("promote", ctx, registered, evaluated)
+        answer = get_current_context()["ti"].xcom_pull(task_ids="approve")
+        return _call("promote", ctx, registered, evaluated, answer)
 
     @task
     def reject(ctx: dict, registered: dict, decision: dict) -> dict:
         return _call("reject", ctx, registered, decision)
 
-    @task(trigger_rule="none_failed_min_one_success")
-    def finish(ctx: dict) -> dict:
-        return _call("finish", ctx)
+    # none_failed: also after a person rejected (approve skipped promote, and reject was not chosen).
+    @task(trigger_rule="none_failed")
+    def finish(ctx: dict, registered: dict) -> dict:
+        answer = get_current_context()["ti"].xcom_pull(task_ids="approve")
+        return _call("finish", ctx, registered, answer)
 
     ctx = start()
     ingested = ingest(ctx)
@@ -140,8 +163,9 @@ def train_pipeline():
     branch = decide(decision, registered)
     promoted = promote(ctx, registered, evaluated)
     rejected = reject(ctx, registered, decision)
-    branch >> [promoted, rejected]
-    [promoted, rejected] >> finish(ctx)
+    branch >> [promoted, approve, rejected]
+    approve >> promoted
+    [promoted, rejected] >> finish(ctx, registered)
 
 
 train_pipeline()

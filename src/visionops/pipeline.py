@@ -236,9 +236,12 @@ def gate(context: dict[str, str], evaluated: dict[str, Any]) -> dict[str, Any]:
     return decision.to_dict()
 
 
-def next_step(decision: dict[str, Any]) -> str:
-    """The branch after registration: ``promote`` when the gate passed, else ``reject``."""
-    return "promote" if GateDecision.from_dict(decision).passed else "reject"
+def next_step(decision: dict[str, Any], registered: dict[str, Any] | None = None) -> str:
+    """The branch after registration: ``reject`` when the gate failed, else ``promote``, or ``approve``
+    (a person decides first) when the run's config sets ``gate.require_approval``."""
+    if not GateDecision.from_dict(decision).passed:
+        return "reject"
+    return "approve" if (registered or {}).get("require_approval") else "promote"
 
 
 def register(context: dict[str, str], trained: dict[str, Any], evaluated: dict[str, Any],
@@ -248,10 +251,11 @@ def register(context: dict[str, str], trained: dict[str, Any], evaluated: dict[s
     return register_stage(RunContext.from_dict(context), trained, evaluated, GateDecision.from_dict(decision))
 
 
-def promote(context: dict[str, str], registered: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
+def promote(context: dict[str, str], registered: dict[str, Any], evaluated: dict[str, Any],
+            approval: dict[str, Any] | None = None) -> dict[str, Any]:
     from visionops.promotion import promote_stage
 
-    return promote_stage(RunContext.from_dict(context), registered, evaluated)
+    return promote_stage(RunContext.from_dict(context), registered, evaluated, approval)
 
 
 def reject(context: dict[str, str], registered: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
@@ -260,10 +264,19 @@ def reject(context: dict[str, str], registered: dict[str, Any], decision: dict[s
     return reject_stage(RunContext.from_dict(context), registered, GateDecision.from_dict(decision))
 
 
-def finish(context: dict[str, str]) -> dict[str, Any]:
-    """Close the parent run and store the run's summary (MLflow and the run folder)."""
+def finish(context: dict[str, str], registered: dict[str, Any] | None = None,
+           approval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Close the parent run and store the run's summary (MLflow and the run folder).
+
+    ``approval`` is the answer of the ``approve`` task when the run asked a person; a rejection (or no
+    answer before the deadline) is recorded on the run and the version here, since promote was skipped.
+    """
     ctx = RunContext.from_dict(context)
     tracking.configure()
+    if approval is not None and registered is not None:
+        from visionops.approval import record_answer
+
+        record_answer(ctx.parent_run_id, registered["model_name"], registered["version"], approval)
     tracking.end_parent_run(ctx.parent_run_id, "FINISHED")
     summary = build_summary(ctx.parent_run_id)
     tracking.log_json(summary, "summary.json", run_id=ctx.parent_run_id)

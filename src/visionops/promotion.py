@@ -10,6 +10,7 @@ import mlflow
 
 from visionops import registry, tracking
 from visionops.champion import SmokeTestError, promote_safely
+from visionops.errors import InputError
 from visionops.gate import GateDecision, PairedPredictions, decide
 from visionops.report import model_card
 from visionops.runs import RunContext
@@ -81,11 +82,28 @@ def register_stage(ctx: RunContext, trained: dict[str, Any], evaluated: dict[str
         client.update_model_version(cfg.registry.model_name, version, description=f"{description}\n\n{card}"[:60000])
         if decision.passed:
             registry.set_alias(cfg.registry.model_name, registry.CHALLENGER, version)
+            if cfg.gate.require_approval:
+                client.set_model_version_tag(cfg.registry.model_name, version, f"{T}awaiting_approval", "true")
         mlflow.set_tags({f"{T}model_version": version, f"{T}registered_model": cfg.registry.model_name})
     mlflow.tracking.MlflowClient().set_tag(ctx.parent_run_id, f"{T}model_version", version)
     log.info("register: %s version %s (%s)", cfg.registry.model_name, version,
              "challenger" if decision.passed else "rejected, no alias")
-    return {"model_name": cfg.registry.model_name, "version": version, "passed": decision.passed}
+    return {"model_name": cfg.registry.model_name, "version": version, "passed": decision.passed,
+            "require_approval": cfg.gate.require_approval,
+            "review": review_text(cfg.registry.model_name, version, decision, ctx)}
+
+
+def review_text(name: str, version: str, decision: GateDecision, ctx: RunContext) -> str:
+    """What the person asked to approve reads (Markdown): the decision, its evidence, where to look."""
+    lines = [f"**{name} version {version}** passed the gate: accuracy {decision.metrics['accuracy']:.4f}, "
+             f"macro-F1 {decision.metrics['macro_f1']:.4f}.", "", *[f"- {reason}" for reason in decision.reasons]]
+    paired = (decision.comparison or {}).get("paired")
+    if paired:
+        lines += ["", f"Paired evidence on {paired['n']} test images: McNemar p = {paired['mcnemar_p_two_sided']:.4g}, "
+                      f"accuracy difference CI [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]."]
+    lines += ["", f"MLflow parent run `{ctx.parent_run_id}` (model card on its register run). **Approve** moves "
+                  "`champion` to this version after re-checking the champion in service; **Reject** leaves it."]
+    return "\n".join(lines)
 
 
 def _existing_version(name: str, run_key: str) -> str | None:
@@ -151,30 +169,33 @@ def smoke_check(name: str, evaluated: dict[str, Any], n_images: int) -> Callable
     return check
 
 
-def promote_stage(ctx: RunContext, registered: dict[str, Any], evaluated: dict[str, Any]) -> dict[str, Any]:
+def promote_stage(ctx: RunContext, registered: dict[str, Any], evaluated: dict[str, Any],
+                  approval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Move ``champion`` to the new version under the promotion lock, deciding again if it changed.
 
-    After the move a fresh process must load ``models:/NAME@champion`` and label held-out images as
-    the evaluation did; otherwise the aliases go back and the task fails.
+    With ``gate.require_approval`` the ``approve`` task's answer must be an approval (who and when are
+    recorded on the version); the gate is still re-checked, since the champion may have moved while a
+    person was deciding. After the move a fresh process must load ``models:/NAME@champion`` and label
+    held-out images as the evaluation did; otherwise the aliases go back and the task fails.
     """
+    from visionops.approval import approval_tags, is_approved
+
     cfg = ctx.config()
     tracking.configure()
     name, version = registered["model_name"], registered["version"]
     client = mlflow.tracking.MlflowClient()
+    extra_tags: dict[str, str] = {}
+    if cfg.gate.require_approval:
+        if not is_approved(approval):
+            raise InputError(f"gate.require_approval is set but {name} v{version} has no approval "
+                             f"(answer: {(approval or {}).get('chosen_options')}); nothing was promoted")
+        extra_tags = approval_tags(approval)
     with tracking.stage_run(ctx.parent_run_id, "promote"):
-        if cfg.gate.require_approval:
-            # A person decides: the version stays challenger until the promote_challenger DAG is approved.
-            client.set_model_version_tag(name, version, f"{T}awaiting_approval", "true")
-            mlflow.set_tag(f"{T}awaiting_approval", "true")
-            client.set_tag(ctx.parent_run_id, f"{T}promoted", "awaiting approval")
-            log.warning("promote: gate.require_approval is set; %s v%s stays challenger. Trigger the "
-                        "promote_challenger DAG (model_name=%s) to ask for approval.", name, version, name)
-            return {"promoted": False, "version": version, "awaiting_approval": True}
         try:
             result = promote_safely(
                 name, version, evaluated_against=(evaluated.get("champion") or {}).get("version"),
                 recheck=recheck_against(evaluated, name, cfg.gate), run_key=ctx.run_key,
-                smoke_test=smoke_check(name, evaluated, cfg.registry.smoke_test_images))
+                smoke_test=smoke_check(name, evaluated, cfg.registry.smoke_test_images), tags=extra_tags)
         except SmokeTestError:
             client.set_tag(ctx.parent_run_id, f"{T}promoted", "false")
             raise
@@ -184,7 +205,8 @@ def promote_stage(ctx: RunContext, registered: dict[str, Any], evaluated: dict[s
             client.set_tag(ctx.parent_run_id, f"{T}gate_reasons", "; ".join(result.reasons)[:4900])
             client.set_tag(ctx.parent_run_id, f"{T}promoted", "false")
             return {"promoted": False, "version": version, "reasons": result.reasons}
-        mlflow.set_tags({f"{T}champion_version": version, f"{T}replaced_version": result.replaced or ""})
+        mlflow.set_tags({f"{T}champion_version": version, f"{T}replaced_version": result.replaced or "",
+                         **extra_tags})
     client.set_tag(ctx.parent_run_id, f"{T}champion_version", version)
     client.set_tag(ctx.parent_run_id, f"{T}promoted", "true")
     if result.replaced:

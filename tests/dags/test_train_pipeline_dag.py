@@ -57,8 +57,9 @@ def test_task_graph_is_the_expected_chain(dag):
         "train": {"evaluate", "register"},
         "evaluate": {"gate", "register", "promote"},
         "gate": {"register", "decide", "reject"},
-        "register": {"decide", "promote", "reject"},
-        "decide": {"promote", "reject"},
+        "register": {"decide", "promote", "reject", "finish"},
+        "decide": {"promote", "approve", "reject"},
+        "approve": {"promote"},  # HITL: a person approves first when gate.require_approval is set
         "promote": {"finish"},
         "reject": {"finish"},
         "finish": set(),
@@ -81,7 +82,32 @@ def test_branch_and_join(dag):
     from airflow.providers.standard.operators.python import BranchPythonOperator
 
     assert isinstance(dag.get_task("decide"), BranchPythonOperator)
-    assert dag.get_task("finish").trigger_rule == "none_failed_min_one_success"
+    # promote follows decide directly or approve: one of them is skipped.
+    assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    # finish also runs when a person rejected (promote skipped by approve, reject not chosen).
+    assert dag.get_task("finish").trigger_rule == "none_failed"
+
+
+def test_approval_step_asks_with_the_decision_and_rejects_by_default(dag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.upstream_task_ids == {"decide"}
+    assert "xcom_pull(task_ids='register')['review']" in approve.body
+    assert approve.defaults == ["Reject"] and approve.response_timeout is not None
+    assert approve.retries == 0  # asking again would send a second request to the person
+    assert approve.ignore_downstream_trigger_rules is False  # Reject skips promote only; finish records it
+
+
+@pytest.mark.parametrize(("passed", "require_approval", "step"), [
+    (True, False, "promote"), (True, True, "approve"), (False, True, "reject"), (False, False, "reject")])
+def test_branch_choice(passed: bool, require_approval: bool, step: str) -> None:
+    from visionops.gate import GateDecision
+    from visionops.pipeline import next_step
+
+    decision = GateDecision(passed=passed, reasons=["r"], metrics={"accuracy": 0.9, "macro_f1": 0.9}).to_dict()
+    assert next_step(decision, {"require_approval": require_approval}) == step
 
 
 def test_schedule_docs_tags_retries_and_params(dag):
@@ -89,7 +115,7 @@ def test_schedule_docs_tags_retries_and_params(dag):
     assert dag.catchup is False
     assert dag.doc_md and "champion" in dag.doc_md
     assert {"visionops", "training"} <= set(dag.tags)
-    assert all(t.retries >= 1 for t in dag.tasks)
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "approve")
     params = dag.params
     for name in ("config", "model", "max_epochs", "n_trials", "overrides"):
         assert name in params, name
