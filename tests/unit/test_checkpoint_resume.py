@@ -55,3 +55,4 @@ def test_interrupted_train_stage_resumes_with_whole_curves(mlflow_store: Path, r
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == [1, 2, 3, 4], key  # continuous: the epochs before the crash are in the retry's run
     assert run.data.tags["visionops.device"] == "cpu" and run.data.tags["torch_version"]
+    assert run.data.tags["visionops.precision"] == "fp32"  # amp applies on CUDA only

@@ -205,3 +205,118 @@ def test_faces_weight_balancing_samples_every_class_equally():
     assert len(drawn) == 1000
     share_small = float((y[drawn] == 1).double().mean())
     assert 0.4 < share_small < 0.6, share_small  # about half, against 0.1 in the data
+
+
+# -- mixed precision ------------------------------------------------------------------------------
+
+from visionops.training.checkpoint import restore_scaler  # noqa: E402
+from visionops.training.precision import choose_precision, grad_scaler, resolve_precision  # noqa: E402
+
+
+@pytest.mark.parametrize(("device_type", "amp", "bf16", "expected"), [
+    ("cuda", True, True, "bf16"),
+    ("cuda", True, False, "fp16"),   # older GPUs: fp16 with loss scaling instead of fp32
+    ("cuda", False, True, "fp32"),
+    ("cuda", False, False, "fp32"),
+    ("cpu", True, True, "fp32"),
+    ("cpu", True, False, "fp32"),
+    ("mps", True, True, "fp32"),
+])
+def test_choose_precision(device_type: str, amp: bool, bf16: bool, expected: str) -> None:
+    assert choose_precision(device_type, amp, bf16) == expected
+
+
+def test_resolve_precision_asks_the_gpu_about_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: the CUDA answer is checked by logic, with the bf16 query stubbed.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(torch.device("cuda"), amp=True) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(torch.device("cuda"), amp=True) == "bf16"
+    assert resolve_precision(CPU, amp=True) == "fp32"
+    assert resolve_precision(CPU, amp=True, forced="fp16") == "fp16"
+    with pytest.raises(ValueError, match="precision must be 'auto' or one of"):
+        resolve_precision(CPU, amp=True, forced="fp8")
+    assert grad_scaler(CPU, "fp16").is_enabled() and not grad_scaler(CPU, "bf16").is_enabled()
+
+
+def _fp16_step(scaler: torch.amp.GradScaler, accumulate: int, batches: int = 4) -> tuple[nn.Module, list]:
+    from visionops.training.engine import fit_one_epoch
+
+    data = _separable(4 * batches, 0)
+    model = _net(dropout=0.0)
+    dtypes: list[torch.dtype] = []
+    model.net.classifier[-1].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit_one_epoch(model, torch.from_numpy(data.x), torch.from_numpy(data.y), opt, nn.CrossEntropyLoss(), 4,
+                  torch.Generator().manual_seed(0), options=FitOptions(precision="fp16", accumulate_steps=accumulate),
+                  scaler=scaler)
+    return model, dtypes
+
+
+def test_fp16_scaler_updates_once_per_optimizer_step_with_accumulation() -> None:
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    model, dtypes = _fp16_step(scaler, accumulate=2, batches=4)
+    assert set(dtypes) == {torch.float16}  # fp16 autocast ran
+    # 4 batches, 2 per step: 2 optimizer steps, each counted once by the scaler (no overflow at 2**10).
+    assert scaler.state_dict()["_growth_tracker"] == 2 and scaler.get_scale() == 2.0**10
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fp16_overflow_skips_the_step_and_backs_off_the_scale() -> None:
+    # A scale of 2**40 overflows fp16 gradients: the scaled loss reached backward, the step is skipped.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    before = {k: v.clone() for k, v in _net(dropout=0.0).state_dict().items()}
+    model, _ = _fp16_step(scaler, accumulate=4, batches=4)
+    assert scaler.get_scale() == 2.0**39
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_fit_with_fp16_loss_scaling_learns_and_checkpoints_the_scaler(tmp_path: Path) -> None:
+    ckpt = tmp_path / "last.pt"
+    result = _fit(_net(), FitOptions(precision="fp16", accumulate_steps=2), max_epochs=3, checkpoint=ckpt)
+    assert result.precision == "fp16"
+    assert result.best_val_accuracy >= 0.9
+    saved = load_checkpoint(ckpt)
+    assert saved["scaler"]["scale"] > 0  # saved by an enabled scaler (a disabled one saves {})
+    assert _fit(_net(), max_epochs=1).precision == "fp32"  # CPU default: amp is for CUDA only
+
+
+def test_restore_scaler_continues_with_the_saved_scale() -> None:
+    saved = torch.amp.GradScaler("cpu", init_scale=512.0).state_dict()
+    resumed = torch.amp.GradScaler("cpu")
+    restore_scaler(resumed, saved)
+    assert resumed.get_scale() == 512.0
+    restore_scaler(resumed, {})     # a checkpoint from a bf16/fp32 run: nothing to restore
+    restore_scaler(resumed, None)   # a checkpoint from before scalers were saved
+    assert resumed.get_scale() == 512.0
+    disabled = grad_scaler(CPU, "fp32")
+    restore_scaler(disabled, saved)  # now training without fp16: the saved scale does not apply
+    assert not disabled.is_enabled()
+
+
+def test_interrupted_fp16_run_resumes_with_its_loss_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visionops.training import engine
+
+    scalers: list[torch.amp.GradScaler] = []
+
+    def spy(device, precision):  # noqa: ANN001, ANN202 - fit's scaler, at a scale that never overflows here
+        scalers.append(torch.amp.GradScaler(device.type, init_scale=2.0**7, enabled=precision == "fp16"))
+        return scalers[-1]
+
+    monkeypatch.setattr(engine, "grad_scaler", spy)
+    ckpt = tmp_path / "last.pt"
+    options = FitOptions(precision="fp16")
+
+    def crash_after_1(m: EpochMetrics) -> None:
+        if m.epoch == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        _fit(_net(), options, max_epochs=3, patience=10, checkpoint=ckpt, on_epoch=crash_after_1)
+    saved = load_checkpoint(ckpt)["scaler"]
+    assert saved["scale"] == 2.0**7 and saved["_growth_tracker"] == 4  # 64 images / 16: four steps
+    resumed = _fit(_net(seed=9), options, max_epochs=3, patience=10, checkpoint=ckpt)
+    assert resumed.resumed_from == 2
+    # The resumed scaler went on counting from the checkpoint: 4 steps before, 8 after.
+    assert scalers[-1].state_dict()["_growth_tracker"] == 4 + 8

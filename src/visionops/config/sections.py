@@ -140,7 +140,8 @@ class TrainConfig(_Section):
     class_weights: Literal["none", "balanced"] = "none"
     augment: AugmentConfig = AugmentConfig()
     accumulate_steps: int = Field(1, ge=1, le=256, description="Batches per optimizer step.")
-    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
+    amp: bool = Field(True, description="Mixed precision on CUDA: bf16 autocast where the GPU supports it, "
+                      "else fp16 autocast with loss scaling (ignored on CPU).")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA (ignored on CPU).")
     compile: bool = Field(False, description="torch.compile the model (slow to start; for long runs).")
     deterministic: bool = Field(False, description="Deterministic kernels (slower on CUDA).")

@@ -1,7 +1,8 @@
 """Per-epoch training checkpoints: written atomically, read back with ``weights_only=True``.
 
 A checkpoint holds everything needed to continue as if never stopped: model, optimizer and
-scheduler state, every RNG state, the history and the best weights so far.
+scheduler state, the fp16 gradient scaler's state, every RNG state, the history and the best
+weights so far.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     generator.set_state(state["batches"])
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
+    """Continue with the saved loss scale; nothing to do when either side trains without fp16 scaling.
+
+    A disabled scaler saves ``{}``, and an enabled one refuses ``{}``; a checkpoint from before
+    scalers were saved has no entry at all.
+    """
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
 
 
 def _tuples(obj: Any) -> Any:

@@ -1,8 +1,9 @@
 """The training loop: uint8 batches in, early stopping on validation accuracy, per-epoch history.
 
 Optional: gradient accumulation, augmentation of the training split, focal loss / label
-smoothing / class weights, and on CUDA bf16 autocast, channels_last and ``torch.compile``. A
-checkpoint after every epoch lets an interrupted run continue where it stopped.
+smoothing / class weights, and on CUDA mixed precision (bf16, or fp16 with loss scaling on GPUs
+without bf16; see ``precision``), channels_last and ``torch.compile``. A checkpoint after every
+epoch lets an interrupted run continue where it stopped.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from torch import nn
 
 from visionops.data.preprocess import Split
 from visionops.training.augment import AugmentSpec, augment_batch, build_augment
-from visionops.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from visionops.training.checkpoint import (load_checkpoint, restore_rng, restore_scaler, rng_state,
+                                             save_checkpoint)
 from visionops.training.losses import balanced_class_weights, make_loss
 from visionops.training.optim import make_optimizer, make_scheduler, scheduler_step
+from visionops.training.precision import Precision, autocast, grad_scaler, resolve_precision
 
 
 def select_device(preference: str) -> torch.device:
@@ -61,7 +64,8 @@ class FitOptions:
     sampling: str = "uniform"         # uniform | balanced (each class drawn equally often)
     augment: AugmentSpec = AugmentSpec()
     accumulate_steps: int = 1
-    amp: bool = True                  # bf16 autocast, CUDA only
+    amp: bool = True                  # mixed precision, CUDA only: bf16, or fp16 + loss scaling
+    precision: str = "auto"           # auto (from amp and the device) | bf16 | fp16 | fp32: forced (tests)
     channels_last: bool = True        # CUDA only
     compile: bool = False
     deterministic: bool = False
@@ -87,6 +91,7 @@ class FitResult:
     best_val_accuracy: float = 0.0
     stopped_early: bool = False
     resumed_from: int = 0
+    precision: Precision = "fp32"
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -109,18 +114,19 @@ def training_batches(y: torch.Tensor, batch_size: int, generator: torch.Generato
     return list(order.split(batch_size))
 
 
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    # bf16 needs no loss scaling; GPUs without it train in fp32 rather than risk fp16 overflow.
-    on = enabled and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on)
-
-
 def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                   loss_fn: nn.Module, batch_size: int, generator: torch.Generator, *,
-                  options: FitOptions = FitOptions(), transform=None) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, accuracy)."""
+                  options: FitOptions = FitOptions(), transform=None,
+                  scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+    """One pass over the training data; returns (mean loss, accuracy).
+
+    ``scaler`` carries the fp16 loss scale from epoch to epoch (``fit`` passes its own); without
+    one, a fresh scaler for the options' precision is used.
+    """
     model.train()
     device = x.device
+    precision = resolve_precision(device, options.amp, options.precision)
+    scaler = scaler if scaler is not None else grad_scaler(device, precision)
     memory = torch.channels_last if options.channels_last and device.type == "cuda" else torch.contiguous_format
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -129,12 +135,15 @@ def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
     optimizer.zero_grad(set_to_none=True)
     for i, idx in enumerate(batches):
         xb, yb = augment_batch(transform, x[idx]).contiguous(memory_format=memory), y[idx]
-        with _autocast(device, options.amp):
+        with autocast(device, precision):
             logits = model(xb)
             loss = loss_fn(logits, yb)
-        (loss / accumulate if accumulate > 1 else loss).backward()
+        # A disabled scaler (bf16, fp32) returns the loss as is and steps the optimizer plainly.
+        scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
         if (i + 1) % accumulate == 0 or i + 1 == len(batches):
-            optimizer.step()
+            # Gradient clipping, if ever added, goes here after scaler.unscale_(optimizer).
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
         # Summed on the device: no host sync per batch.
         total_loss += loss.detach().float() * len(yb)
@@ -144,11 +153,11 @@ def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
-                   batch_size: int, amp: bool = False) -> tuple[float, float]:
+                   batch_size: int, precision: str = "fp32") -> tuple[float, float]:
     model.eval()
     total_loss, correct = 0.0, 0
     for idx in _batches(len(y), batch_size, None):
-        with _autocast(x.device, amp):
+        with autocast(x.device, precision):
             logits = model(x[idx])
             total_loss += loss_fn(logits.float(), y[idx]).item() * len(idx)
         correct += (logits.argmax(1) == y[idx]).sum().item()
@@ -187,7 +196,9 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
     eval_loss = nn.CrossEntropyLoss()  # validation loss stays comparable across loss settings
     transform = build_augment(opts.augment, xt.shape[1], xt.shape[2], xt.shape[3])
     generator = torch.Generator().manual_seed(seed)
-    result = FitResult(model=model)
+    precision = resolve_precision(device, opts.amp, opts.precision)
+    scaler = grad_scaler(device, precision)
+    result = FitResult(model=model, precision=precision)
     best_state, since_best, start_epoch = copy.deepcopy(model.state_dict()), 0, 1
     saved = load_checkpoint(checkpoint) if checkpoint is not None else None
     if saved is not None:
@@ -196,6 +207,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         restore_rng(saved["rng"], generator)
+        restore_scaler(scaler, saved.get("scaler"))
         result.history = [EpochMetrics(**m) for m in saved["history"]]
         result.best_epoch, result.best_val_accuracy = saved["best_epoch"], saved["best_val_accuracy"]
         best_state, since_best = saved["best_state"], saved["since_best"]
@@ -207,8 +219,8 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         tr_loss, tr_acc = fit_one_epoch(step_model, xt, yt, optimizer, loss_fn, batch_size, generator,
-                                        options=opts, transform=transform)
-        va_loss, va_acc = evaluate_split(step_model, xv, yv, eval_loss, batch_size * 4, opts.amp)
+                                        options=opts, transform=transform, scaler=scaler)
+        va_loss, va_acc = evaluate_split(step_model, xv, yv, eval_loss, batch_size * 4, precision)
         seconds = time.perf_counter() - start
         metrics = EpochMetrics(epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, len(yt) / seconds)
         result.history.append(metrics)
@@ -223,6 +235,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
             save_checkpoint(checkpoint, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(),  # {} unless fp16: the loss scale a resumed run goes on with
                 "rng": rng_state(generator), "history": [asdict(m) for m in result.history],
                 "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                 "best_state": best_state, "since_best": since_best, "stopped_early": result.stopped_early,

@@ -26,6 +26,7 @@ from visionops.runs import RunContext
 from visionops.storage import StageOutput, fingerprint, visionops_home
 from visionops.training.checkpoint import load_checkpoint
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
+from visionops.training.precision import resolve_precision
 from visionops.training.settings import apply_params, fit_options
 
 log = logging.getLogger("visionops")
@@ -60,13 +61,14 @@ def epoch_metrics(m: EpochMetrics) -> dict[str, float]:
             "images_per_second": m.images_per_second}
 
 
-def device_tags(device: torch.device) -> dict[str, str]:
-    tags = {f"{T}device": str(device), "torch_version": torch.__version__,
+def device_tags(device: torch.device, precision: str) -> dict[str, str]:
+    """Where and how the run trained; ``precision`` is bf16, fp16 (with loss scaling) or fp32."""
+    tags = {f"{T}device": str(device), f"{T}precision": precision, "torch_version": torch.__version__,
             "cuda_version": str(torch.version.cuda), "python_version": platform.python_version()}
     if device.type == "cuda":
         tags["gpu_name"] = torch.cuda.get_device_name(device)
         tags["cudnn_version"] = str(torch.backends.cudnn.version())
-        tags["bf16_autocast"] = str(torch.cuda.is_bf16_supported()).lower()
+        tags["bf16_supported"] = str(torch.cuda.is_bf16_supported()).lower()
     return tags
 
 
@@ -94,8 +96,8 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         stats, labels = load_stats(folder), load_labels(folder)
         train, val, test = (load_split(folder, s) for s in ("train", "val", "test"))
         device = select_device(cfg.train.device)
-        mlflow.set_tags(device_tags(device))
         t = cfg.train
+        mlflow.set_tags(device_tags(device, resolve_precision(device, t.amp)))
         mlflow.log_params({**params, "model": cfg.model.name, "max_epochs": t.max_epochs,
                            "batch_size": t.batch_size, "patience": t.patience, "optimizer": t.optimizer,
                            "scheduler": t.scheduler, "loss": t.loss, "label_smoothing": t.label_smoothing,
