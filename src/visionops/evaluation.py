@@ -22,7 +22,8 @@ from visionops import registry, tracking
 from visionops.data.preprocess import load_labels, load_split
 from visionops.evaluation_plots import save_confusion_matrix, save_misclassified_grid, save_reliability_plot
 from visionops.gate import PairedPredictions
-from visionops.inference import load_classifier, model_labels, predict_probabilities, to_raw_images
+from visionops.inference import (load_classifier, model_labels, model_tta, predict_probabilities, to_raw_images,
+                                 tta_label)
 from visionops.report import render_markdown
 from visionops.runs import RunContext
 from visionops.storage import StageOutput, fingerprint
@@ -124,7 +125,12 @@ def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str
     name = cfg.registry.model_name
     with tracking.stage_run(ctx.parent_run_id, "evaluate") as run_id, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        preds, probs = predict_probabilities(load_classifier(trained["model_uri"]), raw)
+        candidate = load_classifier(trained["model_uri"])
+        # The served model applies its own test-time augmentation: recorded, not re-applied here.
+        tta = tta_label(model_tta(candidate))
+        mlflow.log_param("tta", tta)
+        mlflow.set_tag(f"{tracking.TAG_PREFIX}tta", tta)
+        preds, probs = predict_probabilities(candidate, raw)
         y_pred = preds["label"].astype(str).tolist()
         confidence = preds["probability"].to_numpy(dtype=float)
         metrics = classification_metrics(y_true, y_pred, labels)
@@ -155,7 +161,7 @@ def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str
                                          confidence, champ_pred, labels, champ_labels)
         report = {"metrics": metrics, "calibration_bins": bins, "champion": champion,
                   "model_uri": trained["model_uri"], "test_size": len(y_true), "labels": labels,
-                  "misclassified": n_wrong, "predictions": predictions["uri"]}
+                  "misclassified": n_wrong, "predictions": predictions["uri"], "tta": tta}
         tracking.log_json(report, "evaluation/report.json")
         mlflow.log_text(render_markdown(report), "evaluation/report.md")
     client = mlflow.tracking.MlflowClient()

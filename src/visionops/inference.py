@@ -3,10 +3,13 @@
 The network (with its normalisation) is logged with ``mlflow.pytorch.log_model``; the registered
 model is a pyfunc that carries that network, the label map and the preprocessing, so that
 ``mlflow.pyfunc.load_model("models:/<name>@champion").predict(images)`` needs nothing else.
+Test-time augmentation (``train.tta``) is part of the package too: stored in the preprocessing
+file and applied in ``predict``, so evaluation and serving compute the same probabilities.
 """
 
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pandas as pd
 import torch
 
 from visionops.data.images import to_model_array
+from visionops.tta import check_views, predict_proba
 
 PREPROCESSING_FILE = "preprocessing.json"
 PROBA_PREFIX = "proba_"
@@ -35,13 +39,15 @@ def as_image_list(model_input: Any) -> list[np.ndarray]:
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
-    """pyfunc model: resize and convert like training did, run the network, map indices to labels."""
+    """pyfunc model: resize and convert like training did, run the network (over the TTA views, if
+    any), map indices to labels."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         meta = json.loads(Path(context.artifacts["preprocessing"]).read_text())
         self.labels: list[str] = meta["labels"]
         self.image_size: int = meta["image_size"]
         self.channels: int = meta["channels"]
+        self.tta: list[str] = check_views(meta.get("tta", []))  # models logged before TTA have none
         # Logged in the pt2 (torch.export) format: a graph captured in eval mode, no pickled classes.
         self.network = mlflow.pytorch.load_model(context.artifacts["network"], map_location="cpu")
 
@@ -57,8 +63,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if not images:
             return pd.DataFrame({"label": pd.Series(dtype=str), "probability": pd.Series(dtype=float)})
         batch = np.stack([to_model_array(img, self.image_size, self.channels) for img in images])
-        with torch.no_grad():
-            probs = torch.softmax(self.network(torch.from_numpy(batch)), dim=1).numpy()
+        probs = predict_proba(self.network, torch.from_numpy(batch), self.tta).numpy()
         best = probs.argmax(axis=1)
         out = pd.DataFrame({
             "label": [self.labels[i] for i in best],
@@ -88,25 +93,28 @@ def to_raw_images(x: np.ndarray) -> np.ndarray:
 
 def pip_requirements() -> list[str]:
     import PIL
-    import torchvision  # noqa: F401 - same build as torch
+    import torchvision  # test-time augmentation's views are torchvision transforms
 
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}",
             f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"pillow=={PIL.__version__}"]
 
 
 def log_classifier(network: torch.nn.Module, *, labels: list[str], image_size: int, channels: int,
-                   example: np.ndarray, workdir: Path, data_profile: Path | None = None) -> dict[str, str]:
+                   example: np.ndarray, workdir: Path, data_profile: Path | None = None,
+                   tta: Sequence[str] = ()) -> dict[str, str]:
     """Log the network (pytorch flavour) and the pyfunc classifier into the active run; return their URIs.
 
     ``data_profile`` (the training data's statistics) travels with the model so that a later run
-    can measure drift against the model in service.
+    can measure drift against the model in service. ``tta`` (views of ``visionops.tta``) is
+    stored with the preprocessing and applied by every ``predict`` of the served model.
     """
     package_dir = str(Path(__file__).resolve().parent)
     network_info = mlflow.pytorch.log_model(
         network.cpu().eval(), name="network", input_example=example[:2],
         serialization_format="pt2", pip_requirements=pip_requirements(),
     )
-    meta = {"labels": labels, "image_size": image_size, "channels": channels,
+    meta = {"labels": labels, "image_size": image_size, "channels": channels, "tta": check_views(tta),
             "input": "uint8 array (N, H, W) for grey or (N, H, W, 3) for colour, any size"}
     meta_path = workdir / PREPROCESSING_FILE
     meta_path.write_text(json.dumps(meta, indent=2))
@@ -130,6 +138,16 @@ def load_classifier(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
 def model_labels(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
     """The class set a served classifier predicts (its label map)."""
     return list(model.unwrap_python_model().labels)
+
+
+def model_tta(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
+    """The test-time augmentation views a served classifier applies ([] = none)."""
+    return list(getattr(model.unwrap_python_model(), "tta", []))
+
+
+def tta_label(views: Sequence[str]) -> str:
+    """``none`` or the views joined by ``+`` (how runs record it)."""
+    return "+".join(views) or "none"
 
 
 def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:

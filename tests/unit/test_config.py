@@ -202,3 +202,25 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_config(empty).config_hash() == build_config({}).config_hash()
+
+
+def test_train_tta_accepts_none_a_view_or_a_list_of_views() -> None:
+    assert build_config({}).train.tta == []  # off by default (hflip is wrong for digits and text)
+    assert build_config({}, {"train.tta": "none"}).train.tta == []
+    assert build_config({}, {"train.tta": "hflip"}).train.tta == ["hflip"]
+    assert build_config({}, {"train.tta": ["hflip", "shift", "crop"]}).train.tta == ["hflip", "shift", "crop"]
+    from visionops.config import TrainConfig
+
+    assert "wrong for digits" in TrainConfig.model_fields["tta"].description
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("vflip", "train.tta.0: Input should be 'hflip', 'shift' or 'crop' (got 'vflip')"),
+    (["hflip", "rotate"], "train.tta.1: Input should be 'hflip', 'shift' or 'crop' (got 'rotate')"),
+    (["shift", "shift"], "train.tta: train.tta names a view twice"),
+    (3, "train.tta: Input should be a valid list"),
+])
+def test_bad_train_tta_is_an_error_naming_the_key(value: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {"train.tta": value})
+    assert expected in str(info.value)

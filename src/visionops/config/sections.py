@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -146,6 +146,26 @@ class TrainConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model (slow to start; for long runs).")
     deterministic: bool = Field(False, description="Deterministic kernels (slower on CUDA).")
     checkpoint: bool = Field(True, description="Checkpoint every epoch so a retried task resumes.")
+    tta: list[Literal["hflip", "shift", "crop"]] = Field(
+        default_factory=list, description="Test-time augmentation of the packaged model (evaluation and "
+        "serving alike): none, or views averaged with the original image: hflip (mirror; wrong for digits "
+        "and text), shift (4 small shifts), crop (central 87.5%, resized back). Probabilities are the mean "
+        "softmax over the views.")
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _tta_views(cls, value: object) -> object:
+        # `tta: none` and `tta: hflip` read as the lists [] and [hflip].
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tta")
+    @classmethod
+    def _tta_once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"train.tta names a view twice: {value}")
+        return value
 
 
 class TuneConfig(_Section):

@@ -19,7 +19,7 @@ import torch
 
 from visionops import tracking
 from visionops.data.preprocess import load_labels, load_split, load_stats
-from visionops.inference import log_classifier
+from visionops.inference import log_classifier, tta_label
 from visionops.models import build_from_config
 from visionops.models.wrappers import NormalizedNet
 from visionops.runs import RunContext
@@ -102,7 +102,8 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
                            "batch_size": t.batch_size, "patience": t.patience, "optimizer": t.optimizer,
                            "scheduler": t.scheduler, "loss": t.loss, "label_smoothing": t.label_smoothing,
                            "augment_strength": t.augment.strength, "accumulate_steps": t.accumulate_steps,
-                           "model_width": cfg.model.width, "transfer_mode": cfg.model.transfer_mode})
+                           "model_width": cfg.model.width, "transfer_mode": cfg.model.transfer_mode,
+                           "tta": tta_label(t.tta)})
         seed_everything(t.seed)  # the initial weights come from the seed too
         net = NormalizedNet(build_from_config(cfg.model, in_channels=cfg.data.channels,
                                               image_size=cfg.data.image_size, num_classes=len(labels)),
@@ -135,7 +136,7 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             mlflow.log_artifact(str(curves))
             uris = log_classifier(result.model, labels=labels, image_size=cfg.data.image_size,
                                   channels=cfg.data.channels, example=np.array(test.x[:2]), workdir=Path(tmp),
-                                  data_profile=folder / "data_profile.json")
+                                  data_profile=folder / "data_profile.json", tta=t.tta)
         meta = {**uris, "train_run_id": run_id, "run_key": ctx.run_key,
                 "best_val_accuracy": result.best_val_accuracy, "epochs_trained": len(result.history),
                 "resumed_from_epoch": result.resumed_from, "params": params}
