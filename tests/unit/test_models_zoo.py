@@ -13,7 +13,7 @@ from visionops.models import available_models, build_model
 
 ZOO = ["face_cnn", "fashion_cnn", "vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "vit_tiny"]
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 96, 96), (1, 112, 92)]
-# Small widths keep the CPU time down; resnet18's width is fixed.
+# Small widths keep the CPU time down; resnet18 runs at its full (torchvision) width here.
 OPTIONS = {"vgg11": {"width": 0.125}, "vgg13": {"width": 0.125, "batch_norm": True},
            "vgg16": {"width": 0.125, "batch_norm": True}, "vgg19": {"width": 0.125, "batch_norm": True}, "vit_tiny": {"width": 0.25, "depth": 2},
            "face_cnn": {"width": 0.5}, "fashion_cnn": {"width": 0.5}}
@@ -125,6 +125,53 @@ def test_resnet_pretrained_modes_refuse_without_a_weights_file(tmp_path: Path) -
     torch.save({"something": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a resnet18 state dict"):
         _build("resnet18", 3, 32, 32, transfer_mode="full_finetune", weights_path=str(bad))
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_resnet_width_scales_the_channels_from_scratch() -> None:
+    torch.manual_seed(0)
+    full, half = _build("resnet18", 3, 96, 96), _build("resnet18", 3, 96, 96, width=0.5)
+    assert [half.net.get_submodule(f"layer{i}")[1].conv2.out_channels for i in range(1, 5)] == [32, 64, 128, 256]
+    assert half.net.conv1.out_channels == 32 and half.net.fc[-1].in_features == 256
+    # Channels halve, so the parameter count falls to about a quarter.
+    assert _n_params(half) < 0.3 * _n_params(full)
+    for c, h, w in [(1, 28, 28), (3, 96, 96)]:
+        model = _build("resnet18", c, h, w, width=0.5)
+        logits = model(torch.randn(3, c, h, w))
+        assert logits.shape == (3, 5), (c, h, w)
+        nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2])).backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), (c, h, w)
+
+
+def test_resnet_width_one_is_torchvisions_resnet18() -> None:
+    from torchvision.models import resnet18
+
+    from visionops.models.resnet import ScaledResNet18
+
+    torch.manual_seed(3)
+    expected = resnet18(weights=None).state_dict()
+    torch.manual_seed(3)
+    got = ScaledResNet18(1.0).state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)  # same modules, same init, same draws
+
+
+def test_resnet_pretrained_weights_refuse_another_width(resnet_weights: Path) -> None:
+    for mode in ("feature_extraction", "finetune_last_n", "full_finetune"):
+        with pytest.raises(ValueError, match=f"model.width 0.5 cannot be used with pretrained weights "
+                                             f"\\(model.transfer_mode '{mode}'"):
+            _build("resnet18", 3, 32, 32, transfer_mode=mode, weights_path=str(resnet_weights), width=0.5)
+    raw = PipelineConfig().to_dict()
+    with pytest.raises(ConfigError, match="model.width 0.5 cannot be used with pretrained weights"):
+        build_config(raw, {"model.name": "resnet18", "model.transfer_mode": "feature_extraction",
+                           "model.weights_path": str(resnet_weights), "model.width": 0.5})
+    # Width 1.0 with the weights, and any width from scratch, are fine.
+    build_config(raw, {"model.name": "resnet18", "model.transfer_mode": "feature_extraction",
+                       "model.weights_path": str(resnet_weights)})
+    assert build_config(raw, {"model.name": "resnet18", "model.width": 0.5}).model.width == 0.5
 
 
 def test_model_config_keys_are_validated() -> None:

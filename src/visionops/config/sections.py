@@ -82,7 +82,8 @@ class FacesConfig(_Section):
 class ModelConfig(_Section):
     name: str = "small_cnn"
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
-    width: float = Field(1.0, gt=0.0, le=4.0, description="Channel multiplier (cnn, vgg, vit; not resnet18).")
+    width: float = Field(1.0, gt=0.0, le=4.0, description="Channel multiplier (cnn, vgg, vit; resnet18 only "
+                         "without pretrained weights, whose channel widths are fixed).")
     batch_norm: bool = Field(False, description="Batch norm after each conv (cnn, vgg).")
     init: Literal["default", "paper"] = Field("default", description="vgg: 'paper' = N(0, 0.01^2), zero bias.")
     transfer_mode: Literal["scratch", "feature_extraction", "finetune_last_n", "full_finetune"] = "scratch"
@@ -106,6 +107,10 @@ class ModelConfig(_Section):
             if not self.weights_path:
                 raise ValueError(f"model.transfer_mode {self.transfer_mode!r} needs model.weights_path: a local "
                                  "pretrained weights file (nothing is downloaded)")
+        if self.weights_path and self.width != 1.0 and self.name in TRANSFER_MODELS:
+            raise ValueError(f"model.width {self.width} cannot be used with pretrained weights (model.transfer_mode "
+                             f"{self.transfer_mode!r}): the weights fix the channel widths; set model.width to 1.0 "
+                             "and leave tune.width null")
         return self
 
 
