@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
-from visionops_tasks import call
+from visionops_tasks import AnsweredApprovalOperator, call
 
 DOC = """
 ### Train an image classifier and promote it only when it earns it
@@ -123,7 +122,7 @@ def train_pipeline():
         return next_step(decision, registered)
 
     # Reached only when the branch chose it (gate.require_approval); "Reject" skips promote.
-    approve = ApprovalOperator(
+    approve = AnsweredApprovalOperator(
         task_id="approve",
         subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} version "
                 "{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
@@ -136,7 +135,7 @@ def train_pipeline():
     # After decide directly, or after approve: one of the two is skipped, hence the trigger rule.
     @task(trigger_rule="none_failed_min_one_success")
     def promote(ctx: dict, registered: dict, evaluated: dict) -> dict:
-        answer = get_current_context()["ti"].xcom_pull(task_ids="approve")
+        answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
         return _call("promote", ctx, registered, evaluated, answer)
 
     @task
@@ -146,7 +145,7 @@ def train_pipeline():
     # none_failed: also after a person rejected (approve skipped promote, and reject was not chosen).
     @task(trigger_rule="none_failed")
     def finish(ctx: dict, registered: dict) -> dict:
-        answer = get_current_context()["ti"].xcom_pull(task_ids="approve")
+        answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
         return _call("finish", ctx, registered, answer)
 
     ctx = start()

@@ -73,7 +73,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
             overrides["data.path"] = str(Path(overrides["data.path"]).expanduser().resolve())
         config_file = str(Path(args.config).expanduser().resolve())
         # Fail fast, before Airflow starts: the same validation the start task does.
-        resolve_config({"config": config_file, "overrides": overrides})
+        cfg, _ = resolve_config({"config": config_file, "overrides": overrides})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -85,6 +85,10 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"pipeline-{request_id}.log"
     print(f"running DAG {DAG_ID} through Airflow (log: {log_file}) ...", flush=True)
+    if cfg.gate.require_approval:
+        print("gate.require_approval is set: if the gate passes, the run waits for a person to answer the "
+              "`approve` task (Airflow UI: `make ui`, Browse -> Required Actions; or the HITL REST API). "
+              "No answer within 23 h rejects.", flush=True)
     code = _airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf), env=env, log_file=log_file,
                     verbose=args.verbose)
     parent = _find_parent_run(request_id)

@@ -209,6 +209,8 @@ def promote_stage(ctx: RunContext, registered: dict[str, Any], evaluated: dict[s
                          **extra_tags})
     client.set_tag(ctx.parent_run_id, f"{T}champion_version", version)
     client.set_tag(ctx.parent_run_id, f"{T}promoted", "true")
+    if extra_tags:
+        client.set_tag(ctx.parent_run_id, f"{T}approval", f"approved by {extra_tags[f'{T}approved_by']}")
     if result.replaced:
         client.set_tag(ctx.parent_run_id, f"{T}replaced_version", result.replaced)
     log.info("promote: %s@champion -> version %s (replaced %s)", name, version, result.replaced or "none")

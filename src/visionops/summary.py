@@ -40,6 +40,7 @@ def build_summary(parent_run_id: str) -> dict[str, Any]:
         "model_aliases": aliases,
         "champion_version": str(champion.version) if champion is not None else None,
         "replaced_version": tags.get(f"{T}replaced_version"),
+        "approval": tags.get(f"{T}approval"),  # only when gate.require_approval asked a person
     }
 
 
@@ -57,6 +58,8 @@ def format_summary(summary: dict[str, Any], tracking_uri: str) -> str:
     if summary.get("gate"):
         lines.append(f"  gate              : {summary['gate'].upper()}")
         lines += [f"    - {reason}" for reason in summary["gate_reasons"]]
+    if summary.get("approval"):
+        lines.append(f"  approval          : {summary['approval']}")
     if summary.get("model_version"):
         aliases = ", ".join(summary["model_aliases"]) or "no alias"
         lines.append(f"  registered model  : {summary['model_name']} version {summary['model_version']} ({aliases})")

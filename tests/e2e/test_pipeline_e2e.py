@@ -6,7 +6,6 @@ a run on broken data stops at validate, names the files and leaves the champion 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_cli import pipeline_env, run_cli
 from PIL import Image
 
 pytestmark = pytest.mark.e2e
@@ -22,28 +22,6 @@ pytestmark = pytest.mark.e2e
 MODEL = "e2e-digits"
 SMALL = ["--set", "train.max_epochs=8", "--set", "tune.n_trials=2", "--set", "tune.epochs_per_trial=2",
          "--set", "tune.workers=2", "--set", f"registry.model_name={MODEL}", "--set", "experiment=e2e-digits"]
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # mlflow.set_registry_uri() exports MLFLOW_REGISTRY_URI, so earlier in-process tests leave one
-    # behind; the pipeline must use the registry of this test's store.
-    env.pop("MLFLOW_REGISTRY_URI", None)
-    env.update({
-        "VISIONOPS_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    })
-    return env
-
-
-def run_cli(home: Path, *args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
-    summary = home / f"summary-{len(list(home.glob('summary-*.json')))}.json"
-    cmd = [str(Path(sys.executable).parent / "visionops"), "pipeline", "run", *args,
-           "--summary-json", str(summary)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(home), timeout=timeout)
-    return proc, (json.loads(summary.read_text()) if summary.exists() else None)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +215,7 @@ def test_strong_run_is_promoted_recording_the_previous_champion(weak_then_strong
 
 def test_rollback_restores_the_previous_champion(weak_then_strong, home):
     proc = subprocess.run([str(Path(sys.executable).parent / "visionops"), "registry", "rollback", MODEL],
-                          capture_output=True, text=True, env=_env(home), timeout=300)
+                          capture_output=True, text=True, env=pipeline_env(home), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = _client(home)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == weak_then_strong["before"]
