@@ -224,3 +224,14 @@ def test_bad_train_tta_is_an_error_naming_the_key(value: object, expected: str) 
     with pytest.raises(ConfigError) as info:
         build_config({}, {"train.tta": value})
     assert expected in str(info.value)
+
+
+def test_searched_width_with_pretrained_weights_is_refused_naming_tune_width(tmp_path: Path) -> None:
+    weights = tmp_path / "resnet18.pt"
+    weights.write_bytes(b"not read while validating")
+    base = {"model.name": "resnet18", "model.transfer_mode": "feature_extraction", "model.weights_path": str(weights),
+            "tune.n_trials": 4}
+    with pytest.raises(ConfigError, match="tune.width cannot be searched with pretrained weights"):
+        build_config({}, {**base, "tune.width": [0.5, 1.0]})
+    assert build_config({}, {**base, "tune.width": None}).tune.width is None
+    assert build_config({}, {**base, "tune.width": [0.5, 1.0], "tune.n_trials": 0}).tune.n_trials == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from visionops.config.sections import (  # noqa: F401 - re-exported: the public config types
     _Section,
@@ -43,6 +43,14 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _tuned_width_fits_the_weights(self) -> PipelineConfig:
+        # Pretrained weights fix the channel widths: every trial would fail on a searched width.
+        if self.tune.width is not None and self.tune.n_trials > 0 and self.model.weights_path:
+            raise ValueError(f"tune.width cannot be searched with pretrained weights (model.weights_path, "
+                             f"model.transfer_mode {self.model.transfer_mode!r}): set tune.width to null")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict, with the YAML key names."""
