@@ -1,7 +1,7 @@
 """promote_challenger: a person approves (Airflow 3 HITL) before the challenger becomes champion.
 
-Used when the pipeline's config sets ``gate.require_approval: true``: train_pipeline then stops at
-``challenger``. Thin wiring only: each task is a lazy import and one call into ``visionops.approval``.
+train_pipeline asks for approval itself (``gate.require_approval: true``, task ``approve``); this DAG
+asks later, for the version behind ``challenger`` (e.g. when that request ran out of time). Thin wiring only: each task is a lazy import and one call into ``visionops.approval``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _call(func: str, *args, **kwargs):
 
 @dag(
     dag_id="promote_challenger",
-    description="A person approves the challenger before it becomes champion (gate.require_approval).",
+    description="A person approves the challenger before it becomes champion (asked again after a run).",
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
