@@ -29,6 +29,9 @@ def test_defaults_load_with_documented_values() -> None:
     assert cfg.train.max_epochs == 15
     assert cfg.gate.min_accuracy == pytest.approx(0.90)
     assert cfg.tune.learning_rate == (1e-4, 1e-2)
+    # The pruner that met its goal in bench/pruning.py (bench/README.md).
+    tune = cfg.tune
+    assert (tune.pruner, tune.pruner_min_epochs, tune.pruner_reduction_factor) == ("successive_halving", 1, 3)
     assert cfg.validate_.min_images_per_class == 10
 
 
@@ -41,6 +44,11 @@ def test_load_digits_yaml() -> None:
     assert cfg.gate.max_regression == pytest.approx(0.005)
     # The YAML key "validate" comes back under its own name.
     assert cfg.to_dict()["validate"]["min_images_per_class"] == 10
+    # The pipeline configs use the default pruner settings.
+    for path in sorted((REPO / "conf").glob("*.yaml")):
+        tune = load_config(path).tune
+        assert {k: v for k, v in tune.model_dump().items() if k.startswith("pruner")} == {
+            k: v for k, v in PipelineConfig().tune.model_dump().items() if k.startswith("pruner")}, path
 
 
 @pytest.mark.parametrize(
@@ -121,6 +129,13 @@ def test_unknown_top_level_section_is_named() -> None:
         ({"preprocess.val_fraction": 0.5}, "preprocess.val_fraction", "got 0.5"),
         ({"data.channels": 2}, "data.channels", "got 2"),
         ({"validate.min_images_per_class": 0}, "validate.min_images_per_class", "got 0"),
+        ({"tune.pruner": "asha"}, "tune.pruner", "got 'asha'"),
+        ({"tune.pruner_startup_trials": -1}, "tune.pruner_startup_trials", "got -1"),
+        ({"tune.pruner_warmup_epochs": 0}, "tune.pruner_warmup_epochs", "got 0"),
+        ({"tune.pruner_percentile": 100}, "tune.pruner_percentile", "got 100"),
+        ({"tune.pruner_percentile": 0}, "tune.pruner_percentile", "got 0"),
+        ({"tune.pruner_min_epochs": 0}, "tune.pruner_min_epochs", "got 0"),
+        ({"tune.pruner_reduction_factor": 1}, "tune.pruner_reduction_factor", "got 1"),
     ],
 )
 def test_out_of_range_value_names_the_key(overrides: dict, key: str, got: str) -> None:
@@ -164,6 +179,22 @@ def test_invalid_tune_ranges(key: str, value: list[float], expected: str) -> Non
     with pytest.raises(ConfigError) as info:
         build_config({}, {key: value})
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(("pruner", "key"), [
+    ("median", "pruner_warmup_epochs"), ("percentile", "pruner_warmup_epochs"),
+    ("successive_halving", "pruner_min_epochs"), ("hyperband", "pruner_min_epochs"),
+])
+def test_pruner_that_could_never_act_is_an_error_naming_the_key(pruner: str, key: str) -> None:
+    # The first pruning check after the last epoch would never prune: a mistake, reported with both keys.
+    with pytest.raises(ConfigError, match=rf"tune.{key} \(4\) must be <= tune.epochs_per_trial \(3\)"):
+        build_config({}, {"tune.pruner": pruner, "tune.epochs_per_trial": 3, f"tune.{key}": 4})
+    assert getattr(build_config({}, {"tune.pruner": pruner, "tune.epochs_per_trial": 4, f"tune.{key}": 4}).tune,
+                   key) == 4
+    # A setting of another pruner is not checked against the epochs.
+    other = "pruner_min_epochs" if key == "pruner_warmup_epochs" else "pruner_warmup_epochs"
+    ok = build_config({}, {"tune.pruner": pruner, "tune.epochs_per_trial": 3, f"tune.{other}": 9})
+    assert ok.tune.pruner == pruner
 
 
 def test_config_hash_is_stable_and_value_sensitive() -> None:

@@ -17,6 +17,7 @@ from visionops.tuning import (
     distributions,
     in_space,
     journal_storage,
+    make_pruner,
     open_study,
     run_study,
     run_worker,
@@ -64,7 +65,7 @@ def test_search_space_comes_from_the_config() -> None:
         _cfg(**{"tune.optimizer": []})
 
 
-@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+@pytest.mark.parametrize("pruner", ["successive_halving", "median", "hyperband"])
 def test_the_pruner_prunes_hopeless_trials(tmp_path: Path, pruner: str) -> None:
     # Half the learning-rate range cannot learn anything in 4 epochs: those trials should be stopped early.
     cfg = _cfg(**{"tune.n_trials": 10, "tune.epochs_per_trial": 4, "tune.pruner": pruner,
@@ -77,6 +78,44 @@ def test_the_pruner_prunes_hopeless_trials(tmp_path: Path, pruner: str) -> None:
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert all(len(t.intermediate_values) < 4 or pruner == "hyperband" for t in pruned)
     assert result.best_value >= 0.9
+
+
+@pytest.mark.parametrize(("settings", "cls", "attrs"), [
+    ({"tune.pruner": "median", "tune.pruner_startup_trials": 3, "tune.pruner_warmup_epochs": 2},
+     optuna.pruners.MedianPruner, {"_percentile": 50.0, "_n_startup_trials": 3, "_n_warmup_steps": 2}),
+    ({"tune.pruner": "percentile", "tune.pruner_percentile": 25.0, "tune.pruner_startup_trials": 0},
+     optuna.pruners.PercentilePruner, {"_percentile": 25.0, "_n_startup_trials": 0, "_n_warmup_steps": 1}),
+    ({"tune.pruner": "successive_halving", "tune.pruner_min_epochs": 2, "tune.pruner_reduction_factor": 4},
+     optuna.pruners.SuccessiveHalvingPruner, {"_min_resource": 2, "_reduction_factor": 4}),
+    ({"tune.pruner": "hyperband", "tune.pruner_min_epochs": 2, "tune.pruner_reduction_factor": 2},
+     optuna.pruners.HyperbandPruner, {"_min_resource": 2, "_max_resource": 6, "_reduction_factor": 2}),
+    ({"tune.pruner": "none"}, optuna.pruners.NopPruner, {}),
+])
+def test_make_pruner_builds_optunas_pruner_from_the_config(settings: dict, cls: type, attrs: dict) -> None:
+    pruner = make_pruner(_cfg(**{"tune.epochs_per_trial": 6, **settings}).tune)
+    assert type(pruner) is cls
+    assert {name: getattr(pruner, name) for name in attrs} == attrs
+
+
+@pytest.mark.parametrize("settings", [
+    {"tune.pruner": "median", "tune.pruner_startup_trials": 1, "tune.pruner_warmup_epochs": 2},
+    {"tune.pruner": "percentile", "tune.pruner_percentile": 25.0, "tune.pruner_startup_trials": 1},
+    {"tune.pruner": "successive_halving", "tune.pruner_min_epochs": 2},
+])
+def test_the_configured_pruner_stops_a_hopeless_trial_at_its_first_check(tmp_path: Path, settings: dict) -> None:
+    # A learning trial, then one that cannot learn (lr 1e-9): the second stops at the configured first epoch.
+    cfg = _cfg(**{"tune.n_trials": 2, "tune.epochs_per_trial": 4, "tune.learning_rate": [1e-9, 1e-1],
+                  "tune.dropout": None, "tune.weight_decay": None, **settings})
+    storage = journal_storage(tmp_path / "journal.log")
+    study = open_study(cfg.tune, storage, "hopeless")
+    study.enqueue_trial({"learning_rate": 1e-2})
+    study.enqueue_trial({"learning_rate": 1e-9})
+    _run(cfg, storage, "hopeless")
+    good, hopeless = optuna.load_study(study_name="hopeless", storage=storage).trials
+    assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 4
+    first_check = settings.get("tune.pruner_warmup_epochs", settings.get("tune.pruner_min_epochs", 1))
+    assert hopeless.state == TrialState.PRUNED
+    assert sorted(hopeless.intermediate_values) == list(range(1, first_check + 1))
 
 
 def test_trials_are_child_runs_marked_complete_pruned_or_failed(mlflow_store: Path, tmp_path: Path) -> None:

@@ -186,7 +186,21 @@ class TuneConfig(_Section):
     width: tuple[float, float] | None = None
     augment_strength: tuple[float, float] | None = None
     label_smoothing: tuple[float, float] | None = None
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    # Pruners (all Optuna's): successive_halving (asynchronous SHA) keeps going the top 1/reduction_factor
+    # of the trials that reached epoch min_epochs * reduction_factor**k; hyperband runs several such
+    # brackets; median/percentile stop a trial whose best epoch so far is below that percentile of the
+    # completed trials at the same epoch. successive_halving is the default: bench/pruning.py.
+    pruner: Literal["successive_halving", "median", "percentile", "hyperband", "none"] = "successive_halving"
+    pruner_startup_trials: int = Field(2, ge=0, le=1000, description="median/percentile: trials that finish "
+                                       "before any trial is pruned.")
+    pruner_warmup_epochs: int = Field(1, ge=1, le=100, description="median/percentile: the first epoch after "
+                                      "which a trial may be pruned.")
+    pruner_percentile: float = Field(50.0, gt=0.0, lt=100.0, description="percentile: the top share (%) of "
+                                     "trials kept at each epoch; 50 is the median pruner.")
+    pruner_min_epochs: int = Field(1, ge=1, le=100, description="successive_halving/hyperband: epochs before "
+                                   "the first comparison (min_resource).")
+    pruner_reduction_factor: int = Field(3, ge=2, le=10, description="successive_halving/hyperband: 1 in this "
+                                         "many trials goes on at each comparison.")
     workers: int = Field(1, ge=1, le=64, description="Parallel tuning workers sharing one study.")
     storage_url: str | None = Field(None, description="Optuna RDB URL (postgresql://...); default a journal file.")
     warm_start: bool = Field(True, description="Enqueue the champion's parameters as the first trial.")
@@ -213,6 +227,14 @@ class TuneConfig(_Section):
                 raise ValueError(f"tune.{key}: give at least one choice, or null to leave it out")
         if self.batch_size and any(b < 1 for b in self.batch_size):
             raise ValueError(f"tune.batch_size choices must be >= 1, got {self.batch_size}")
+        # A pruner that may first act after the last epoch never prunes: a mistake, not a setting.
+        first = {"median": "pruner_warmup_epochs", "percentile": "pruner_warmup_epochs",
+                 "successive_halving": "pruner_min_epochs", "hyperband": "pruner_min_epochs"}
+        key = first.get(self.pruner)
+        if key:
+            if getattr(self, key) > self.epochs_per_trial:
+                raise ValueError(f"tune.{key} ({getattr(self, key)}) must be <= tune.epochs_per_trial "
+                                 f"({self.epochs_per_trial}) with tune.pruner {self.pruner}")
         return self
 
 

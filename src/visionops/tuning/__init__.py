@@ -1,4 +1,4 @@
-"""Tuning: one Optuna study (seeded TPE, median or Hyperband pruner) shared by N workers.
+"""Tuning: one Optuna study (seeded TPE, an Optuna pruner set by ``tune.pruner*``) shared by N workers.
 
 Each trial is a nested MLflow run of the tuning run; storage is a journal file on one machine
 or PostgreSQL (RDBStorage) when ``tune.storage_url`` is set.

@@ -51,10 +51,19 @@ def make_storage(tune: TuneConfig, journal_path: Path) -> BaseStorage:
 
 
 def make_pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
+    """Optuna's pruner named by ``tune.pruner``, with the ``tune.pruner_*`` settings; steps are epochs (from 1)."""
     if tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
+                                           n_warmup_steps=tune.pruner_warmup_epochs)
+    if tune.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(tune.pruner_percentile, n_startup_trials=tune.pruner_startup_trials,
+                                               n_warmup_steps=tune.pruner_warmup_epochs)
+    if tune.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=tune.pruner_min_epochs,
+                                                      reduction_factor=tune.pruner_reduction_factor)
     if tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tune.epochs_per_trial, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=tune.pruner_min_epochs, max_resource=tune.epochs_per_trial,
+                                              reduction_factor=tune.pruner_reduction_factor)
     return optuna.pruners.NopPruner()
 
 
