@@ -227,3 +227,17 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url: str) -> Non
     open_study(cfg.tune, storage, "shared-pg")  # created once, before the workers race to load it
     counts = _two_workers(postgres_url, "shared-pg")
     _check_shared(counts, optuna.load_study(study_name="shared-pg", storage=postgres_url))
+
+
+def test_no_trial_is_pruned_after_its_last_epoch(tmp_path: Path) -> None:
+    # Pruning after the last epoch saves nothing and would throw the finished result away.
+    cfg = _cfg(**{"tune.n_trials": 2, "tune.epochs_per_trial": 1, "tune.learning_rate": [1e-9, 1e-1],
+                  "tune.dropout": None, "tune.weight_decay": None, "tune.pruner": "successive_halving"})
+    storage = journal_storage(tmp_path / "journal.log")
+    study = open_study(cfg.tune, storage, "last-epoch")
+    study.enqueue_trial({"learning_rate": 1e-2})
+    study.enqueue_trial({"learning_rate": 1e-9})
+    _run(cfg, storage, "last-epoch")
+    trials = optuna.load_study(study_name="last-epoch", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].value < trials[0].value

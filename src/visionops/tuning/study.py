@@ -104,7 +104,8 @@ def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float],
                 mlflow.log_metrics({"val_accuracy": m.val_accuracy, "train_loss": m.train_loss,
                                     "val_loss": m.val_loss}, step=m.epoch)
             trial.report(m.val_accuracy, m.epoch)
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial completes with its result.
+            if m.epoch < cfg.tune.epochs_per_trial and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (val_accuracy {m.val_accuracy:.4f})")
 
         try:
