@@ -256,8 +256,8 @@ class GateConfig(_Section):
         "compare_on_shared", description="When the class set differs from the champion's: compare on "
         "test images of shared classes, reject the candidate, or skip the comparison.")
     top_k: int | None = Field(None, ge=1, description="k of top-k accuracy; default 3 with more than 3 classes.")
-    require_approval: bool = Field(False, description="Stop at challenger; the promote_challenger DAG asks a "
-                                   "person (Airflow HITL approval) before champion moves.")
+    require_approval: bool = Field(False, description="A person approves (Airflow HITL task `approve` in "
+                                   "train_pipeline) before champion moves; no answer in a day rejects.")
 
 
 class RegistryConfig(_Section):
