@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import plain_epoch
 from visionops.data.preprocess import Split
 from visionops.models import build_model
 from visionops.models.wrappers import NormalizedNet
@@ -54,15 +55,7 @@ def plain_loop(model: nn.Module, train: Split, val: Split, batch: int, device: t
     for _ in range(2):
         _sync(device)
         start = time.perf_counter()
-        model.train()
-        for idx in torch.randperm(len(y), generator=gen).split(batch):
-            idx = idx.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            _ = (model(xv).argmax(1) == yv).float().mean().item()
+        plain_epoch(model, x, y, xv, yv, opt, loss_fn, gen, batch)
         _sync(device)
         rate = len(y) / (time.perf_counter() - start)
     return rate

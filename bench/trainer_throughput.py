@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import plain_epoch
 from visionops.data.preprocess import Split
 from visionops.models import build_model
 from visionops.models.wrappers import NormalizedNet
@@ -31,17 +32,9 @@ def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
-    model.train()
     start = time.perf_counter()
     for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(batch):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x[idx]), y[idx]).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            _ = (model(xv).argmax(1) == yv).float().mean().item()
-        model.train()
+        plain_epoch(model, x, y, xv, yv, opt, loss_fn, gen, batch)
     return epochs * len(y) / (time.perf_counter() - start)
 
 
