@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from testkit import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,27 +70,6 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop_group(server: subprocess.Popen) -> None:
-    """Stop the server's whole process group: mlflow server starts uvicorn and job runners."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-    try:  # children may outlive the script's own process for a moment
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture()
 def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """Start the project's MLflow server (``mlflow/start.sh``) on a backend store URI; returns its URL.
@@ -138,4 +116,4 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         yield start
     finally:
         for server in started:
-            _stop_group(server)
+            stop_process_group(server)

@@ -13,10 +13,11 @@ import time
 from typing import Any
 
 from visionops.errors import InputError
+from visionops.tracking import TAG_PREFIX
 
 
 APPROVE = "Approve"  # the ApprovalOperator's options
-T = "visionops."
+T = TAG_PREFIX
 
 
 def is_approved(answer: dict[str, Any] | None) -> bool:

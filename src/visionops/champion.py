@@ -33,10 +33,11 @@ from mlflow.tracking import MlflowClient
 
 from visionops import registry
 from visionops.errors import InputError
+from visionops.tracking import TAG_PREFIX
 from visionops.gate import GateDecision
 
 log = logging.getLogger("visionops")
-T = "visionops."
+T = TAG_PREFIX
 HISTORY_ALIASES = (registry.CHAMPION, registry.PREVIOUS_CHAMPION)
 
 

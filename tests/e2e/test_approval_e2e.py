@@ -9,8 +9,6 @@ approved and promoted, recording who approved; run 2 is rejected and the champio
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import free_port, stop_process_group
 from e2e_cli import pipeline_command, pipeline_env
 
 pytestmark = pytest.mark.e2e
@@ -29,14 +28,6 @@ MODEL = "e2e-approval"
 ARGS = ["--set", "gate.require_approval=true", "--set", "tune.n_trials=0", "--set", "train.max_epochs=4",
         "--set", f"registry.model_name={MODEL}", "--set", "experiment=e2e-approval"]
 USER, PASSWORD = "reviewer", "approve-me"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -58,7 +49,7 @@ def api(home: Path) -> Iterator[dict[str, str]]:
     airflow = str(Path(sys.executable).parent / "airflow")
     migrated = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
     assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
-    port = _free_port()
+    port = free_port()
     log = (home / "api-server.log").open("w")
     server = subprocess.Popen([airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"], env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -76,11 +67,7 @@ def api(home: Path) -> Iterator[dict[str, str]]:
         token = _request(base, "POST", "/auth/token", {"username": USER, "password": PASSWORD})["access_token"]
         yield {"base": base, "token": token}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server)
         log.close()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from testkit import left_right
 
 LABELS = ["left", "right"]
 SIZE = 8
@@ -22,12 +23,7 @@ SIZE = 8
 
 def images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, 1, 8, 8): a bright left half is class 0, a bright right half class 1."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 40, (n, 1, SIZE, SIZE))
-    x[y == 0, :, :, : SIZE // 2] += 200
-    x[y == 1, :, :, SIZE // 2:] += 200
-    return x.astype(np.uint8), y.astype(np.int64)
+    return left_right(n, seed, SIZE)
 
 
 def train(swap: bool, seed: int = 0):

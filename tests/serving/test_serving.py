@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from testkit import free_port
 from PIL import Image
 
 from visionops import registry
@@ -102,14 +102,8 @@ def test_batch_predict_dag_writes_csv_and_logs_to_mlflow(served: dict[str, Any],
     assert [a.path for a in mlflow.tracking.MlflowClient().list_artifacts(runs[0].info.run_id)] == ["predictions.csv"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from testkit import left_right
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -26,15 +27,7 @@ LABELS = ["left", "right"]
 SIZE = 8
 
 
-def _images(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, 1, size, size): bright left half for class 0, bright right half for class 1."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 40, (n, 1, size, size))
-    half = size // 2
-    x[y == 0, :, :, :half] += 200
-    x[y == 1, :, :, half:] += 200
-    return x.astype(np.uint8), y.astype(np.int64)
+_images = left_right  # uint8 (N, 1, 8, 8): bright left half for class 0, right half for class 1
 
 
 @pytest.fixture(scope="module")

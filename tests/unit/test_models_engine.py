@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from testkit import left_right_split
 import torch
 from torch import nn
 
@@ -68,15 +68,7 @@ def test_normalized_net_wraps_a_real_model() -> None:
     assert out.shape == (5, 3) and torch.isfinite(out).all()
 
 
-def _separable(n: int, seed: int, size: int = 8) -> Split:
-    """Two classes: bright left half (0) or bright right half (1), with noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 60, (n, 1, size, size))
-    half = size // 2
-    x[y == 0, :, :, :half] += 180
-    x[y == 1, :, :, half:] += 180
-    return Split(x.astype(np.uint8), y.astype(np.int64))
+_separable = left_right_split  # two classes: bright left half (0) or right half (1), with noise
 
 
 def _net(seed: int = 0, dropout: float = 0.0) -> nn.Module:

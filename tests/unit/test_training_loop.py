@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import left_right_split
 import torch
 from torch import nn
 
 from visionops.config import PipelineConfig
-from visionops.data.preprocess import Split
 from visionops.models import build_model
 from visionops.models.wrappers import NormalizedNet
 from visionops.training.augment import AugmentSpec, augment_batch, build_augment
@@ -24,13 +24,7 @@ from visionops.training.settings import apply_params, current_params, fit_option
 CPU = torch.device("cpu")
 
 
-def _separable(n: int, seed: int, size: int = 8) -> Split:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 60, (n, 1, size, size))
-    x[y == 0, :, :, : size // 2] += 180
-    x[y == 1, :, :, size // 2:] += 180
-    return Split(x.astype(np.uint8), y.astype(np.int64))
+_separable = left_right_split  # two classes: bright left half (0) or right half (1), with noise
 
 
 def _net(seed: int = 0, dropout: float = 0.2) -> nn.Module:

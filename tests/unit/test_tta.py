@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from testkit import left_right
 import torch
 from torch import nn
 
@@ -89,14 +90,7 @@ def test_unknown_or_repeated_views_are_refused() -> None:
 # -- the packaged model and the stages ---------------------------------------------------------------
 
 
-def _left_right(n: int, seed: int, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Class 0 bright on the left, class 1 bright on the right: mirroring swaps the classes."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 40, (n, 1, size, size))
-    x[y == 0, :, :, : size // 2] += 200
-    x[y == 1, :, :, size // 2:] += 200
-    return x.astype(np.uint8), y.astype(np.int64)
+_left_right = left_right  # class 0 bright on the left, class 1 on the right: mirroring swaps them
 
 
 def test_pyfunc_applies_the_stored_tta_after_a_round_trip(mlflow_store: Path, tmp_path: Path,

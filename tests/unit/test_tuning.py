@@ -6,13 +6,12 @@ import multiprocessing as mp
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import optuna
 import pytest
+from testkit import left_right_split
 from optuna.trial import TrialState
 
 from visionops.config import ConfigError, PipelineConfig, build_config
-from visionops.data.preprocess import Split
 from visionops.tuning import (
     distributions,
     in_space,
@@ -28,13 +27,7 @@ from visionops.tuning import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _split(n: int, seed: int, size: int = 8) -> Split:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 2
-    x = rng.integers(0, 60, (n, 1, size, size))
-    x[y == 0, :, :, : size // 2] += 180
-    x[y == 1, :, :, size // 2:] += 180
-    return Split(x.astype(np.uint8), y.astype(np.int64))
+_split = left_right_split  # two classes: bright left half (0) or right half (1), with noise
 
 
 def _cfg(**overrides) -> PipelineConfig:
