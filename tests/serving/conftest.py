@@ -110,3 +110,18 @@ def helpers():
 
     return SimpleNamespace(images=images, train=train, log_model=log_model, write_test_split=write_test_split,
                            labels=LABELS)
+
+
+@pytest.fixture()
+def good_and_bad(sqlite_store: dict[str, Any]) -> str:
+    """A fresh registered model: v1 good, v2 bad, both with their test split recorded as the pipeline does."""
+    import uuid
+
+    from visionops import registry
+
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    tags = {"visionops.test_data_uri": str(sqlite_store["test_split"]), "visionops.test_data_fingerprint": "t"}
+    for kind in ("good", "bad"):
+        m = sqlite_store["models"][kind]
+        registry.register_version(name, m["model_uri"], m["run_id"], {**tags, "visionops.kind": kind}, kind)
+    return name

@@ -33,14 +33,10 @@ def test_dag_waits_on_an_approval_operator_before_promote() -> None:
 
 
 @pytest.fixture()
-def challenger(sqlite_store: dict[str, Any]) -> str:
-    name = f"appr-{uuid.uuid4().hex[:6]}"
-    tags = {"visionops.test_data_uri": str(sqlite_store["test_split"]), "visionops.test_data_fingerprint": "t"}
-    for kind in ("good", "bad"):
-        m = sqlite_store["models"][kind]
-        registry.register_version(name, m["model_uri"], m["run_id"], tags, kind)
-    registry.set_alias(name, registry.CHALLENGER, "1")
-    return name
+def challenger(good_and_bad: str) -> str:
+    """v1 good behind ``challenger``, v2 bad."""
+    registry.set_alias(good_and_bad, registry.CHALLENGER, "1")
+    return good_and_bad
 
 
 def test_describe_and_promote_after_approval(challenger: str) -> None:

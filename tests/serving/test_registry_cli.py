@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import numpy as np
@@ -19,14 +18,9 @@ from visionops.serving import smoke_test
 
 
 @pytest.fixture()
-def model(sqlite_store: dict[str, Any]) -> str:
-    """A fresh registered model: v1 good, v2 bad, both with their test split recorded as the pipeline does."""
-    name = f"cli-{uuid.uuid4().hex[:8]}"
-    tags = {"visionops.test_data_uri": str(sqlite_store["test_split"]), "visionops.test_data_fingerprint": "t"}
-    for kind in ("good", "bad"):
-        m = sqlite_store["models"][kind]
-        registry.register_version(name, m["model_uri"], m["run_id"], {**tags, "visionops.kind": kind}, kind)
-    return name
+def model(good_and_bad: str) -> str:
+    """v1 good, v2 bad (tests/serving/conftest.py)."""
+    return good_and_bad
 
 
 FAST = ["--skip-smoke-test"]  # the smoke test (a fresh process, ~10 s) runs in the tests that are about it
