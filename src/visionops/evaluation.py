@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score, top_k_accuracy_score
 
 from visionops import registry, tracking
-from visionops.data.preprocess import load_labels, load_split
+from visionops.data.preprocess import load_labels, load_split, load_test_clean
 from visionops.evaluation_plots import save_confusion_matrix, save_misclassified_grid, save_reliability_plot
 from visionops.gate import PairedPredictions
 from visionops.inference import (load_classifier, model_labels, model_tta, predict_probabilities, to_raw_images,
@@ -28,7 +28,7 @@ from visionops.report import render_markdown
 from visionops.runs import RunContext
 from visionops.storage import StageOutput, fingerprint
 
-__all__ = ["classification_metrics", "save_confusion_matrix", "expected_calibration_error", "top_k_accuracy",
+__all__ = ["classification_metrics", "clean_metrics", "save_confusion_matrix", "expected_calibration_error", "top_k_accuracy",
            "evaluate_stage", "load_paired", "champion_metrics_for"]
 PREDICTIONS_FILE = "predictions.parquet"
 
@@ -87,6 +87,16 @@ def load_test_set(preprocessed: StageOutput) -> tuple[list[str], np.ndarray, lis
     return labels, to_raw_images(np.asarray(test.x)), [labels[i] for i in test.y]
 
 
+def clean_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str],
+                  clean: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 on the clean test subset (no near-copy in train); NaN when it is empty."""
+    keep = np.flatnonzero(clean)
+    if len(keep) == 0:
+        return {"clean_accuracy": float("nan"), "clean_macro_f1": float("nan"), "n_test_clean": 0}
+    sub = classification_metrics([y_true[i] for i in keep], [y_pred[i] for i in keep], labels)
+    return {"clean_accuracy": sub["accuracy"], "clean_macro_f1": sub["macro_f1"], "n_test_clean": len(keep)}
+
+
 def champion_predictions(model_name: str, version: str, raw: np.ndarray) -> tuple[list[str], list[str]]:
     """A registered version's predicted labels on ``raw`` images, and its class set."""
     model = load_classifier(f"models:/{model_name}/{version}")
@@ -94,12 +104,16 @@ def champion_predictions(model_name: str, version: str, raw: np.ndarray) -> tupl
 
 
 def champion_metrics_for(preprocessed: StageOutput, model_name: str, version: str) -> dict[str, Any]:
-    """A registered version's accuracy and macro-F1 on a run's test split, with its predictions and labels."""
+    """A registered version's accuracy and macro-F1 (full and clean test subset) on a run's test split,
+    with its predictions, labels and the clean mask (``PairedPredictions.clean``)."""
     labels, raw, y_true = load_test_set(preprocessed)
+    clean = load_test_clean(preprocessed.local_path(), len(y_true))
     pred, champ_labels = champion_predictions(model_name, version, raw)
-    metrics = classification_metrics(y_true, pred, sorted(set(labels) | set(champ_labels)))
+    shared = sorted(set(labels) | set(champ_labels))
+    metrics = classification_metrics(y_true, pred, shared)
     return {"version": str(version), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "predictions": pred, "labels": champ_labels, "y_true": y_true}
+            **clean_metrics(y_true, pred, shared, clean), "predictions": pred, "labels": champ_labels,
+            "y_true": y_true, "clean": clean.tolist()}
 
 
 def load_paired(ref: dict[str, Any]) -> PairedPredictions | None:
@@ -109,8 +123,9 @@ def load_paired(ref: dict[str, Any]) -> PairedPredictions | None:
     meta = json.loads((out.local_path() / "labels.json").read_text())
     if meta.get("champion_labels") is None:
         return None
+    clean = frame["clean"].astype(bool).tolist() if "clean" in frame.columns else None
     return PairedPredictions(frame["y_true"].tolist(), frame["candidate"].tolist(), frame["champion"].tolist(),
-                             meta["candidate_labels"], meta["champion_labels"])
+                             meta["candidate_labels"], meta["champion_labels"], clean)
 
 
 def default_top_k(cfg_top_k: int | None, n_classes: int) -> int | None:
@@ -122,6 +137,7 @@ def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str
     cfg = ctx.config()
     tracking.configure()
     labels, raw, y_true = load_test_set(preprocessed)
+    clean = load_test_clean(preprocessed.local_path(), len(y_true))
     name = cfg.registry.model_name
     with tracking.stage_run(ctx.parent_run_id, "evaluate") as run_id, tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -138,13 +154,16 @@ def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str
         if k is not None:
             metrics[f"top_{k}_accuracy"] = top_k_accuracy(y_true, probs, labels, k)
         metrics["ece"], bins = expected_calibration_error(y_true, y_pred, confidence)
+        metrics.update(clean_metrics(y_true, y_pred, labels, clean))
         save_confusion_matrix(y_true, y_pred, labels, tmp_path / "confusion_matrix.png",
                               f"test split, n={len(y_true)}, accuracy {metrics['accuracy']:.3f}")
         save_reliability_plot(bins, metrics["ece"], tmp_path / "reliability.png")
         n_wrong = save_misclassified_grid(raw, y_true, y_pred, confidence, tmp_path / "misclassified.png")
         for png in ("confusion_matrix.png", "reliability.png", "misclassified.png"):
             mlflow.log_artifact(str(tmp_path / png), "evaluation")
-        logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "test_ece": metrics["ece"]}
+        logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "test_ece": metrics["ece"],
+                  "test_clean_accuracy": metrics["clean_accuracy"], "test_clean_macro_f1": metrics["clean_macro_f1"],
+                  "n_test_clean": metrics["n_test_clean"]}
         if k is not None:
             logged[f"test_top_{k}_accuracy"] = metrics[f"top_{k}_accuracy"]
         mlflow.log_metrics(logged)
@@ -153,12 +172,13 @@ def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str
         if current is not None:
             champ_pred, champ_labels = champion_predictions(name, str(current.version), raw)
             cm = classification_metrics(y_true, champ_pred, sorted(set(labels) | set(champ_labels)))
-            champion = {"version": str(current.version), "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"]}
+            champion = {"version": str(current.version), "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"],
+                        **clean_metrics(y_true, champ_pred, sorted(set(labels) | set(champ_labels)), clean)}
             mlflow.log_metrics({"champion_test_accuracy": champion["accuracy"],
                                 "champion_test_macro_f1": champion["macro_f1"]})
             mlflow.set_tag(f"{tracking.TAG_PREFIX}champion_version", champion["version"])
         predictions = _store_predictions(ctx, preprocessed, trained["model_uri"], champion, y_true, y_pred,
-                                         confidence, champ_pred, labels, champ_labels)
+                                         confidence, champ_pred, labels, champ_labels, clean)
         report = {"metrics": metrics, "calibration_bins": bins, "champion": champion,
                   "model_uri": trained["model_uri"], "test_size": len(y_true), "labels": labels,
                   "misclassified": n_wrong, "predictions": predictions["uri"], "tta": tta}
@@ -167,20 +187,22 @@ def evaluate_stage(ctx: RunContext, preprocessed: StageOutput, trained: dict[str
     client = mlflow.tracking.MlflowClient()
     for key, value in logged.items():
         client.log_metric(ctx.parent_run_id, key, value)
-    return {"metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
+    return {"metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "clean_accuracy", "clean_macro_f1",
+                                                 "n_test_clean")},
             "champion": champion, "evaluate_run_id": run_id, "predictions": predictions,
             "test_data": {"uri": preprocessed.uri, "fingerprint": preprocessed.fingerprint}}
 
 
 def _store_predictions(ctx: RunContext, preprocessed: StageOutput, model_uri: str, champion: dict | None,
                        y_true: list[str], y_pred: list[str], confidence: np.ndarray, champ_pred: list[str] | None,
-                       labels: list[str], champ_labels: list[str] | None) -> dict[str, Any]:
+                       labels: list[str], champ_labels: list[str] | None, clean: np.ndarray) -> dict[str, Any]:
     """Write the paired predictions under the run; returns the reference that goes into XCom."""
     store = ctx.store()
     fp = fingerprint("evaluate", preprocessed.fingerprint, model_uri, (champion or {}).get("version"))
     with store.writing("evaluate", fp) as pending:
         frame = pd.DataFrame({"y_true": y_true, "candidate": y_pred, "candidate_probability": confidence})
         frame["champion"] = champ_pred if champ_pred is not None else None
+        frame["clean"] = np.asarray(clean, dtype=bool)  # no near-copy in train: gate.judge_on = clean
         frame.to_parquet(pending.path / PREDICTIONS_FILE, index=False)
         (pending.path / "labels.json").write_text(json.dumps(
             {"candidate_labels": labels, "champion_labels": champ_labels,

@@ -14,6 +14,10 @@ Policies (``gate.policy``):
 * ``superiority``: accuracy must improve significantly (one-sided McNemar exact p < ``gate.alpha``)
   and macro-F1 must not drop by more than the margin.
 
+``gate.judge_on``: ``full`` judges the whole test split; ``clean`` judges its clean subset (test
+images without a near-copy in the training split, see ``data.grouping``) for the thresholds and the
+champion comparison (paired predictions restricted to the clean rows). The reasons say which.
+
 When the class set changed (``gate.on_class_change``): ``compare_on_shared`` compares both models
 on the test images whose true class both know; ``reject`` rejects; ``skip_comparison`` applies
 only the absolute thresholds. The reasons always name the added and removed classes.
@@ -43,6 +47,7 @@ class GateDecision:
     reasons: list[str]
     metrics: dict[str, float]
     comparison: dict[str, Any] = field(default_factory=dict)
+    judged_on: str = "full"  # the test figures judged: "full" split or its "clean" subset (gate.judge_on)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +70,14 @@ class PairedPredictions:
     champion: list[str]
     candidate_labels: list[str]
     champion_labels: list[str]
+    clean: list[bool] | None = None  # per image: no near-copy in the training split (None: not recorded)
+
+    def clean_subset(self) -> PairedPredictions:
+        """The same predictions on the clean test images only."""
+        keep = [i for i, ok in enumerate(self.clean or []) if ok]
+        pick = lambda values: [values[i] for i in keep]  # noqa: E731 - three lists, one rule
+        return PairedPredictions(pick(self.y_true), pick(self.candidate), pick(self.champion),
+                                 self.candidate_labels, self.champion_labels, [True] * len(keep))
 
 
 def paired_statistics(y_true: Sequence[str], candidate: Sequence[str], champion: Sequence[str], *,
@@ -193,6 +206,36 @@ def _paired_comparison(paired: PairedPredictions, version: str, cfg: GateConfig,
     return ok
 
 
+def _judged_subset(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: GateConfig,
+                   paired: PairedPredictions | None, reasons: list[str]
+                   ) -> tuple[dict[str, float], dict[str, Any] | None, PairedPredictions | None, str]:
+    """The figures the gate judges: the full test split, or its clean subset (``gate.judge_on``)."""
+    if cfg.judge_on == "full":
+        if "clean_accuracy" in candidate and math.isfinite(candidate["clean_accuracy"]):
+            # No "; " inside a reason: the run's tag joins the reasons with it.
+            reasons.append(f"judged on the full test split (gate.judge_on = full), the clean subset of "
+                           f"{int(candidate.get('n_test_clean', 0))} images has accuracy "
+                           f"{candidate['clean_accuracy']:.4f} and macro_f1 {candidate['clean_macro_f1']:.4f}")
+        return candidate, champion, paired, "full"
+    if "clean_accuracy" not in candidate:
+        reasons.append("gate.judge_on is clean but this evaluation recorded no clean-subset figures: "
+                       "judged on the full test split")
+        return candidate, champion, paired, "full"
+    reasons.append(f"judged on the clean test subset: {int(candidate.get('n_test_clean', 0))} test images "
+                   "without a near-copy in the training split (gate.judge_on = clean)")
+    cand = {**candidate, "accuracy": candidate["clean_accuracy"], "macro_f1": candidate["clean_macro_f1"]}
+    champ = champion
+    if champion is not None and "clean_accuracy" in champion:
+        champ = {**champion, "accuracy": champion["clean_accuracy"], "macro_f1": champion["clean_macro_f1"]}
+    if paired is not None:
+        if paired.clean is None:
+            reasons.append("the paired predictions carry no clean flags: the champion comparison uses the "
+                           "full test split")
+        else:
+            paired = paired.clean_subset()
+    return cand, champ, paired, "clean"
+
+
 def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: GateConfig,
            paired: PairedPredictions | None = None) -> GateDecision:
     """Apply the absolute thresholds, then compare with the champion on the same test split.
@@ -200,9 +243,13 @@ def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: Ga
     ``champion`` is None when no model is in service; otherwise it holds the champion's metrics on
     this run's test split and its ``version``. ``paired`` (both models' predictions on that split)
     turns on the statistical comparison and the class-change policy; without it only the margin
-    rule on the two metric values applies.
+    rule on the two metric values applies. With ``gate.judge_on = clean`` the ``clean_accuracy`` and
+    ``clean_macro_f1`` figures (and the clean rows of ``paired``) are judged instead.
     """
-    ok, reasons = _thresholds(candidate, cfg)
+    reasons: list[str] = []
+    candidate, champion, paired, subset = _judged_subset(candidate, champion, cfg, paired, reasons)
+    ok, threshold_reasons = _thresholds(candidate, cfg)
+    reasons += threshold_reasons
     comparison: dict[str, Any] = {}
     if champion is None:
         reasons.append("no champion in service: nothing to compare against")
@@ -217,4 +264,4 @@ def decide(candidate: dict[str, float], champion: dict[str, Any] | None, cfg: Ga
                                                              version, cfg, reasons)
                 ok = ok and metric_ok
     metrics = {k: float(candidate[k]) for k in COMPARED_METRICS}
-    return GateDecision(passed=ok, reasons=reasons, metrics=metrics, comparison=comparison)
+    return GateDecision(passed=ok, reasons=reasons, metrics=metrics, comparison=comparison, judged_on=subset)

@@ -26,7 +26,7 @@ from visionops.summary import build_summary
 
 log = logging.getLogger("visionops")
 T = tracking.TAG_PREFIX
-STAGE_VERSION = "1"  # bump to invalidate earlier outputs when a stage's logic changes
+STAGE_VERSION = "2"  # bump to invalidate earlier outputs when a stage's logic changes
 
 
 def start(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> dict[str, str]:
@@ -65,8 +65,10 @@ def ingest(context: dict[str, str]) -> dict[str, Any]:
     """List (or download) the source and record hash, size, mode, statistics and decodability of every file.
 
     Files unchanged since the last ingest of the same source are not read again. URL rows that could
-    not be used, and photos without exactly one face (faces.enabled), are recorded in
-    ``ingest_report.json``; the stage fails only when too many URL rows were rejected.
+    not be used, and photos without exactly one usable face (faces.enabled), are recorded in
+    ``ingest_report.json``; the stage fails when too many URL rows were rejected, or when face
+    detection left a class below ``validate.min_images_per_class`` (an ``InputError`` naming the class,
+    its counts and the reasons, raised here rather than by validate so that the reasons are at hand).
     """
     ctx = RunContext.from_dict(context)
     cfg, store = ctx.config(), ctx.store()
@@ -79,8 +81,13 @@ def ingest(context: dict[str, str]) -> dict[str, Any]:
             items, report["urls"] = ingest_urls(cfg.data, download_dir(cfg.data))
         else:
             items = list_items(cfg.data)
+        faces = None
+        if cfg.faces.enabled:
+            from visionops.data.faces import face_settings
+
+            faces = {**cfg.faces.model_dump(), **face_settings(cfg.faces)}  # settings carry the crop version
         fp = fingerprint("ingest", STAGE_VERSION, cfg.data.source, source_fingerprint_parts(items),
-                         cfg.data.max_pixels, cfg.faces.model_dump() if cfg.faces.enabled else None)
+                         cfg.data.max_pixels, faces)
         out = store.find("ingest", fp)
         if out is None:
             with store.writing("ingest", fp) as pending:
@@ -105,11 +112,20 @@ def ingest(context: dict[str, str]) -> dict[str, Any]:
         mlflow.log_metrics({"n_images": out.meta["n_images"], "n_classes": out.meta["n_classes"],
                             "n_reread": out.meta.get("n_reread", 0)})
         report_file = out.local_path() / "ingest_report.json"
+        faces_report = None
         if report_file.exists():
             mlflow.log_artifact(str(report_file))
+            faces_report = json.loads(report_file.read_text()).get("faces")
+        if faces_report:
+            mlflow.log_metrics({"n_photos": faces_report["photos"],
+                                "n_faces_rejected": len(faces_report["rejected"])})
         mlflow.set_tag(f"{T}reused_output", str(out.reused).lower())
         mlflow.tracking.MlflowClient().set_tag(ctx.parent_run_id, f"{T}data_fingerprint",
                                                out.meta["data_fingerprint"])
+        if faces_report:  # on reuse too: validate.min_images_per_class is not part of the fingerprint
+            from visionops.data.faces import check_class_losses
+
+            check_class_losses(faces_report, cfg.validate_.min_images_per_class)
     log.info("ingest: %d images in %d classes (%s)", out.meta["n_images"], out.meta["n_classes"],
              "reused" if out.reused else "new")
     return _ref(out)
@@ -118,7 +134,7 @@ def ingest(context: dict[str, str]) -> dict[str, Any]:
 def validate(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, Any]:
     """Run the Great Expectations suite on the manifest; stop the run naming the offending files."""
     from visionops.data.drift import champion_reference
-    from visionops.data.preprocess import assign_splits
+    from visionops.data.split import plan_split
     from visionops.data.validate import DataValidationError, validate_manifest
 
     ctx = RunContext.from_dict(context)
@@ -126,46 +142,59 @@ def validate(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, Any
     tracking.configure()
     manifest = pd.read_parquet(_output(ingested).local_path() / "manifest.parquet")
     try:  # the split preprocess will make, so that leakage across it is checked before any training
-        splits = assign_splits(manifest, **cfg.preprocess.model_dump())
-    except ValueError as exc:  # too few images to split: the class-count check reports it
-        log.warning("validate: no leakage check, the data cannot be split yet (%s)", exc)
-        splits = None
+        plan = plan_split(manifest, cfg.preprocess, cfg.validate_)
+    except ValueError as exc:  # too few images to split, or a bad split column: reported here
+        log.warning("validate: no leakage check, the data cannot be split (%s)", exc)
+        plan = None
     reference = champion_reference(cfg.registry.model_name)
     with tracking.stage_run(ctx.parent_run_id, "validate"), tempfile.TemporaryDirectory() as tmp:
         report = validate_manifest(manifest, config=cfg.validate_, docs_dir=Path(tmp) / "data_docs",
-                                   splits=splits, reference=reference)
+                                   plan=plan, reference=reference)
         if report.data_docs_index is not None:
             mlflow.log_artifacts(str(Path(report.data_docs_index).parent), "data_docs")
         tracking.log_json(report.to_dict(), "validation/report.json")
+        planned = report.statistics.get("split_plan", {})
         mlflow.log_metrics({"validation_success": float(report.success), "n_issues": len(report.issues),
-                            "n_validation_warnings": report.statistics["n_warnings"]})
+                            "n_validation_warnings": report.statistics["n_warnings"],
+                            **{k: planned[k] for k in ("n_duplicates_dropped", "n_links_across_split",
+                                                       "n_held_out_with_train_copy") if k in planned}})
         if not report.success:
             raise DataValidationError(report)
-    if report.issues:  # warnings only: recorded, the run goes on
+    warnings = [f"{i.expectation} on {i.column}: {i.description}" for i in report.issues]
+    if report.issues:  # warnings only: recorded (the task log, the run summary), the run goes on
         log.warning("%s", report.summary())
+        mlflow.tracking.MlflowClient().set_tag(ctx.parent_run_id, f"{T}validation_warnings",
+                                               "\n".join(warnings)[:4900])
     log.info("validate: %d images passed the suite", len(manifest))
-    return {"success": True, "statistics": report.statistics,
-            "warnings": [f"{i.expectation} on {i.column}: {i.description}" for i in report.issues]}
+    return {"success": True, "statistics": report.statistics, "warnings": warnings}
 
 
 def preprocess(context: dict[str, str], ingested: dict[str, Any]) -> dict[str, Any]:
-    """Decode, convert, resize and split; uint8 arrays and the label map under the run."""
+    """Decode, convert, resize and split (the plan validate checked); uint8 arrays and the label map under the run."""
+    from visionops.data.split import plan_split
+
     ctx = RunContext.from_dict(context)
     cfg, store = ctx.config(), ctx.store()
     tracking.configure()
+    near = (cfg.validate_.near_duplicate_bits, cfg.validate_.near_duplicate_max_diff)  # they shape the groups
     fp = fingerprint("preprocess", STAGE_VERSION, ingested["fingerprint"], cfg.data.image_size,
-                     cfg.data.channels, cfg.preprocess.model_dump(exclude={"workers"}))  # same output for any worker count
+                     cfg.data.channels, cfg.preprocess.model_dump(exclude={"workers"}), near)  # any worker count
     with tracking.stage_run(ctx.parent_run_id, "preprocess"):
         out = store.find("preprocess", fp)
         if out is None:
             manifest = pd.read_parquet(_output(ingested).local_path() / "manifest.parquet")
             with store.writing("preprocess", fp) as pending:
+                plan = plan_split(manifest, cfg.preprocess, cfg.validate_)
                 result = preprocess_to(manifest, pending.path, size=cfg.data.image_size,
-                                       channels=cfg.data.channels, **cfg.preprocess.model_dump())
-                pending.meta = {"counts": result.counts, "n_classes": len(result.labels)}
+                                       channels=cfg.data.channels, workers=cfg.preprocess.workers, plan=plan)
+                pending.meta = {"counts": result.counts, "n_classes": len(result.labels),
+                                "n_test_clean": int((~plan.near_copy_in_train[plan.split == "test"]).sum()),
+                                "n_duplicates_dropped": plan.stats["n_duplicates_dropped"]}
             out = pending.output
         folder = out.local_path()
         mlflow.log_metrics({f"n_{k}": v for k, v in out.meta["counts"].items()})
+        if "n_test_clean" in out.meta:
+            mlflow.log_metrics({k: out.meta[k] for k in ("n_test_clean", "n_duplicates_dropped")})
         mlflow.log_artifact(str(folder / "label_map.json"))
         mlflow.log_artifact(str(folder / "stats.json"))
         if (folder / "data_profile.json").exists():  # the next run's drift reference (drift.champion_reference)

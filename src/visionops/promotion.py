@@ -126,7 +126,8 @@ def recheck_against(evaluated: dict[str, Any], name: str, gate_cfg: Any) -> Call
         paired = None
         if evaluated.get("predictions"):
             paired = PairedPredictions(champion["y_true"], _candidate_predictions(evaluated),
-                                       champion["predictions"], _labels(evaluated), champion["labels"])
+                                       champion["predictions"], _labels(evaluated), champion["labels"],
+                                       champion.get("clean"))  # gate.judge_on: clean needs the mask here too
         return decide(evaluated["metrics"], champion, gate_cfg, paired)
     return recheck
 

@@ -42,7 +42,8 @@ def gate_for_version(name: str, version: str) -> tuple[Any, str | None]:
     """The gate's decision for ``version`` against the champion now, on the version's test split."""
     from visionops import registry
     from visionops.data.preprocess import load_labels
-    from visionops.evaluation import load_test_set, classification_metrics, champion_predictions
+    from visionops.evaluation import (champion_predictions, classification_metrics, clean_metrics,
+                                      load_test_clean, load_test_set)
     from visionops.gate import PairedPredictions, decide
     from visionops.storage import StageOutput
 
@@ -52,15 +53,18 @@ def gate_for_version(name: str, version: str) -> tuple[Any, str | None]:
                          "it was not registered by this pipeline: use --force to promote it anyway")
     test_data = StageOutput(tags["visionops.test_data_uri"], tags.get("visionops.test_data_fingerprint", ""), {})
     labels, raw, y_true = load_test_set(test_data)
+    clean = load_test_clean(test_data.local_path(), len(y_true))
     cand_pred, _ = champion_predictions(name, version, raw)
-    metrics = classification_metrics(y_true, cand_pred, labels)
+    metrics = {**classification_metrics(y_true, cand_pred, labels), **clean_metrics(y_true, cand_pred, labels, clean)}
     current = registry.get_alias(name, registry.CHAMPION)
     champion, paired = None, None
     if current is not None and str(current.version) != str(version):
         champ_pred, champ_labels = champion_predictions(name, str(current.version), raw)
         cm = classification_metrics(y_true, champ_pred, sorted(set(labels) | set(champ_labels)))
-        champion = {"version": str(current.version), "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"]}
-        paired = PairedPredictions(y_true, cand_pred, champ_pred, load_labels(test_data.local_path()), champ_labels)
+        champion = {"version": str(current.version), "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"],
+                    **clean_metrics(y_true, champ_pred, sorted(set(labels) | set(champ_labels)), clean)}
+        paired = PairedPredictions(y_true, cand_pred, champ_pred, load_labels(test_data.local_path()), champ_labels,
+                                   clean.tolist())
     decision = decide(metrics, champion, _gate_config(tags), paired)
     return decision, (champion or {}).get("version")
 
@@ -163,7 +167,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{result['n_images']} images scored with {resolved.name} v{resolved.version} -> {result['output']}")
+    print(f"{result['n_images']} images scored with {resolved.name} v{resolved.version} -> {result['output']}"
+          + (f" ({result['n_unknown']} unknown, {result['n_not_scored']} without a usable face or unreadable:"
+             " see status, error)" if result.get("n_unknown") or result.get("n_not_scored") else ""))
     return 0
 
 
@@ -182,8 +188,10 @@ def add_commands(registry_sub: Any, top_sub: Any) -> None:
     back.add_argument("--to", help="version to make champion instead of previous_champion")
     back.add_argument("--reason", help="recorded on the registered model")
     back.set_defaults(func=cmd_rollback)
-    predict = top_sub.add_parser("predict", help="label a folder of images with a registered model, to CSV")
+    predict = top_sub.add_parser("predict", help="label a folder of images (whole photos for face models) "
+                                 "with a registered model, to CSV")
     predict.add_argument("--model", required=True, help="NAME (alias champion), NAME@ALIAS or NAME/VERSION")
     predict.add_argument("--input", required=True, help="folder of images (searched recursively)")
-    predict.add_argument("--output", required=True, help="CSV file: path,label,probability,model_version")
+    predict.add_argument("--output", required=True, help="CSV file: path,label,probability,box,status,error,model_version "
+                         "(status ok | unknown | rejected: no single face | invalid: not an image)")
     predict.set_defaults(func=cmd_predict)

@@ -13,10 +13,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     for key in ("accuracy", "macro_f1", *[k for k in m if k.startswith("top_")], "ece"):
         if key in m:
             lines.append(f"| {key} | {m[key]:.4f} |")
+    if "n_test_clean" in m:
+        lines += ["", f"Clean test subset ({m['n_test_clean']} of {report['test_size']} images without a near-copy "
+                      f"in the training split): accuracy {m['clean_accuracy']:.4f}, macro-F1 "
+                      f"{m['clean_macro_f1']:.4f}. The full figures may be inflated by the rest."]
     champion = report.get("champion")
     if champion:
         lines += ["", f"Champion v{champion['version']} on the same test images: accuracy "
-                      f"{champion['accuracy']:.4f}, macro-F1 {champion['macro_f1']:.4f}."]
+                      f"{champion['accuracy']:.4f}, macro-F1 {champion['macro_f1']:.4f}"
+                      + (f"; on the clean subset {champion['clean_accuracy']:.4f} and "
+                         f"{champion['clean_macro_f1']:.4f}." if "clean_accuracy" in champion else ".")]
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, row in m["per_class"].items():
         lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} | "

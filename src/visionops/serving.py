@@ -23,7 +23,7 @@ import pandas as pd
 from visionops.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-CSV_COLUMNS = ["path", "label", "probability", "model_version"]
+CSV_COLUMNS = ["path", "label", "probability", "box", "status", "error", "model_version"]
 
 
 @dataclass(frozen=True)
@@ -83,35 +83,27 @@ def list_images(input_dir: str | Path) -> list[Path]:
     return files
 
 
-def _read(path: Path, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def predict_files(model_uri: str, files: list[Path], batch_size: int = 64) -> pd.DataFrame:
+    """Label every file through the served pyfunc, ``batch_size`` files per call.
 
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from exc
-
-
-def predict_files(model_uri: str, files: list[Path], batch_size: int = 256) -> pd.DataFrame:
-    """Label every file through the served pyfunc; images of one shape are batched together."""
+    Files go in encoded, as over HTTP: the model decodes them, and a face model finds the face in
+    each photo. A file that is not an image, or a photo without exactly one face, gets its own
+    ``status`` and ``error`` instead of failing the batch.
+    """
     from visionops.inference import load_classifier
 
     model = load_classifier(model_uri)
-    channels = int(model.unwrap_python_model().channels)
-    images = [_read(p, channels) for p in files]
-    labels: list[str | None] = [None] * len(files)
-    probs = np.zeros(len(files))
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)
-    for idx in by_shape.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size]
-            out = model.predict(np.stack([images[i] for i in chunk]))
-            for j, i in enumerate(chunk):
-                labels[i], probs[i] = str(out["label"].iloc[j]), float(out["probability"].iloc[j])
-    return pd.DataFrame({"path": [str(p) for p in files], "label": labels, "probability": probs})
+    parts = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        out = model.predict([p.read_bytes() for p in chunk])
+        if "box" not in out.columns:
+            out["box"] = None
+        parts.append(out)
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS[1:-1])
+    frame["box"] = [",".join(map(str, b)) if b is not None and len(b) else None for b in frame["box"]]
+    frame.insert(0, "path", [str(p) for p in files])
+    return frame[CSV_COLUMNS[:-1]]
 
 
 def score_folder(resolved: ResolvedModel, input_dir: str, output: str) -> dict[str, Any]:
@@ -132,12 +124,16 @@ def score_folder(resolved: ResolvedModel, input_dir: str, output: str) -> dict[s
         mlflow.set_tags({"visionops.model_name": resolved.name, "visionops.model_version": resolved.version,
                          "visionops.model_requested": resolved.requested, "visionops.output": output})
         mlflow.log_params({"input_dir": input_dir, "model_uri": resolved.uri})
-        mlflow.log_metrics({"n_images": len(frame), "mean_probability": float(frame["probability"].mean())})
+        mlflow.log_metrics({"n_images": len(frame), "mean_probability": float(frame["probability"].mean()),
+                             "n_unknown": int((frame["status"] == "unknown").sum()),
+                             "n_not_scored": int(frame["status"].isin(["rejected", "invalid"]).sum())})
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "predictions.csv"
             frame[CSV_COLUMNS].to_csv(local, index=False)
             mlflow.log_artifact(str(local))
-    return {"output": output, "n_images": len(frame), "model": resolved.to_dict(), "mlflow_run_id": run.info.run_id}
+    return {"output": output, "n_images": len(frame), "model": resolved.to_dict(), "mlflow_run_id": run.info.run_id,
+            "n_unknown": int((frame["status"] == "unknown").sum()),
+            "n_not_scored": int(frame["status"].isin(["rejected", "invalid"]).sum())}
 
 
 def resolve_for_batch(model_name: str, alias: str) -> dict[str, str]:

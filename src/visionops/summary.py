@@ -33,6 +33,11 @@ def build_summary(parent_run_id: str) -> dict[str, Any]:
         "airflow_run_id": tags.get(f"{T}airflow_run_id"),
         "test_accuracy": metrics.get("test_accuracy"),
         "test_macro_f1": metrics.get("test_macro_f1"),
+        "test_clean_accuracy": metrics.get("test_clean_accuracy"),  # test images without a near-copy in train
+        "test_clean_macro_f1": metrics.get("test_clean_macro_f1"),
+        "n_test_clean": metrics.get("n_test_clean"),
+        "data_fingerprint": tags.get(f"{T}data_fingerprint"),
+        "validation_warnings": [w for w in tags.get(f"{T}validation_warnings", "").split("\n") if w],
         "gate": tags.get(f"{T}gate"),
         "gate_reasons": [r for r in tags.get(f"{T}gate_reasons", "").split("; ") if r],
         "model_name": model_name,
@@ -55,6 +60,12 @@ def format_summary(summary: dict[str, Any], tracking_uri: str) -> str:
     if summary.get("test_accuracy") is not None:
         lines.append(f"  test accuracy     : {summary['test_accuracy']:.4f}")
         lines.append(f"  test macro-F1     : {summary['test_macro_f1']:.4f}")
+    if summary.get("n_test_clean") is not None and summary.get("test_clean_accuracy") is not None:
+        lines.append(f"  clean test subset : accuracy {summary['test_clean_accuracy']:.4f}, macro-F1 "
+                     f"{summary['test_clean_macro_f1']:.4f} on {int(summary['n_test_clean'])} images "
+                     "without a near-copy in training")
+    for warning in summary.get("validation_warnings") or []:
+        lines.append(f"  data warning      : {warning}")
     if summary.get("gate"):
         lines.append(f"  gate              : {summary['gate'].upper()}")
         lines += [f"    - {reason}" for reason in summary["gate_reasons"]]

@@ -106,19 +106,41 @@ def test_undecodable_file_fails_and_is_named(clean_files, tmp_path: Path) -> Non
     assert report.data_docs_index is not None and report.data_docs_index.is_file()
 
 
-def test_duplicate_files_name_both_paths(clean_files, tmp_path: Path) -> None:
+def test_same_content_under_two_labels_is_an_error_naming_both(clean_files, tmp_path: Path) -> None:
     original = clean_files[1][0]
     copy = shutil.copy(original, tmp_path / "raw" / "dog" / "copy_of_cat.png")
     report = validate_manifest(_manifest([*clean_files, (Path(copy), "dog")]),
                                min_images_per_class=3, docs_dir=tmp_path / "docs")
 
     assert report.success is False
-    issue = _issue(report, "expect_column_values_to_be_unique", "sha256")
-    assert {row["path"] for row in issue.offending} == {str(original), str(copy)}
-    assert len({row["observed"] for row in issue.offending}) == 1
+    issue = _issue(report, "expect_column_values_to_be_null", "label_conflict")
+    assert issue.severity == "error"
+    observed = {row["path"]: row["observed"] for row in issue.offending}
+    assert set(observed) == {str(original), str(copy)}
+    assert observed[str(original)] == f"labelled 'cat'; same content as {copy} (dog)"
+    assert observed[str(copy)] == f"labelled 'dog'; same content as {original} (cat)"
     summary = report.summary()
-    assert str(original) in summary and str(copy) in summary
-    assert len(report.issues) == 1  # nothing else is wrong with this manifest
+    assert str(original) in summary and str(copy) in summary and "ERROR" in summary
+    assert len(report.issues) == 1  # reported once, as the conflict, not also as a dropped copy
+
+
+def test_same_label_copies_are_dropped_with_a_warning(clean_files, tmp_path: Path) -> None:
+    original = clean_files[4][0]  # dog/1.png
+    copies = [shutil.copy(original, tmp_path / "raw" / "dog" / name) for name in ("1_again.png", "z.png")]
+    manifest = _manifest([*clean_files, *((Path(c), "dog") for c in copies)])
+    report = validate_manifest(manifest, min_images_per_class=3, docs_dir=tmp_path / "docs")
+
+    assert report.success is True
+    issue = _issue(report, "expect_column_values_to_be_null", "duplicate_of")
+    assert issue.severity == "warning"
+    assert issue.description.startswith("2 file(s) have the same content (sha256) and label")
+    # The first by path is kept: dog/1.png sorts before dog/1_again.png and dog/z.png.
+    assert {row["path"]: row["observed"] for row in issue.offending} == {str(c): str(original) for c in copies}
+    assert report.statistics["split_plan"]["n_duplicates_dropped"] == 2
+    assert "WARNING" in report.summary() and all(str(c) in report.summary() for c in copies)
+    index = report.data_docs_index.read_text() + "".join(
+        p.read_text() for p in (tmp_path / "docs" / "validations").rglob("*.html"))
+    assert "duplicate_of" in index  # the Data Docs show the check
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), "", "   "])

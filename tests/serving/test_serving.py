@@ -61,7 +61,8 @@ def test_resolve_model_pins_the_alias_to_a_version(served: dict[str, Any]) -> No
 
 def _check_csv(path: Path, served: dict[str, Any], version: str) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={"model_version": str})
-    assert list(frame.columns) == ["path", "label", "probability", "model_version"]
+    assert list(frame.columns) == ["path", "label", "probability", "box", "status", "error", "model_version"]
+    assert set(frame["status"]) <= {"ok", "unknown"} and frame["box"].isna().all()
     assert dict(zip(frame["path"], frame["label"])) == served["expected"]
     assert frame["probability"].between(0.5, 1.0).all()
     assert set(frame["model_version"]) == {version}
@@ -102,6 +103,15 @@ def test_batch_predict_dag_writes_csv_and_logs_to_mlflow(served: dict[str, Any],
     assert [a.path for a in mlflow.tracking.MlflowClient().list_artifacts(runs[0].info.run_id)] == ["predictions.csv"]
 
 
+def _encode(img: np.ndarray, fmt: str) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -136,6 +146,21 @@ def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_
         with urllib.request.urlopen(req, timeout=60) as resp:
             rows = json.loads(resp.read())["predictions"]
         assert np.isclose(rows[0]["proba_left"] + rows[0]["proba_right"], 1.0)
+        # Encoded photos of different sizes and formats in one request (the README's curl), as a
+        # dataframe_split and as {"inputs": {"image": [...]}}; a broken one answers on its own row.
+        encoded = [_encode(served["x"][0, 0], "PNG"),
+                   _encode(np.asarray(Image.fromarray(served["x"][1, 0]).resize((24, 24), Image.NEAREST)), "PNG"),
+                   _encode(np.asarray(Image.fromarray(served["x"][2, 0]).resize((32, 32), Image.NEAREST)), "JPEG")]
+        for body in ({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded] + [["bad"]]},
+                      "params": {"return_probabilities": True}},
+                     {"inputs": {"image": encoded + ["bad"]}, "params": {"return_probabilities": True}}):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                rows = json.loads(resp.read())["predictions"]
+            assert [r["label"] for r in rows] == ["left", "right", "left", None]
+            assert [r["status"] for r in rows] == ["ok", "ok", "ok", "invalid"] and "base64" in rows[3]["error"]
+            assert np.isclose(rows[0]["proba_left"] + rows[0]["proba_right"], 1.0)
     finally:
         proc.terminate()
         try:

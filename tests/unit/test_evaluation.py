@@ -125,3 +125,22 @@ def test_markdown_report_and_model_card_carry_the_numbers() -> None:
     for section in ("## Data", "## Metrics", "## Intended use", "## Limitations", "## Lineage"):
         assert section in card
     assert "- accuracy: 0.9700" in card and "- accuracy ok" in card and "`rk`" in card
+
+
+def test_clean_subset_metrics_and_report() -> None:
+    from visionops.evaluation import clean_metrics
+
+    y_true = ["a", "a", "b", "b", "a"]
+    y_pred = ["a", "b", "b", "b", "b"]
+    clean = np.array([True, False, True, True, False])
+    got = clean_metrics(y_true, y_pred, ["a", "b"], clean)
+    assert got == {"clean_accuracy": 1.0, "clean_macro_f1": 1.0, "n_test_clean": 3}
+    empty = clean_metrics(y_true, y_pred, ["a", "b"], np.zeros(5, bool))
+    assert empty["n_test_clean"] == 0 and np.isnan(empty["clean_accuracy"])
+
+    metrics = {**classification_metrics(y_true, y_pred, ["a", "b"]), "ece": 0.1, **got}
+    text = render_markdown({"metrics": metrics, "model_uri": "runs:/x/model", "test_size": 5,
+                            "champion": {"version": "1", "accuracy": 0.6, "macro_f1": 0.5,
+                                         "clean_accuracy": 0.9, "clean_macro_f1": 0.8}})
+    assert "Clean test subset (3 of 5 images without a near-copy in the training split): accuracy 1.0000" in text
+    assert "on the clean subset 0.9000 and 0.8000" in text

@@ -22,7 +22,7 @@ def test_passes_above_thresholds_without_champion() -> None:
         "no champion in service: nothing to compare against",
     ]
     assert decision.metrics == {"accuracy": 0.95, "macro_f1": 0.94}
-    assert decision.comparison == {}
+    assert decision.comparison == {} and decision.judged_on == "full"
     assert decision.summary().startswith("gate PASSED: accuracy 0.9500 >= required 0.9000; ")
 
 
@@ -90,7 +90,7 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
     champion = {"version": "4", "accuracy": 0.96, "macro_f1": 0.95}
     decision = decide({"accuracy": 0.955, "macro_f1": 0.951}, champion, CFG)
     data = json.loads(json.dumps(decision.to_dict()))
-    assert set(data) == {"passed", "reasons", "metrics", "comparison"}
+    assert set(data) == {"passed", "reasons", "metrics", "comparison", "judged_on"}
     restored = GateDecision.from_dict(data)
     assert restored == decision
     assert restored.summary() == decision.summary()
@@ -232,3 +232,38 @@ def test_gate_and_registry_keys_are_validated_naming_the_key(key: str, value: ob
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config({}, {key: value})
     assert build_config({}, {"gate.policy": "superiority"}).gate.policy == "superiority"
+
+
+# -- gate.judge_on: the clean test subset (no near-copy in training) ----------------------------------
+
+
+def test_judge_on_clean_uses_the_clean_figures_and_says_so() -> None:
+    metrics = {"accuracy": 0.97, "macro_f1": 0.97, "clean_accuracy": 0.88, "clean_macro_f1": 0.87,
+               "n_test_clean": 120}
+    full = decide(metrics, None, CFG)
+    assert full.passed and full.judged_on == "full"
+    assert any(r.startswith("judged on the full test split") and "0.8800" in r for r in full.reasons)
+
+    clean = decide(metrics, None, CFG.model_copy(update={"judge_on": "clean"}))
+    assert not clean.passed and clean.judged_on == "clean"
+    assert clean.reasons[0].startswith("judged on the clean test subset: 120 test images")
+    assert "accuracy 0.8800 < required 0.9000" in clean.reasons
+    assert clean.metrics == {"accuracy": 0.88, "macro_f1": 0.87}
+    # Without clean figures (an older evaluation) the full split is judged, and the reasons say so.
+    old = decide({"accuracy": 0.97, "macro_f1": 0.97}, None, CFG.model_copy(update={"judge_on": "clean"}))
+    assert old.passed and old.judged_on == "full" and "no clean-subset figures" in old.reasons[0]
+
+
+def test_judge_on_clean_restricts_the_paired_comparison_to_clean_rows() -> None:
+    # 40 clean images where both are right; 20 leaky images the candidate gets wrong and the champion right.
+    p = _paired(40, 0, 20, 0)
+    p = PairedPredictions(p.y_true, p.candidate, p.champion, p.candidate_labels, p.champion_labels,
+                          [True] * 40 + [False] * 20)
+    champion = {"version": "2", "accuracy": 1.0, "macro_f1": 1.0, "clean_accuracy": 1.0, "clean_macro_f1": 1.0}
+    metrics = {**_metrics(p), "clean_accuracy": 1.0, "clean_macro_f1": 1.0, "n_test_clean": 40}
+    assert not decide(metrics, champion, LOW, p).passed  # on all 60 images the candidate is far behind
+    clean = decide(metrics, champion, LOW.model_copy(update={"judge_on": "clean"}), p)
+    assert clean.passed, clean.reasons
+    assert clean.comparison["paired"]["n"] == 40 and clean.judged_on == "clean"
+    assert GateDecision.from_dict(clean.to_dict()) == clean
+    assert all("; " not in r for r in clean.reasons)

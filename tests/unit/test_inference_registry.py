@@ -65,8 +65,9 @@ def test_pyfunc_predicts_labels_and_probabilities(logged: dict[str, Any], no_act
     x, y = _images(10, seed=5)
     out = model.predict(x[:, 0])  # raw (N, H, W) uint8, as an application passes them
     assert isinstance(out, pd.DataFrame)
-    assert list(out.columns) == ["label", "probability"]
+    assert list(out.columns) == ["label", "probability", "status", "error"]
     assert len(out) == 10
+    assert (out["status"] == "ok").all() and out["error"].isna().all()
     assert out["label"].tolist() == [LABELS[i] for i in y]
     assert out["probability"].between(0.5, 1.0).all()  # the winning class of two
     # The same numbers as the in-memory network on the same batch.
@@ -81,7 +82,7 @@ def test_pyfunc_returns_per_class_probabilities_when_asked(logged: dict[str, Any
     model = mlflow.pyfunc.load_model(logged["model_uri"])
     x, y = _images(6, seed=7)
     plain = model.predict(x[:, 0])
-    assert list(plain.columns) == ["label", "probability"]  # default unchanged for applications
+    assert list(plain.columns) == ["label", "probability", "status", "error"]  # no proba_ columns unless asked
     preds, probs = predict_probabilities(model, x[:, 0])
     assert probs.shape == (6, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -89,7 +90,8 @@ def test_pyfunc_returns_per_class_probabilities_when_asked(logged: dict[str, Any
     assert preds["label"].tolist() == plain["label"].tolist()
     assert model_labels(model) == LABELS
     params = model.metadata.get_params_schema()
-    assert params is not None and [p.name for p in params.params] == ["return_probabilities"]
+    assert params is not None and [p.name for p in params.params] == ["return_probabilities", "unknown_threshold",
+                                                                        "input"]
 
 
 def test_pyfunc_resizes_other_image_sizes(logged: dict[str, Any], no_active_run: None) -> None:
@@ -117,8 +119,8 @@ def test_as_image_list_and_to_raw_images() -> None:
     assert [a.shape for a in as_image_list(np.zeros((8, 8), np.uint8))] == [(8, 8)]
     assert len(as_image_list(np.zeros((2, 8, 8, 3), np.uint8))) == 2
     assert [a.dtype for a in as_image_list([[[1, 2], [3, 4]]])] == [np.uint8]
-    with pytest.raises(TypeError, match="not a DataFrame"):
-        as_image_list(pd.DataFrame({"a": [1]}))
+    with pytest.raises(ValueError, match="column 'image'"):
+        as_image_list(pd.DataFrame({"a": [1], "b": [2]}))
     with pytest.raises(ValueError, match="expected images of shape"):
         as_image_list(np.zeros((1, 2, 3, 4, 5), np.uint8))
     grey = np.arange(2 * 1 * 3 * 3, dtype=np.uint8).reshape(2, 1, 3, 3)

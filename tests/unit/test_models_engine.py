@@ -16,8 +16,8 @@ CPU = torch.device("cpu")
 
 
 def test_registry_lists_the_known_models() -> None:
-    assert available_models() == ["face_cnn", "fashion_cnn", "resnet18", "small_cnn", "vgg11", "vgg13",
-                                  "vgg16", "vgg19", "vit_tiny"]
+    assert available_models() == ["face_cnn", "face_embedding", "fashion_cnn", "resnet18", "small_cnn", "vgg11",
+                                  "vgg13", "vgg16", "vgg19", "vit_tiny"]
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "face_cnn"])

@@ -66,3 +66,17 @@ def test_replaced_champion_and_rollback_hint() -> None:
     assert ("  replaced champion : version 3 (alias previous_champion; "
             "`visionops registry rollback visionops-digits` restores it)") in text.splitlines()
     assert "replaced champion" not in format_summary(_summary(), URI)
+
+
+def test_clean_subset_line() -> None:
+    text = format_summary(_summary(test_clean_accuracy=0.91, test_clean_macro_f1=0.9, n_test_clean=120), URI)
+    assert "clean test subset : accuracy 0.9100, macro-F1 0.9000 on 120 images without a near-copy" in text
+    assert "clean test subset" not in format_summary(_summary(), URI)
+
+
+def test_data_warnings_are_listed() -> None:
+    warning = ("expect_column_values_to_be_unique on 'sha256': 9 exact copies with the same label were "
+               "dropped (kept one of each)")
+    text = format_summary(_summary(validation_warnings=[warning]), URI)
+    assert f"  data warning      : {warning}" in text.splitlines()
+    assert "data warning" not in format_summary(_summary(), URI)

@@ -22,6 +22,7 @@ from visionops.config.sections import (  # noqa: F401 - re-exported: the public 
     TuneConfig,
     GateConfig,
     RegistryConfig,
+    ServingConfig,
 )
 from visionops.errors import InputError
 
@@ -41,6 +42,7 @@ class PipelineConfig(_Section):
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    serving: ServingConfig = ServingConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -49,12 +49,16 @@ class ValidateConfig(_Section):
     max_side: int = Field(10_000, ge=1)
     max_imbalance: float = Field(10.0, ge=1.0, description="Largest/smallest class size ratio.")
     imbalance_severity: Severity = "warning"
-    duplicate_severity: Severity = "error"
+    duplicate_severity: Severity = Field("warning", description="Exact copies (same sha256) with the same "
+                                         "label: one is kept, the others dropped and listed. Copies with "
+                                         "different labels are always errors.")
     near_duplicate_bits: int = Field(4, ge=0, le=64, description="dHash Hamming distance at or below "
-                                     "which a held-out image may copy a training image.")
+                                     "which two images may be near-copies (grouped by the split).")
     near_duplicate_max_diff: float = Field(5.0, ge=0.0, le=255.0, description="Mean absolute difference "
                                            "(0-255) of 16x16 grey thumbnails confirming a dHash match.")
-    leakage_severity: Severity = "error"
+    leakage_severity: Severity = Field("error", description="A held-out image near-copying a train image "
+                                       "under a user-given split (a `split` column); planned splits keep "
+                                       "near-copies together and only report the links they had to cut.")
     schema_change_severity: Severity = "warning"
     max_drift_psi: float = Field(0.25, gt=0.0, description="PSI per feature vs the champion's data.")
     drift_severity: Severity = "warning"
@@ -65,18 +69,38 @@ class PreprocessConfig(_Section):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 42
     workers: int = Field(1, ge=1, le=64, description="Worker processes decoding and resizing images.")
+    max_group_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="Largest share of its class a near-copy group may hold; larger "
+        "groups (chains of near-copies) are cut into contiguous pieces. null = the smaller of val_fraction "
+        "and test_fraction, the largest bound that still lets every class reach train, val and test.")
 
 
 class FacesConfig(_Section):
-    """Face-recognition use: keep photos with exactly one face, crop it with a margin, resize."""
+    """Face-recognition use: keep photos with exactly one usable face, align it with dlib's 5 landmarks."""
 
     enabled: bool = False
-    min_face: int = Field(40, ge=8, description="Smallest face side in pixels.")
-    margin: float = Field(0.2, ge=0.0, le=1.0, description="Added around the face, as a fraction of its side.")
-    size: int = Field(96, ge=16, le=1024)
-    scale_factor: float = Field(1.1, gt=1.0, le=2.0)
-    min_neighbors: int = Field(5, ge=1)
-    balance: Literal["none", "downsample", "weights"] = "downsample"
+    detector: Literal["dlib", "haar"] = Field("dlib", description="dlib: HOG, then the CNN (MMOD) detector "
+                                              "when HOG finds nothing; haar: OpenCV's Haar cascade.")
+    upsample: int = Field(1, ge=0, le=3, description="dlib HOG: times the photo is doubled before searching "
+                          "(1 finds faces down to ~40 px).")
+    min_score: float = Field(0.5, ge=-1.0, le=3.0, description="dlib HOG: beside the strongest face, a "
+                             "detection counts as another face (several faces: rejected) only from this score.")
+    cnn_fallback: bool = Field(True, description="dlib: run the CNN detector on photos where HOG finds no face "
+                               "(faces that fill the frame); ~20x slower than HOG, only on those photos.")
+    cnn_upsample: int = Field(0, ge=0, le=2, description="dlib CNN fallback: times the photo is doubled.")
+    detect_max_side: int = Field(1600, ge=0, description="dlib: larger photos are searched shrunk to this "
+                                 "longest side (0: never); landmarks and chips use the full photo.")
+    min_face: int = Field(40, ge=8, description="Smallest face side in pixels (in the photo).")
+    margin: float = Field(0.25, ge=0.0, le=1.0, description="Padding of the aligned chip (dlib.get_face_chip); "
+                          "0.25 is what dlib's face-embedding ResNet expects.")
+    size: int = Field(150, ge=16, le=1024, description="Side of the aligned chip; 150 for dlib's face embedding.")
+    max_roll_deg: float = Field(20.0, ge=0.0, le=90.0, description="Photos whose eye line is tilted more "
+                                "are rejected.")
+    scale_factor: float = Field(1.1, gt=1.0, le=2.0, description="haar only.")
+    min_neighbors: int = Field(5, ge=1, description="haar only.")
+    balance: Literal["none", "downsample", "weights"] = Field(
+        "weights", description="weights: sample each person equally often, no photo thrown away; downsample: "
+        "cut every person to the smallest count.")
 
 
 class ModelConfig(_Section):
@@ -91,10 +115,12 @@ class ModelConfig(_Section):
     finetune_blocks: int = Field(1, ge=1, le=4, description="finetune_last_n: residual stages that train.")
     patch_size: int | None = Field(None, ge=1, description="vit_tiny patch side; default about an 8x8 grid.")
     depth: int = Field(12, ge=1, le=48, description="vit_tiny transformer blocks.")
+    hidden_units: int = Field(128, ge=0, le=4096, description="face_embedding: units of the hidden layer "
+                              "of the head on the 128-d face embedding (0 = a linear head).")
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        from visionops.models import TRANSFER_MODELS, available_models
+        from visionops.models import FEATURE_MODELS, TRANSFER_MODELS, available_models
 
         if self.name not in available_models():
             raise ValueError(
@@ -107,6 +133,9 @@ class ModelConfig(_Section):
             if not self.weights_path:
                 raise ValueError(f"model.transfer_mode {self.transfer_mode!r} needs model.weights_path: a local "
                                  "pretrained weights file (nothing is downloaded)")
+        if self.name in FEATURE_MODELS and self.width != 1.0:
+            raise ValueError(f"model.width {self.width} does not apply to {self.name!r} (a head on a frozen "
+                             "embedding): set model.hidden_units instead")
         if self.weights_path and self.width != 1.0 and self.name in TRANSFER_MODELS:
             raise ValueError(f"model.width {self.width} cannot be used with pretrained weights (model.transfer_mode "
                              f"{self.transfer_mode!r}): the weights fix the channel widths; set model.width to 1.0 "
@@ -256,6 +285,9 @@ class GateConfig(_Section):
         "compare_on_shared", description="When the class set differs from the champion's: compare on "
         "test images of shared classes, reject the candidate, or skip the comparison.")
     top_k: int | None = Field(None, ge=1, description="k of top-k accuracy; default 3 with more than 3 classes.")
+    judge_on: Literal["full", "clean"] = Field(
+        "full", description="Test figures the thresholds and the champion comparison use: the full test split, "
+        "or its clean subset (test images without a near-copy in the training split).")
     require_approval: bool = Field(False, description="A person approves (Airflow HITL task `approve` in "
                                    "train_pipeline) before champion moves; no answer in a day rejects.")
 
@@ -265,3 +297,25 @@ class RegistryConfig(_Section):
     smoke_test_images: int = Field(
         8, ge=0, le=1000, description="Held-out images the promoted champion must label in a fresh process "
         "(0 skips the post-promotion smoke test).")
+
+
+class ServingConfig(_Section):
+    """How the served model answers: ``unknown`` when it is not confident enough."""
+
+    # Off by default: a closed-set task (digits, objects) has no strangers, and the threshold would only
+    # turn right answers into 'unknown'. The face service (conf/faces.yaml) turns it on.
+    unknown_threshold: Literal["auto"] | float | None = Field(
+        None, description="auto: chosen on the validation split at train time (face_embedding: a distance "
+        "to the nearest enrolled face embedding, unknown above it; other models: a minimum winning-class "
+        "probability, unknown below it); null: never answer 'unknown'; a number: that threshold.")
+    unknown_quantile: float | None = Field(None, gt=0.0, le=1.0, description="auto: the share of held-out "
+                                           "known images the threshold keeps answering by name (lower answers "
+                                           "'unknown' more often); null: 0.98 for face_embedding distances "
+                                           "(measured on Yale), 1.0 for probabilities.")
+
+    @field_validator("unknown_threshold")
+    @classmethod
+    def _non_negative(cls, value: object) -> object:
+        if isinstance(value, float) and value < 0:
+            raise ValueError(f"serving.unknown_threshold must be auto, null or >= 0, got {value}")
+        return value

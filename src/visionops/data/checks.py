@@ -1,7 +1,7 @@
 """The tables the validation suite runs on, derived from the manifest, and the expectations on each.
 
 Each check is a real GX expectation on one of these tables: per file (decode, label, size, mode,
-duplicates, leakage across splits), per class (count, imbalance), per class against the champion
+exact duplicates dropped, copies with two labels, near-copies across the split), per class (count, imbalance), per class against the champion
 (schema change) and per feature (drift). ``severity`` says whether a failure stops the run.
 """
 
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from visionops.config import ValidateConfig
 from visionops.data.drift import drift_table
+
+if TYPE_CHECKING:
+    from visionops.data.split import SplitPlan
 
 
 # What each failed expectation means for a person fixing the data, keyed by (type, column).
@@ -26,8 +29,11 @@ ADVICE: dict[tuple[str, str], str] = {
         "{n} image(s) have no label; label them or remove them from the source",
     ("expect_column_values_to_match_regex", "label"):
         "{n} image(s) have an empty or blank label; label them or remove them from the source",
-    ("expect_column_values_to_be_unique", "sha256"):
-        "{n} files have the same content (sha256) as another file; keep one copy of each",
+    ("expect_column_values_to_be_null", "duplicate_of"):
+        "{n} file(s) have the same content (sha256) and label as another file (observed: the copy kept); "
+        "they are dropped from the training data",
+    ("expect_column_values_to_be_null", "label_conflict"):
+        "{n} file(s) have the same content (sha256) as a file with another label; keep one, correctly labelled",
     ("expect_column_values_to_be_between", "count"):
         "{n} class(es) have fewer than {min} images; add images or drop the class",
     ("expect_column_values_to_be_between", "imbalance"):
@@ -44,7 +50,10 @@ ADVICE: dict[tuple[str, str], str] = {
     ("expect_column_values_to_be_between", "leak_pixel_diff"):
         "{n} held-out image(s) are near-copies of a training image (dHash within "
         "{cfg.near_duplicate_bits} bits, thumbnails differ by <= {cfg.near_duplicate_max_diff}/255): "
-        "leakage across the split",
+        "leakage across the user-given split (the manifest's split column)",
+    ("expect_column_values_to_be_between", "cut_link_pixel_diff"):
+        "{n} held-out image(s) are near-copies of a training image across a cut of an over-large near-copy "
+        "group (preprocess.max_group_fraction); they are left out of the clean test figures",
     ("expect_column_values_to_be_in_set", "change"):
         "{n} class(es) were added or removed compared with the champion's label map",
     ("expect_column_values_to_be_between", "psi"):
@@ -90,7 +99,7 @@ def nearest_train(manifest: pd.DataFrame, splits: Sequence[str],
         return diff, partner, bits_out
     thumbs = manifest["thumb"].reset_index(drop=True)
     train_hashes = as_int[train_pos]
-    for i in np.flatnonzero((split != "train") & valid):
+    for i in np.flatnonzero(np.isin(split, ["val", "test"]) & valid):  # rows left out are not held out
         bits = np.bitwise_count(train_hashes ^ as_int[i])
         close = np.flatnonzero(bits <= max_bits)
         if len(close) == 0:
@@ -102,18 +111,26 @@ def nearest_train(manifest: pd.DataFrame, splits: Sequence[str],
     return diff, partner, bits_out
 
 
-def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, splits: Sequence[str] | None) -> Table:
+def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | None) -> Table:
     import great_expectations.expectations as gxe
+
+    from visionops.data.grouping import find_duplicates
 
     cols = [c for c in ("path", "label", "sha256", "decode_error", "width", "height", "mode")
             if c in manifest.columns]
     frame = manifest.loc[:, cols].reset_index(drop=True)
+    dups = plan if plan is not None else find_duplicates(manifest)
+    # A copy under another label is reported once, as the conflict (an error), not also as dropped.
+    frame["duplicate_of"] = pd.array([None if c is not None else d for d, c in
+                                      zip(dups.duplicate_of, dups.conflict, strict=True)], dtype="string")
+    frame["label_conflict"] = pd.array(dups.conflict, dtype="string")
     exp: list[tuple[Any, str]] = [
         (gxe.ExpectTableRowCountToBeBetween(min_value=1), "error"),
         (gxe.ExpectColumnValuesToBeNull(column="decode_error"), "error"),
         (gxe.ExpectColumnValuesToNotBeNull(column="label"), "error"),
         (gxe.ExpectColumnValuesToMatchRegex(column="label", regex=r"\S"), "error"),
-        (gxe.ExpectColumnValuesToBeUnique(column="sha256"), cfg.duplicate_severity),
+        (gxe.ExpectColumnValuesToBeNull(column="duplicate_of"), cfg.duplicate_severity),
+        (gxe.ExpectColumnValuesToBeNull(column="label_conflict"), "error"),
     ]
     if cfg.classes is not None:
         exp.append((gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.classes)), "error"))
@@ -126,16 +143,19 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, splits: Sequence[str
         exp.append((gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(cfg.modes)),
                     "warning" if cfg.convert_modes else "error"))
     index = ["path"]
-    if splits is not None and {"dhash", "thumb"} <= set(manifest.columns):
-        diff, partner, bits = nearest_train(manifest, splits, cfg.near_duplicate_bits)
+    if plan is not None:
+        # Under a user-given split a leak is the user's to fix (leakage_severity); a planned split
+        # keeps near-copies together, so what remains are cut links: reported, never fatal.
+        column = "leak_pixel_diff" if plan.forced else "cut_link_pixel_diff"
         paths = frame["path"].tolist()
-        frame["split"] = list(splits)
-        frame["leak_pixel_diff"] = pd.array(diff, dtype="Float64")
-        frame["leaks_train_file"] = [None if p is None else paths[p] for p in partner]
-        frame["dhash_bits"] = pd.array(bits, dtype="Int64")
+        frame["split"] = pd.array(list(plan.split), dtype="string")
+        frame[column] = pd.array([None if np.isnan(d) else float(d) for d in plan.leak_diff], dtype="Float64")
+        frame["leaks_train_file"] = pd.array([paths[p] if p >= 0 else None for p in plan.leak_partner],
+                                             dtype="string")
+        frame["dhash_bits"] = pd.array([b if b >= 0 else None for b in plan.leak_bits.tolist()], dtype="Int64")
         exp.append((gxe.ExpectColumnValuesToBeBetween(
-            column="leak_pixel_diff", min_value=cfg.near_duplicate_max_diff, strict_min=True),
-            cfg.leakage_severity))
+            column=column, min_value=cfg.near_duplicate_max_diff, strict_min=True),
+            cfg.leakage_severity if plan.forced else "warning"))
         index = ["path", "split", "leaks_train_file", "dhash_bits"]
     return Table("files", frame, index, exp)
 

@@ -22,7 +22,7 @@ from visionops.storage import file_sha256, visionops_home
 
 MANIFEST_COLUMNS = ["path", "label", "sha256", "size_bytes", "mtime_ns", "width", "height", "mode",
                     "channels", "mean_intensity", "std_intensity", "dhash", "thumb", "box", "decode_error",
-                    "first_seen"]
+                    "first_seen", "group", "split"]  # group, split: the source's own (csv), else null
 DEFAULT_MAX_PIXELS = 40_000_000
 _THUMB = 64  # side of the grey thumbnail the statistics and the perceptual hash are computed on
 THUMB_SIDE = 16  # side of the stored grey thumbnail that confirms a perceptual-hash match (256 bytes)
@@ -117,19 +117,23 @@ def build_manifest(items: list[Item], previous: pd.DataFrame | None = None, *,
                     and old.get("mtime_ns") == st.st_mtime_ns)
         except OSError:
             same = False
+        given = {"label": item.label, "box": box, "group": getattr(item, "group", None),
+                 "split": getattr(item, "split", None)}
         if same and not pd.isna(old.get("sha256")):
-            rows.append({**old, "label": item.label, "box": box})
+            rows.append({**old, **given})
             continue
         reread += 1
         record = inspect_image(item.path, max_pixels)
         # A touched file with the same content keeps the time it was first seen.
         first_seen = old["first_seen"] if old is not None and old.get("sha256") == record["sha256"] else now
-        rows.append({"path": item.path, "label": item.label, **record, "box": box, "first_seen": first_seen})
+        rows.append({"path": item.path, **record, **given, "first_seen": first_seen})
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("size_bytes", "mtime_ns", "width", "height", "channels"):
         frame[col] = frame[col].astype("Int64")
     for col in ("mean_intensity", "std_intensity", "first_seen"):
         frame[col] = frame[col].astype("float64")
+    for col in ("group", "split"):
+        frame[col] = frame[col].astype("string")
     frame.attrs["reread"] = reread
     return frame
 

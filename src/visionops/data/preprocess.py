@@ -1,4 +1,4 @@
-"""Preprocess: decode, convert channels, resize, stratified split, train-only statistics, uint8 arrays."""
+"""Preprocess: decode, convert channels, resize, the planned group split, train-only statistics, uint8 arrays."""
 
 from __future__ import annotations
 
@@ -8,39 +8,24 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
+from visionops.config import PreprocessConfig, ValidateConfig
 from visionops.data.drift import build_profile, write_profile
 from visionops.data.images import to_model_array
+from visionops.data.split import SPLITS, SplitPlan, plan_split, stratified_split
 
-SPLITS = ("train", "val", "test")
+__all__ = ["SPLITS", "stratified_split", "load_image", "load_images", "preprocess_to", "load_split",
+           "load_labels", "load_stats", "load_test_clean", "PreprocessResult"]
 
 
 def load_image(path: str, size: int, channels: int) -> np.ndarray:
     with Image.open(path) as img:
         return to_model_array(img, size, channels)
-
-
-def stratified_split(labels: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """Split names per row (``train``/``val``/``test``), stratified by label, reproducible for a seed."""
-    labels = np.asarray(labels)
-    index = np.arange(len(labels))
-    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
-    val_share = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest], random_state=seed)
-    out = np.empty(len(labels), dtype=object)
-    out[train], out[val], out[test] = "train", "val", "test"
-    return out
-
-
-def assign_splits(manifest: pd.DataFrame, *, val_fraction: float, test_fraction: float, seed: int,
-                  **_: object) -> np.ndarray:
-    """The split of every manifest row: the one function validate (leakage check) and preprocess share."""
-    return stratified_split(manifest["label"].astype(str).tolist(), val_fraction, test_fraction, seed)
 
 
 def _load_chunk(args: tuple[list[str], int, int]) -> np.ndarray:
@@ -73,16 +58,26 @@ class PreprocessResult:
     std: list[float]
 
 
-def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int,
-                  val_fraction: float, test_fraction: float, seed: int, workers: int = 1) -> PreprocessResult:
-    """Write ``{split}_x.npy`` (uint8 N,C,H,W, memory-mappable), ``{split}_y.npy``, ``splits.parquet``,
-    ``label_map.json``, ``stats.json`` and ``data_profile.json`` (train rows' feature histograms)."""
-    labels = sorted(manifest["label"].astype(str).unique())
+def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int, workers: int = 1,
+                  plan: SplitPlan | None = None, validate: ValidateConfig | None = None,
+                  **split_options: Any) -> PreprocessResult:
+    """Write ``{split}_x.npy`` (uint8 N,C,H,W, memory-mappable), ``{split}_y.npy``, ``splits.parquet``
+    (kept rows with split, group and near-copy flag), ``test_clean.npy`` (per test row: no near-copy in
+    train), ``label_map.json``, ``stats.json`` and ``data_profile.json`` (train rows' feature histograms).
+
+    ``plan`` is the split validate checked (``plan_split``); without it the plan is made here from
+    ``split_options`` (``preprocess.*`` keys) and ``validate`` (near-copy thresholds).
+    """
+    if plan is None:
+        plan = plan_split(manifest, PreprocessConfig(**split_options), validate)
+    kept = plan.kept
+    labels = sorted(manifest.loc[kept, "label"].astype(str).unique())
     to_index = {label: i for i, label in enumerate(labels)}
-    split = assign_splits(manifest, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    frame = manifest[["path", "label", "sha256"]].copy()
-    frame["split"] = split
+    frame = manifest.loc[kept, ["path", "label", "sha256"]].copy()
+    frame["split"] = plan.split[kept]
     frame["class_index"] = frame["label"].astype(str).map(to_index)
+    frame["group"] = plan.group[kept]
+    frame["near_copy_in_train"] = plan.near_copy_in_train[kept]
     frame.to_parquet(out / "splits.parquet", index=False)
     counts = {}
     for name in SPLITS:
@@ -95,10 +90,13 @@ def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int
             scaled = x.astype(np.float64) / 255.0
             mean = scaled.mean(axis=(0, 2, 3)).tolist()
             std = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-6).tolist()
+        if name == "test":  # the clean subset evaluation reports beside the full figures
+            np.save(out / "test_clean.npy", ~rows["near_copy_in_train"].to_numpy(dtype=bool))
     (out / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2))
-    stats = {"image_size": size, "channels": channels, "mean": mean, "std": std, "counts": counts}
+    stats = {"image_size": size, "channels": channels, "mean": mean, "std": std, "counts": counts,
+             "split_plan": plan.stats}
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    write_profile(out, build_profile(manifest[np.asarray(split) == "train"], labels))
+    write_profile(out, build_profile(manifest[kept & (plan.split == "train")], labels))
     return PreprocessResult(counts, labels, mean, std)
 
 
@@ -111,6 +109,12 @@ class Split:
 def load_split(folder: Path, name: str, mmap: bool = True) -> Split:
     return Split(np.load(folder / f"{name}_x.npy", mmap_mode="r" if mmap else None),
                  np.load(folder / f"{name}_y.npy"))
+
+
+def load_test_clean(folder: Path, n_test: int) -> np.ndarray:
+    """Per test row: True when it has no near-copy in train (all True for outputs made before the flag)."""
+    path = folder / "test_clean.npy"
+    return np.load(path).astype(bool) if path.exists() else np.ones(n_test, dtype=bool)
 
 
 def load_labels(folder: Path) -> list[str]:

@@ -13,6 +13,7 @@ from PIL import Image
 from visionops.errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pgm", ".bmp")
+SPLIT_NAMES = ("train", "val", "test")
 
 
 class SourceError(InputError):
@@ -24,6 +25,8 @@ class Item:
     path: str  # absolute
     label: str | None
     box: tuple[int, int, int, int] | None = None  # face rectangle x1, y1, x2, y2 when the source gives one
+    group: str | None = None  # images of one group (a person's session, a burst) always share a split
+    split: str | None = None  # a user-given split (train/val/test): used as given, leakage is then an error
 
 
 def export_digits(target: Path) -> Path:
@@ -78,7 +81,9 @@ def list_imagefolder(root: str | Path) -> list[Item]:
 
 
 def list_csv(manifest: str | Path) -> list[Item]:
-    """A CSV with ``path,label`` (or the face-service layout ``path,name,int_label``) columns.
+    """A CSV with ``path,label`` (or the face-service layout ``path,name,int_label``) columns, and
+    optionally ``group`` (rows of one group share a split) and ``split`` (train/val/test on every row:
+    the split is used as given).
 
     Paths are relative to the manifest's folder and must stay inside it (``../``, absolute paths
     elsewhere and symlinks out of the folder are rejected, naming the row).
@@ -103,7 +108,12 @@ def list_csv(manifest: str | Path) -> list[Item]:
             if not path.is_relative_to(base):
                 raise SourceError(f"{manifest}:{row_no}: path {raw!r} escapes the manifest folder {base}")
             label = (row.get(label_key) or "").strip() or None
-            items.append(Item(str(path), label))
+            group = (row.get("group") or "").strip() or None
+            split = (row.get("split") or "").strip().lower() or None
+            if "split" in fields and split not in SPLIT_NAMES:
+                raise SourceError(f"{manifest}:{row_no}: split {row.get('split')!r} is not one of "
+                                  f"{list(SPLIT_NAMES)} (a split column must name the split of every row)")
+            items.append(Item(str(path), label, group=group, split=split))
     if not items:
         raise SourceError(f"manifest {manifest} has no rows")
     return items

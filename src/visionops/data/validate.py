@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pandas and great_expectations are imported lazily: GX alone
     import pandas as pd
 
     from visionops.data.checks import Table
+    from visionops.data.split import SplitPlan
 
 __all__ = ["DataValidationError", "ValidationIssue", "ValidationReport", "validate_manifest"]
 
@@ -147,9 +148,6 @@ def _issue_from_result(result: Any, index_columns: list[str], severity: str, min
         {**{c: _plain(row.get(c)) for c in index_columns}, "observed": _plain(row.get(column))}
         for row in res.get("unexpected_index_list") or []
     ]
-    if etype == "expect_column_values_to_be_unique":
-        # Keep files with the same hash next to each other so both of a pair survive truncation.
-        rows.sort(key=lambda row: str(row["observed"]))
     n = res.get("unexpected_count", len(rows))
     advice = ADVICE.get((etype, column), "{n} row(s) do not meet this expectation")
     return ValidationIssue(
@@ -223,13 +221,16 @@ def validate_manifest(
     suite_name: str = "visionops_manifest",
     config: ValidateConfig | None = None,
     splits: Sequence[str] | None = None,
+    plan: SplitPlan | None = None,
     reference: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Validate an ingest manifest with Great Expectations and build Data Docs in ``docs_dir``.
 
-    Per file: decodes, label present (and declared), size and mode, no exact duplicate, and, when
-    ``splits`` (one split name per row, as preprocess will assign them) is given, no held-out image
-    that is a near-copy of a training image. Per class: at least ``min_images_per_class`` images and
+    Per file: decodes, label present (and declared), size and mode, exact copies (same label: dropped,
+    a ``duplicate_severity`` issue; another label: an error naming both), and, with ``plan`` (the
+    split preprocess will write, ``split.plan_split``), held-out images that are near-copies of a
+    training image: an error (``leakage_severity``) when the split is user-given (``splits``, one
+    split name per row, or a ``split`` column), a warning listing the cut links otherwise. Per class: at least ``min_images_per_class`` images and
     an imbalance within limits. Against ``reference`` (the champion's ``labels`` and ``profile``, see
     ``drift.champion_reference``): classes added or removed, and drift per feature (PSI).
     Returns the report; ``success`` is False only when an error-severity check failed.
@@ -246,6 +247,10 @@ def validate_manifest(
         raise ValueError(f"min_images_per_class must be >= 0, got {min_per_class}")
     if splits is not None and len(splits) != len(manifest):
         raise ValueError(f"splits has {len(splits)} entries for {len(manifest)} manifest rows")
+    if plan is None and splits is not None:
+        from visionops.data.split import plan_split
+
+        plan = plan_split(manifest, None, cfg, split=splits)
 
     docs_dir = Path(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +260,7 @@ def validate_manifest(
     previous_level = gx_logger.level
     gx_logger.setLevel(logging.WARNING)
     try:
-        tables = [file_table(manifest, cfg, splits), class_table(manifest, min_per_class, cfg)]
+        tables = [file_table(manifest, cfg, plan), class_table(manifest, min_per_class, cfg)]
         if reference and reference.get("labels"):
             tables.append(schema_table(manifest, reference["labels"], cfg))
         if reference and reference.get("profile"):
@@ -284,6 +289,10 @@ def validate_manifest(
         "n_errors": sum(i.severity == "error" for i in issues),
         "n_warnings": sum(i.severity == "warning" for i in issues),
     }
+    if plan is not None:
+        statistics["split_plan"] = plan.stats
+    else:
+        statistics["split_plan"] = {"n_duplicates_dropped": int(tables[0].frame["duplicate_of"].notna().sum())}
     for table in tables[2:]:
         statistics[table.name] = table.frame.to_dict("records")
     if reference:

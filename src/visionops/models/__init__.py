@@ -21,10 +21,19 @@ _BUILDERS: dict[str, str] = {
     "vgg19": "visionops.models.vgg:build_vgg19",
     "resnet18": "visionops.models.resnet:build_resnet18",
     "vit_tiny": "visionops.models.vit:build_vit_tiny",
+    "face_embedding": "visionops.models.embedding:build_face_embedding",
 }
 
 # Models whose builders take pretrained weights from a local file (transfer learning).
 TRANSFER_MODELS = frozenset({"resnet18"})
+
+# Models trained on frozen features instead of images: name -> the encoder computing the features
+# (``visionops.data.embeddings``). They take (N, dim) float features, not uint8 images.
+FEATURE_MODELS: dict[str, str] = {"face_embedding": "dlib_face_v1"}
+
+
+def is_feature_model(name: str) -> bool:
+    return name in FEATURE_MODELS
 
 
 def available_models() -> list[str]:

@@ -127,7 +127,9 @@ def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
     device = x.device
     precision = resolve_precision(device, options.amp, options.precision)
     scaler = scaler if scaler is not None else grad_scaler(device, precision)
-    memory = torch.channels_last if options.channels_last and device.type == "cuda" else torch.contiguous_format
+    # channels_last is a layout of 4-d image batches; feature batches (N, D) keep theirs.
+    memory = (torch.channels_last if options.channels_last and device.type == "cuda" and x.ndim == 4
+              else torch.contiguous_format)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     batches = training_batches(y, batch_size, generator, options.sampling)
@@ -179,7 +181,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
     if device.type == "cuda" and not opts.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     model = model.to(device)
-    if opts.channels_last and device.type == "cuda":
+    if opts.channels_last and device.type == "cuda" and np.asarray(train.x).ndim == 4:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if opts.compile else model  # state dicts stay on `model`
     # np.array copies the memory-mapped splits into writable memory that torch can share.
@@ -194,7 +196,14 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
     loss_fn = make_loss(opts.loss, label_smoothing=opts.label_smoothing, focal_gamma=opts.focal_gamma,
                         weight=weight).to(device)
     eval_loss = nn.CrossEntropyLoss()  # validation loss stays comparable across loss settings
-    transform = build_augment(opts.augment, xt.shape[1], xt.shape[2], xt.shape[3])
+    if xt.ndim == 4:
+        transform = build_augment(opts.augment, xt.shape[1], xt.shape[2], xt.shape[3])
+    elif opts.augment.strength > 0:
+        # Features (N, D) of a frozen encoder are not images: flips and crops mean nothing there.
+        raise ValueError("train.augment.strength must be 0 for a model trained on features (N, D), "
+                         f"got {opts.augment.strength}")
+    else:
+        transform = None
     generator = torch.Generator().manual_seed(seed)
     precision = resolve_precision(device, opts.amp, opts.precision)
     scaler = grad_scaler(device, precision)

@@ -20,8 +20,8 @@ import torch
 from visionops import tracking
 from visionops.data.preprocess import load_labels, load_split, load_stats
 from visionops.inference import log_classifier, tta_label
-from visionops.models import build_from_config
-from visionops.models.wrappers import NormalizedNet
+from visionops.training.inputs import build_network, encoder_of, training_output
+from visionops.training.packaging import served_extras
 from visionops.runs import RunContext
 from visionops.storage import StageOutput, fingerprint, visionops_home
 from visionops.training.checkpoint import load_checkpoint
@@ -94,7 +94,10 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             return done.meta
         folder = preprocessed.local_path()
         stats, labels = load_stats(folder), load_labels(folder)
-        train, val, test = (load_split(folder, s) for s in ("train", "val", "test"))
+        # Images, or for a feature model (face_embedding) their cached embeddings.
+        inputs = training_output(ctx, cfg, preprocessed).local_path()
+        train, val = (load_split(inputs, s) for s in ("train", "val"))
+        test = load_split(folder, "test")
         device = select_device(cfg.train.device)
         t = cfg.train
         mlflow.set_tags(device_tags(device, resolve_precision(device, t.amp)))
@@ -105,9 +108,7 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
                            "model_width": cfg.model.width, "transfer_mode": cfg.model.transfer_mode,
                            "tta": tta_label(t.tta)})
         seed_everything(t.seed)  # the initial weights come from the seed too
-        net = NormalizedNet(build_from_config(cfg.model, in_channels=cfg.data.channels,
-                                              image_size=cfg.data.image_size, num_classes=len(labels)),
-                            stats["mean"], stats["std"])
+        net = build_network(cfg, len(labels), stats)
         mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
         mlflow.log_metric("n_trainable_parameters", sum(p.numel() for p in net.parameters() if p.requires_grad))
         ckpt = checkpoint_path(ctx, fp) if t.checkpoint else None
@@ -130,13 +131,16 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                             "epochs_trained": len(result.history)})
         result.model.to("cpu")
+        extras = served_extras(cfg, result.model, train, val, encoder_of(cfg))
+        if extras["unknown"]["threshold"] is not None:
+            mlflow.log_metric("unknown_threshold", extras["unknown"]["threshold"])
         with tempfile.TemporaryDirectory() as tmp:
             curves = Path(tmp) / "learning_curves.png"
             _save_learning_curves(result.history, curves)
             mlflow.log_artifact(str(curves))
             uris = log_classifier(result.model, labels=labels, image_size=cfg.data.image_size,
                                   channels=cfg.data.channels, example=np.array(test.x[:2]), workdir=Path(tmp),
-                                  data_profile=folder / "data_profile.json", tta=t.tta)
+                                  data_profile=folder / "data_profile.json", tta=t.tta, **extras)
         meta = {**uris, "train_run_id": run_id, "run_key": ctx.run_key,
                 "best_val_accuracy": result.best_val_accuracy, "epochs_trained": len(result.history),
                 "resumed_from_epoch": result.resumed_from, "params": params}

@@ -17,6 +17,7 @@ from visionops import tracking
 from visionops.data.preprocess import load_labels, load_split, load_stats
 from visionops.runs import RunContext
 from visionops.storage import StageOutput, visionops_home
+from visionops.training.inputs import check_feature_options, training_output
 from visionops.training.settings import current_params
 from visionops.tuning.report import warm_start, write_plots
 from visionops.tuning.study import make_storage, open_study, run_worker, summarize
@@ -32,12 +33,14 @@ def _storage(cfg):  # noqa: ANN001, ANN202
 def plan_stage(ctx: RunContext, preprocessed: StageOutput) -> list[dict[str, Any]]:
     """Open the tuning run and the study (named after the pipeline run); one item per worker."""
     cfg = ctx.config()
+    check_feature_options(cfg)  # before any run is opened: a bad combination names its key
     tracking.configure()
     study_name = f"{ctx.run_key}__{preprocessed.fingerprint[:12]}"
     with tracking.stage_run(ctx.parent_run_id, "tune") as run_id:
         if cfg.tune.n_trials == 0:
             mlflow.set_tag(f"{T}tuning", "skipped (tune.n_trials = 0)")
             return [{"worker": 0, "skip": True, "tuning_run_id": run_id, "study_name": study_name}]
+        training_output(ctx, cfg, preprocessed)  # embeddings once here, not by every worker at once
         study = open_study(cfg.tune, _storage(cfg), study_name)
         warm = warm_start(study, cfg)
         mlflow.set_tags({f"{T}study": study_name, f"{T}tune_workers": str(cfg.tune.workers),
@@ -55,7 +58,7 @@ def worker_stage(ctx: RunContext, preprocessed: StageOutput, item: dict[str, Any
         return {**item, "trials": 0}
     cfg = ctx.config()
     tracking.configure()
-    folder = preprocessed.local_path()
+    folder = training_output(ctx, cfg, preprocessed).local_path()  # embeddings for face_embedding
     stats = load_stats(folder)
     n = run_worker(cfg, load_split(folder, "train"), load_split(folder, "val"), mean=stats["mean"],
                    std=stats["std"], num_classes=len(load_labels(folder)), storage=_storage(cfg),

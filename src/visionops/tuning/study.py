@@ -14,8 +14,7 @@ from optuna.trial import TrialState
 
 from visionops.config import PipelineConfig, TuneConfig
 from visionops.data.preprocess import Split
-from visionops.models import build_from_config
-from visionops.models.wrappers import NormalizedNet
+from visionops.training.inputs import build_network
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
 from visionops.training.settings import apply_params, fit_options
 from visionops.tuning.space import suggest
@@ -112,9 +111,7 @@ def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float],
             trial_cfg = apply_params(cfg, params)
             seed = cfg.train.seed + trial.number
             seed_everything(seed)
-            net = NormalizedNet(build_from_config(trial_cfg.model, in_channels=cfg.data.channels,
-                                                  image_size=cfg.data.image_size, num_classes=num_classes),
-                                mean, std)
+            net = build_network(trial_cfg, num_classes, {"mean": mean, "std": std})
             t = trial_cfg.train
             result = fit(net, train, val, max_epochs=cfg.tune.epochs_per_trial, batch_size=t.batch_size,
                          learning_rate=t.learning_rate, weight_decay=t.weight_decay,

@@ -1,0 +1,67 @@
+"""What travels with a trained model besides the network: the unknown threshold, enrolled embeddings,
+face settings (see ``visionops.inference`` for how ``predict`` uses them)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionops.config import PipelineConfig
+from visionops.data.preprocess import Split
+from visionops.tta import predict_proba
+from visionops.unknown import choose_threshold, distance_scores
+
+log = logging.getLogger("visionops")
+
+
+def _val_probabilities(model: torch.nn.Module, val: Split, tta: list[str], batch_size: int = 256) -> np.ndarray:
+    model = model.cpu().eval()
+    parts = [predict_proba(model, torch.from_numpy(np.array(val.x[s:s + batch_size])), tta).numpy()
+             for s in range(0, len(val.y), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def face_settings_for(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The face settings a photo needs to become a chip like the training chips (None without faces)."""
+    if not cfg.faces.enabled:
+        return None
+    try:
+        from visionops.data.faces import face_settings
+    except ImportError:  # a faces module without the photo interface: the model then takes chips only
+        log.warning("faces.enabled but visionops.data.faces has no face_settings: the model takes chips, "
+                    "not photos")
+        return None
+    return face_settings(cfg.faces)
+
+
+def served_extras(cfg: PipelineConfig, model: torch.nn.Module, train: Split, val: Split,
+                  encoder: str | None) -> dict[str, Any]:
+    """``log_classifier`` keyword arguments beyond the network: unknown threshold, enrolled set, faces.
+
+    ``train`` and ``val`` are what the model trained on (embeddings for an encoder model).
+    """
+    s = cfg.serving
+    extras: dict[str, Any] = {"faces": face_settings_for(cfg), "encoder": encoder}
+    if encoder is not None:
+        tx, ty = np.asarray(train.x, np.float32), np.asarray(train.y)
+        vx, vy = np.asarray(val.x, np.float32), np.asarray(val.y)
+        scores = distance_scores(tx, ty, vx, vy)
+        # Validation faces are enrolled too once the threshold is chosen: more views of each person.
+        extras["enrolled"] = np.concatenate([tx, vx])
+        extras["network_example"] = vx[:2] if len(vx) else tx[:2]
+        kind = "distance"
+    else:
+        probs = _val_probabilities(model, val, list(cfg.train.tta))
+        right = probs.argmax(axis=1) == np.asarray(val.y) if len(probs) else np.zeros(0, bool)
+        scores = probs.max(axis=1)[right] if right.any() else (probs.max(axis=1) if len(probs) else None)
+        kind = "probability"
+    threshold = choose_threshold(s.unknown_threshold, s.unknown_quantile, scores, kind)
+    extras["unknown"] = {"score": kind, "threshold": threshold, "setting": s.unknown_threshold,
+                         "quantile": s.unknown_quantile,
+                         "n_validation": int(0 if scores is None else len(scores))}
+    log.info("unknown: %s threshold %s (serving.unknown_threshold=%s, quantile %s)", kind, threshold,
+             s.unknown_threshold, s.unknown_quantile)
+    return extras

@@ -1,0 +1,73 @@
+"""The face service end to end on real photographs: the shipped ``conf/faces.yaml`` on the Yale faces.
+
+Run 1 reads the CSV manifest, run 2 the same photos as an image folder (one folder per person); both
+go through real Airflow and MLflow and promote. Then the champion takes whole photos, as an
+application sends them. Skipped when ``../shared/datasets/yalefaces`` is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e_cli import run_cli
+from PIL import Image
+
+pytestmark = pytest.mark.e2e
+
+YALE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "yalefaces"
+MODEL = "e2e-faces"
+SMALL = ["--config", "conf/faces.yaml", "--set", "tune.n_trials=2", "--set", f"registry.model_name={MODEL}",
+         "--set", "experiment=e2e-faces", "--set", "registry.smoke_test_images=4"]
+
+if not (YALE / "labels.csv").is_file():
+    pytest.skip(f"the Yale faces are not at {YALE}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e-faces")
+
+
+@pytest.fixture(scope="module")
+def two_runs(home):
+    first, s1 = run_cli(home, *SMALL, "--set", "data.source=csv", "--set", f"data.path={YALE / 'labels.csv'}")
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    second, s2 = run_cli(home, *SMALL, "--set", "data.source=imagefolder", "--set", f"data.path={YALE / 'images'}")
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    return (first, s1), (second, s2)
+
+
+def test_the_shipped_face_config_promotes_on_real_photographs(two_runs):
+    for proc, summary in two_runs:
+        assert summary["status"] == "FINISHED", proc.stdout[-3000:]
+        assert summary["gate"] == "passed", summary["gate_reasons"]
+        assert summary["test_accuracy"] >= 0.95, summary
+    (_, s1), (_, s2) = two_runs
+    assert s1["model_version"] == "1" and s2["model_version"] == "2"
+    # The same photos under two layouts are the same data.
+    assert s1["data_fingerprint"] == s2["data_fingerprint"]
+
+
+def test_the_duplicate_photos_are_dropped_with_a_warning(two_runs):
+    (proc, summary), _ = two_runs
+    warnings = " ".join(summary["validation_warnings"])
+    assert "sha256" in warnings, summary["validation_warnings"]  # the 9 byte-identical Yale photos
+    assert "data warning" in proc.stdout
+
+
+def test_the_champion_takes_whole_photos(two_runs, home):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    photos = [YALE / "images" / "subject02" / "happy.png", YALE / "images" / "subject07" / "sad.png"]
+    blank = np.full((243, 320), 128, np.uint8)  # no face at all
+    batch = [np.asarray(Image.open(p).convert("RGB")) for p in photos] + [np.stack([blank] * 3, axis=2)]
+    out = model.predict(batch)
+    assert list(out["label"][:2]) == ["subject02", "subject07"], out
+    assert out["box"].iloc[0] is not None
+    assert out["label"].iloc[2] in (None, "unknown") or str(out["label"].iloc[2]) in ("None", "nan")
+    assert "no face" in str(out["status"].iloc[2])
