@@ -125,6 +125,18 @@ def test_fit_returns_the_best_epochs_weights() -> None:
     assert not all(torch.equal(final[k], last[k]) for k in last)
 
 
+def test_fit_breaks_accuracy_ties_with_the_validation_loss() -> None:
+    # An easy problem: validation accuracy is perfect after the first epochs, while the loss keeps falling.
+    train, val = _separable(64, seed=0), _separable(32, seed=1)
+    result = _fit(_net(), train, val, max_epochs=8, patience=8)
+    top = max(m.val_accuracy for m in result.history)
+    tied = [m for m in result.history if m.val_accuracy == top]
+    assert len(tied) >= 2, [m.val_accuracy for m in result.history]
+    best = min(tied, key=lambda m: m.val_loss)
+    assert result.best_epoch == best.epoch and result.best_epoch > tied[0].epoch
+    assert result.best_val_loss == pytest.approx(best.val_loss)
+
+
 def test_fit_stops_early_when_validation_plateaus() -> None:
     train, val = _separable(32, seed=0), _separable(16, seed=1)
     # A learning rate far below float32 resolution: the weights, and so val accuracy, never change.

@@ -89,6 +89,7 @@ class FitResult:
     history: list[EpochMetrics] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
+    best_val_loss: float = float("inf")
     stopped_early: bool = False
     resumed_from: int = 0
     precision: Precision = "fp32"
@@ -219,6 +220,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
         restore_scaler(scaler, saved.get("scaler"))
         result.history = [EpochMetrics(**m) for m in saved["history"]]
         result.best_epoch, result.best_val_accuracy = saved["best_epoch"], saved["best_val_accuracy"]
+        result.best_val_loss = saved.get("best_val_loss", float("inf"))  # absent in older checkpoints
         best_state, since_best = saved["best_state"], saved["since_best"]
         start_epoch = result.resumed_from = saved["epoch"] + 1
         result.stopped_early = saved["stopped_early"]
@@ -234,8 +236,13 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
         metrics = EpochMetrics(epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, len(yt) / seconds)
         result.history.append(metrics)
         scheduler_step(scheduler, va_acc)
-        if va_acc > result.best_val_accuracy or epoch == 1:
-            result.best_epoch, result.best_val_accuracy = epoch, va_acc
+        # Ties on accuracy go to the lower validation loss: on a small or easy validation split the
+        # accuracy saturates early (every face right by epoch 5), and the epochs after it still
+        # widen the margins; keeping the first saturated epoch kept an under-trained model.
+        better = va_acc > result.best_val_accuracy or (va_acc == result.best_val_accuracy
+                                                        and va_loss < result.best_val_loss)
+        if better or epoch == 1:
+            result.best_epoch, result.best_val_accuracy, result.best_val_loss = epoch, va_acc, va_loss
             best_state, since_best = copy.deepcopy(model.state_dict()), 0
         else:
             since_best += 1
@@ -247,6 +254,7 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
                 "scaler": scaler.state_dict(),  # {} unless fp16: the loss scale a resumed run goes on with
                 "rng": rng_state(generator), "history": [asdict(m) for m in result.history],
                 "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                "best_val_loss": result.best_val_loss,
                 "best_state": best_state, "since_best": since_best, "stopped_early": result.stopped_early,
             })
         if on_epoch is not None:
