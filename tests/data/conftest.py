@@ -13,6 +13,23 @@ import pytest
 from PIL import Image
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite tracking store and registry for the module (creating one takes seconds)."""
+    import mlflow
+
+    from visionops import tracking
+
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        tracking.configure()
+        yield root
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(isolated_home: Path) -> Path:
     """Own VISIONOPS_HOME and data root per test: catalogs, downloads and crops land in tmp_path."""

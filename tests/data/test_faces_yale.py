@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,18 +94,6 @@ def test_two_faces_and_blank(photo: Image.Image, settings: dict) -> None:
 def test_haar_still_an_option(photo: Image.Image) -> None:
     face = photo_to_face(np.asarray(photo), face_settings(FacesConfig(detector="haar")))
     assert face.reason is None and face.chip.shape == (150, 150, 3)
-
-
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from visionops import tracking
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    tracking.configure()
-    yield tmp_path
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 def test_ingest_stops_naming_the_person_who_lost_photos(tmp_path: Path, store: Path) -> None:

@@ -27,21 +27,6 @@ class _Constant(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite tracking store and registry for the module (creating one takes seconds)."""
-    from visionops import tracking
-
-    root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        tracking.configure()
-        yield root
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-
-
 def _dataset(root: Path, corpus, per_class: int = 6, classes: tuple[str, ...] = ("a", "b")) -> Path:
     lines = ["path,label"]
     for c, label in enumerate(classes):
