@@ -93,10 +93,12 @@ def predict_files(model_uri: str, files: list[Path], batch_size: int = 64) -> pd
     from visionops.inference import load_classifier
 
     model = load_classifier(model_uri)
+    # Files are photos: a face model looks for the face even in a photo that happens to be chip-sized.
+    params = {"input": "photo"} if getattr(model.unwrap_python_model(), "faces", None) else None
     parts = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        out = model.predict([p.read_bytes() for p in chunk])
+        out = model.predict([p.read_bytes() for p in chunk], params=params)
         if "box" not in out.columns:
             out["box"] = None
         parts.append(out)

@@ -71,3 +71,29 @@ def test_the_champion_takes_whole_photos(two_runs, home):
     assert out["box"].iloc[0] is not None
     assert list(out["status"]) == ["ok", "ok", "rejected"]
     assert out["label"].iloc[2] is None and out["error"].iloc[2] == "no face found"
+
+
+def test_visionops_predict_labels_a_folder_of_photos(two_runs, home, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from e2e_cli import pipeline_env
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(YALE / "images" / "subject05" / "glasses.png", photos / "a.png")
+    Image.fromarray(np.full((243, 320), 128, np.uint8)).save(photos / "blank.png")
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    out = tmp_path / "faces.csv"
+    proc = subprocess.run([str(Path(sys.executable).parent / "visionops"), "predict", "--model", MODEL,
+                           "--input", str(photos), "--output", str(out)],
+                          capture_output=True, text=True, env=pipeline_env(home), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(out).set_index("path")
+    a, blank, broken = (rows.loc[str(photos / n)] for n in ("a.png", "blank.png", "broken.jpg"))
+    assert (a["label"], a["status"]) == ("subject05", "ok") and len(a["box"].split(",")) == 4
+    assert (blank["status"], blank["error"]) == ("rejected", "no face found")
+    assert broken["status"] == "invalid"
+    assert set(rows["model_version"]) == {2}
