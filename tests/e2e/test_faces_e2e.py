@@ -97,3 +97,26 @@ def test_visionops_predict_labels_a_folder_of_photos(two_runs, home, tmp_path):
     assert (blank["status"], blank["error"]) == ("rejected", "no face found")
     assert broken["status"] == "invalid"
     assert set(rows["model_version"]) == {2}
+
+
+def test_the_champion_serves_encoded_photos_over_http(two_runs, home, tmp_path):
+    import base64
+
+    from e2e_cli import pipeline_env
+    from testkit import model_server, post_json
+
+    def b64(path: Path) -> str:
+        return base64.b64encode(path.read_bytes()).decode()
+
+    # Two Yale photos (320x243 PNG), one of them re-encoded as a smaller JPEG, and a photo without a face.
+    small = tmp_path / "small.jpg"
+    Image.open(YALE / "images" / "subject09" / "centerlight.png").convert("RGB").resize((240, 182)).save(small)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((100, 80, 3), 90, np.uint8)).save(blank)
+    photos = [b64(YALE / "images" / "subject11" / "wink.png"), b64(small), b64(blank)]
+    with model_server(f"models:/{MODEL}@champion", tmp_path, env=pipeline_env(home)) as port:
+        rows = post_json(port, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in photos]}})
+    assert [r["label"] for r in rows] == ["subject11", "subject09", None]
+    assert [r["status"] for r in rows] == ["ok", "ok", "rejected"]
+    assert rows[2]["error"] == "no face found"
+    assert len(rows[0]["box"]) == 4 and rows[0]["distance"] >= 0

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from testkit import free_port
+from testkit import model_server, post_json
 from PIL import Image
 
 from visionops import registry
@@ -113,38 +110,13 @@ def _encode(img: np.ndarray, fmt: str) -> str:
 
 
 def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                             f"models:/{served['name']}@champion", "--env-manager", "local", "-h", "127.0.0.1",
-                             "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
-            time.sleep(1)
+    with model_server(f"models:/{served['name']}@champion", tmp_path) as port:
         # The README's payload: {"inputs": [image, ...]}, each image rows of uint8 pixels.
-        payload = {"inputs": served["x"][:6, 0].tolist()}
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            answer = json.loads(resp.read())
-        labels = [row["label"] for row in answer["predictions"]]
+        rows = post_json(port, {"inputs": served["x"][:6, 0].tolist()})
+        labels = [row["label"] for row in rows]
         assert labels == ["left", "right", "left", "right", "left", "right"]
-        assert all(0.5 <= row["probability"] <= 1.0 for row in answer["predictions"])
-        probs = {"inputs": served["x"][:2, 0].tolist(), "params": {"return_probabilities": True}}
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(probs).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            rows = json.loads(resp.read())["predictions"]
+        assert all(0.5 <= row["probability"] <= 1.0 for row in rows)
+        rows = post_json(port, {"inputs": served["x"][:2, 0].tolist(), "params": {"return_probabilities": True}})
         assert np.isclose(rows[0]["proba_left"] + rows[0]["proba_right"], 1.0)
         # Encoded photos of different sizes and formats in one request (the README's curl), as a
         # dataframe_split and as {"inputs": {"image": [...]}}; a broken one answers on its own row.
@@ -154,17 +126,7 @@ def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_
         for body in ({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded] + [["bad"]]},
                       "params": {"return_probabilities": True}},
                      {"inputs": {"image": encoded + ["bad"]}, "params": {"return_probabilities": True}}):
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                rows = json.loads(resp.read())["predictions"]
+            rows = post_json(port, body)
             assert [r["label"] for r in rows] == ["left", "right", "left", None]
             assert [r["status"] for r in rows] == ["ok", "ok", "ok", "invalid"] and "base64" in rows[3]["error"]
             assert np.isclose(rows[0]["proba_left"] + rows[0]["proba_right"], 1.0)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
