@@ -28,12 +28,8 @@ def face_settings_for(cfg: PipelineConfig) -> dict[str, Any] | None:
     """The face settings a photo needs to become a chip like the training chips (None without faces)."""
     if not cfg.faces.enabled:
         return None
-    try:
-        from visionops.data.faces import face_settings
-    except ImportError:  # a faces module without the photo interface: the model then takes chips only
-        log.warning("faces.enabled but visionops.data.faces has no face_settings: the model takes chips, "
-                    "not photos")
-        return None
+    from visionops.data.faces import face_settings
+
     return face_settings(cfg.faces)
 
 
@@ -53,6 +49,8 @@ def served_extras(cfg: PipelineConfig, model: torch.nn.Module, train: Split, val
         extras["enrolled"] = np.concatenate([tx, vx])
         extras["network_example"] = vx[:2] if len(vx) else tx[:2]
         kind = "distance"
+    elif s.unknown_threshold != "auto":  # off, or a fixed number: nothing to measure
+        scores, kind = None, "probability"
     else:
         probs = _val_probabilities(model, val, list(cfg.train.tta))
         right = probs.argmax(axis=1) == np.asarray(val.y) if len(probs) else np.zeros(0, bool)
