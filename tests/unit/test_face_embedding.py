@@ -102,3 +102,35 @@ def test_inputs_accept_encoded_images_in_every_container() -> None:
     assert as_rows(np.array([[1, 2], [3, 4]], np.int64))[0].dtype == np.uint8  # JSON pixels arrive as int64
     bad = as_rows(["%%%", np.array([[300]])])
     assert all(isinstance(r, BadInput) for r in bad) and "base64" in bad[0].reason and "0-255" in bad[1].reason
+
+
+class _HalfBrightness(torch.nn.Module):
+    """Logits from the mean brightness of each half: class 0 bright on the left (testkit.left_right)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0
+        half = x.shape[-1] // 2
+        left, right = x[..., :half].mean(dim=(1, 2, 3)), x[..., half:].mean(dim=(1, 2, 3))
+        return torch.stack([left - right, right - left], dim=1) * 4.0
+
+
+def test_image_models_get_a_probability_threshold_only_when_asked() -> None:
+    from testkit import left_right_split
+
+    from visionops.training.packaging import served_extras
+
+    train, val = left_right_split(16, seed=0), left_right_split(12, seed=1)
+    model = _HalfBrightness()
+    cfg = build_config({"serving": {"unknown_threshold": "auto"}})
+    extras = served_extras(cfg, model, train, val, encoder=None)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(val.x)), dim=1).numpy()
+    right = probs.argmax(1) == val.y
+    assert right.any()
+    # The least sure right answer on the validation split (quantile 1.0 of the right answers' confidence).
+    assert extras["unknown"] == {"score": "probability", "threshold": pytest.approx(probs.max(1)[right].min()),
+                                 "setting": "auto", "quantile": None, "n_validation": int(right.sum())}
+    off = served_extras(build_config({}), model, train, val, encoder=None)
+    assert off["unknown"]["threshold"] is None and off["unknown"]["setting"] is None
+    fixed = served_extras(build_config({"serving": {"unknown_threshold": 0.7}}), model, train, val, encoder=None)
+    assert fixed["unknown"]["threshold"] == 0.7
