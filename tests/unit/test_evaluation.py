@@ -135,6 +135,9 @@ def test_clean_subset_metrics_and_report() -> None:
     clean = np.array([True, False, True, True, False])
     got = clean_metrics(y_true, y_pred, ["a", "b"], clean)
     assert got == {"clean_accuracy": 1.0, "clean_macro_f1": 1.0, "n_test_clean": 3}
+    # A class with no clean test image is left out of the clean macro-F1 instead of counting as 0.
+    only_b = clean_metrics(y_true, y_pred, ["a", "b"], np.array([False, False, True, True, False]))
+    assert only_b == {"clean_accuracy": 1.0, "clean_macro_f1": 1.0, "n_test_clean": 2}
     empty = clean_metrics(y_true, y_pred, ["a", "b"], np.zeros(5, bool))
     assert empty["n_test_clean"] == 0 and np.isnan(empty["clean_accuracy"])
 
