@@ -67,7 +67,7 @@ def record_answer(parent_run_id: str, name: str, version: str, answer: dict[str,
 def describe_candidate(model_name: str, version: str | None = None) -> dict[str, Any]:
     """The version to approve (default: the one behind ``challenger``) and its gate decision now."""
     from visionops import registry, tracking
-    from visionops.registry_cli import gate_for_version
+    from visionops.version_gate import gate_for_version
 
     tracking.configure()
     if not version:
@@ -84,8 +84,7 @@ def promote_approved(described: dict[str, Any], approval: dict[str, Any] | None)
     """Promote the approved version under the promotion lock (re-checking the champion) with the smoke test."""
     from visionops import tracking
     from visionops.champion import promote_safely
-    from visionops.promotion import recheck_version
-    from visionops.registry_cli import smoke_for_version
+    from visionops.version_gate import recheck_version, smoke_for_version
 
     tracking.configure()
     name, version = described["name"], described["version"]

@@ -132,15 +132,6 @@ def recheck_against(evaluated: dict[str, Any], name: str, gate_cfg: Any) -> Call
     return recheck
 
 
-def recheck_version(name: str, version: str) -> Callable[[str], GateDecision]:
-    """For promotions by hand: the full gate of ``version`` against the champion, on the version's test split."""
-    def recheck(current: str) -> GateDecision:
-        from visionops.registry_cli import gate_for_version
-
-        return gate_for_version(name, version)[0]
-    return recheck
-
-
 def _candidate_predictions(evaluated: dict[str, Any]) -> list[str]:
     import pandas as pd
 
