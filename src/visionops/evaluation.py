@@ -22,8 +22,8 @@ from visionops import registry, tracking
 from visionops.data.preprocess import load_labels, load_split, load_test_clean
 from visionops.evaluation_plots import save_confusion_matrix, save_misclassified_grid, save_reliability_plot
 from visionops.gate import PairedPredictions
-from visionops.inference import (load_classifier, model_labels, model_tta, predict_probabilities, to_raw_images,
-                                 tta_label)
+from visionops.inference import (held_out_params, load_classifier, model_labels, model_tta, predict_probabilities,
+                                 to_raw_images, tta_label)
 from visionops.report import render_markdown
 from visionops.runs import RunContext
 from visionops.storage import StageOutput, fingerprint
@@ -104,7 +104,7 @@ def clean_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence
 def champion_predictions(model_name: str, version: str, raw: np.ndarray) -> tuple[list[str], list[str]]:
     """A registered version's predicted labels on ``raw`` images, and its class set."""
     model = load_classifier(f"models:/{model_name}/{version}")
-    return model.predict(raw)["label"].astype(str).tolist(), model_labels(model)
+    return model.predict(raw, params=held_out_params(model) or None)["label"].astype(str).tolist(), model_labels(model)
 
 
 def champion_metrics_for(preprocessed: StageOutput, model_name: str, version: str) -> dict[str, Any]:

@@ -107,8 +107,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             elif self._is_photo(row, mode):
                 from visionops.data.faces import photo_to_face
 
-                rgb = row if row.ndim == 3 and row.shape[2] == 3 else _to_rgb(row)
-                face = photo_to_face(rgb, self.faces)
+                face = photo_to_face(row, self.faces)  # grey and RGBA photos are made RGB there
                 if face.chip is None:
                     status[i], error[i] = "rejected", face.reason or "no face found"
                     boxes[i] = list(face.box) if face.box is not None else None
@@ -139,12 +138,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             extra = pd.DataFrame(probs, columns=[PROBA_PREFIX + lb for lb in self.labels])
             out = pd.concat([out, extra], axis=1)
         return out
-
-
-def _to_rgb(img: np.ndarray) -> np.ndarray:
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(img[:, :, :3])  # RGBA: the alpha channel says nothing about faces
 
 
 def serving_signature() -> mlflow.models.ModelSignature:
@@ -242,16 +235,19 @@ def tta_label(views: Sequence[str]) -> str:
     return "+".join(views) or "none"
 
 
+def held_out_params(model: mlflow.pyfunc.PyFuncModel) -> dict[str, Any]:
+    """``predict`` params for images as preprocessed (a run's test split): a face model takes them as
+    chips and never looks for a face inside one, whatever size it was trained at."""
+    return {"input": "chip"} if getattr(model.unwrap_python_model(), "faces", None) is not None else {}
+
+
 def predict_probabilities(model: mlflow.pyfunc.PyFuncModel, images: Any) -> tuple[pd.DataFrame, np.ndarray]:
     """Predictions and the (N, n_classes) probability matrix, through the served model's own predict.
 
     ``images`` are chips (face models) or images as preprocessed: ``input=chip`` so that a face
     model never looks for a face inside a chip.
     """
-    params: dict[str, Any] = {"return_probabilities": True}
-    if getattr(model.unwrap_python_model(), "faces", None) is not None:
-        params["input"] = "chip"
-    out = model.predict(images, params=params)
+    out = model.predict(images, params={**held_out_params(model), "return_probabilities": True})
     cols = [c for c in out.columns if c.startswith(PROBA_PREFIX)]
     if not cols:
         raise ValueError("this model version does not return per-class probabilities "

@@ -180,9 +180,10 @@ def smoke_test(model_uri: str, images: np.ndarray, expected: list[str], timeout_
 
 
 def _smoke_main(model_uri: str, batch: str) -> None:
-    from visionops.inference import load_classifier
+    from visionops.inference import held_out_params, load_classifier
 
-    out = load_classifier(model_uri).predict(np.load(batch))
+    model = load_classifier(model_uri)
+    out = model.predict(np.load(batch), params=held_out_params(model) or None)
     if not out["probability"].between(0.0, 1.0).all():
         raise SystemExit(f"probabilities outside [0, 1]: {out['probability'].tolist()}")
     print(json.dumps(out["label"].astype(str).tolist()))

@@ -201,6 +201,8 @@ def balance(frame: pd.DataFrame, how: str, seed: int) -> tuple[pd.DataFrame, dic
 def _as_rgb(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]  # RGBA: the alpha channel says nothing about faces
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise InputError(f"photo_to_face needs an RGB uint8 (H, W, 3) array, got {img.dtype} {img.shape}")
     return np.ascontiguousarray(img)  # dlib reads the buffer directly
