@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-fast ui clean
+.PHONY: install run lint format test test-fast ui clean
 
 install: $(STAMP)
 
@@ -21,11 +21,21 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops pipeline run $(ARGS)
 
-test: $(STAMP)
+# Formatting, lint and the import contract (one direction of imports between the layers).
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
 
 ui: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops ui

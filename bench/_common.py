@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionops.config import PipelineConfig, build_config
+from visionops.core.config import PipelineConfig, build_config
 from visionops.data.preprocess import Split
 
 
@@ -28,8 +28,17 @@ def config(**overrides) -> PipelineConfig:
     return build_config(PipelineConfig().to_dict(), {**base, **overrides}, source="bench")
 
 
-def plain_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
-                opt: torch.optim.Optimizer, loss_fn: nn.Module, gen: torch.Generator, batch: int) -> None:
+def plain_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xv: torch.Tensor,
+    yv: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    gen: torch.Generator,
+    batch: int,
+) -> None:
     """One epoch of the baseline written by hand: shuffled steps, then a validation accuracy pass."""
     model.train()
     for idx in torch.randperm(len(y), generator=gen).split(batch):

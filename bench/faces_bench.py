@@ -42,9 +42,15 @@ def timed(fn, n: int = 1) -> tuple[float, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "yalefaces"))
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of each timing (best is kept)")
-    parser.add_argument("--cnn-photos", type=int, default=12, help="photos timed through the CNN detector alone")
-    parser.add_argument("--tight-photos", type=int, default=40, help="photos cut to the face (frame-filling)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of each timing (best is kept)"
+    )
+    parser.add_argument(
+        "--cnn-photos", type=int, default=12, help="photos timed through the CNN detector alone"
+    )
+    parser.add_argument(
+        "--tight-photos", type=int, default=40, help="photos cut to the face (frame-filling)"
+    )
     args = parser.parse_args()
     labels = Path(args.data) / "labels.csv"
     if not labels.is_file():
@@ -59,7 +65,7 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    from visionops.config import load_config
+    from visionops.core.config import load_config
     from visionops.data.face_detect import detect_dlib, embed_chips, load_model
     from visionops.data.faces import crop_faces, face_settings, photo_to_face
     from visionops.data.ingest import build_manifest
@@ -75,8 +81,10 @@ def main() -> int:
     haar_s = {**dlib_s, "detector": "haar"}
     for name in ("hog", "cnn", "landmarks", "embedding", "haar"):
         load_model(name)  # loading is once per process: not part of the per-face figures
-    print(f"data: {labels} ({len(photos)} photos {photos[0].shape[1]}x{photos[0].shape[0]}), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"data: {labels} ({len(photos)} photos {photos[0].shape[1]}x{photos[0].shape[0]}), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
 
     # 1. detect + align, dlib vs haar; + embed; the CNN detector alone
     def run(settings: dict) -> list:
@@ -86,41 +94,58 @@ def main() -> int:
     t_haar, res_haar = timed(lambda: run(haar_s), args.repeat)
     ok_dlib = sum(r.reason is None for r in res_dlib)
     ok_haar = sum(r.reason is None for r in res_haar)
-    fallback = sum(detect_dlib(p, dlib_s["upsample"], False, 0, dlib_s["detect_max_side"],
-                               dlib_s["min_score"])[0] == [] for p in photos)
+    fallback = sum(
+        detect_dlib(
+            p, dlib_s["upsample"], False, 0, dlib_s["detect_max_side"], dlib_s["min_score"]
+        )[0]
+        == []
+        for p in photos
+    )
     haar_why: dict[str, int] = {}
     for r in res_haar:
         if r.reason:
             key = r.reason.split(" (")[0].split(" 1")[0].split(" 2")[0]
             haar_why[key] = haar_why.get(key, 0) + 1
     n = len(photos)
-    print(f"1. detect + align: dlib {n / t_dlib:6.1f} photos/s, usable face in {ok_dlib}/{n} "
-          f"(HOG found none in {fallback}: CNN fallback ran there)")
-    print(f"   detect + align: haar {n / t_haar:6.1f} photos/s, usable face in {ok_haar}/{n} {haar_why or ''}")
-    print(f"   -> dlib/haar speed ratio {t_haar / t_dlib:.2f}x; faces found ratio {ok_dlib / max(ok_haar, 1):.2f}x")
+    print(
+        f"1. detect + align: dlib {n / t_dlib:6.1f} photos/s, usable face in {ok_dlib}/{n} "
+        f"(HOG found none in {fallback}: CNN fallback ran there)"
+    )
+    print(
+        f"   detect + align: haar {n / t_haar:6.1f} photos/s, usable face in {ok_haar}/{n} {haar_why or ''}"
+    )
+    print(
+        f"   -> dlib/haar speed ratio {t_haar / t_dlib:.2f}x; faces found ratio {ok_dlib / max(ok_haar, 1):.2f}x"
+    )
     chips = [r.chip for r in res_dlib if r.chip is not None]
     t_embed, _ = timed(lambda: [embed_chips([c]) for c in chips], args.repeat)
-    print(f"   embed only: {len(chips) / t_embed:6.1f} chips/s; detect + align + embed (dlib): "
-          f"{len(chips) / (t_dlib + t_embed):6.1f} faces/s -> ratio to haar detect + align "
-          f"{(len(chips) / (t_dlib + t_embed)) / (ok_haar / t_haar):.2f}x")
+    print(
+        f"   embed only: {len(chips) / t_embed:6.1f} chips/s; detect + align + embed (dlib): "
+        f"{len(chips) / (t_dlib + t_embed):6.1f} faces/s -> ratio to haar detect + align "
+        f"{(len(chips) / (t_dlib + t_embed)) / (ok_haar / t_haar):.2f}x"
+    )
     # Faces that fill the frame (each photo cut to 80% of dlib's face box): what Haar misses.
     tight = []
     for p, r in list(zip(photos, res_dlib))[:: max(1, n // args.tight_photos)][: args.tight_photos]:
         x1, y1, x2, y2 = r.box
         cut = (x2 - x1) // 10
-        tight.append(np.ascontiguousarray(p[y1 + cut:y2 - cut, x1 + cut:x2 - cut]))
+        tight.append(np.ascontiguousarray(p[y1 + cut : y2 - cut, x1 + cut : x2 - cut]))
     t_tight_dlib, tight_dlib = timed(lambda: [photo_to_face(p, dlib_s) for p in tight])
     t_tight_haar, tight_haar = timed(lambda: [photo_to_face(p, haar_s) for p in tight])
-    print(f"   frame-filling faces ({len(tight)} photos cut to the face): dlib found "
-          f"{sum(r.reason is None for r in tight_dlib)}/{len(tight)} ({len(tight) / t_tight_dlib:.1f} photos/s), "
-          f"haar {sum(r.reason is None for r in tight_haar)}/{len(tight)} ({len(tight) / t_tight_haar:.1f} photos/s)")
+    print(
+        f"   frame-filling faces ({len(tight)} photos cut to the face): dlib found "
+        f"{sum(r.reason is None for r in tight_dlib)}/{len(tight)} ({len(tight) / t_tight_dlib:.1f} photos/s), "
+        f"haar {sum(r.reason is None for r in tight_haar)}/{len(tight)} ({len(tight) / t_tight_haar:.1f} photos/s)"
+    )
     cnn = load_model("cnn")
     sub = photos[:: max(1, n // args.cnn_photos)][: args.cnn_photos]
     t_cnn, _ = timed(lambda: [cnn(p, 0) for p in sub])
     hog = load_model("hog")
     t_hog, _ = timed(lambda: [hog(p, dlib_s["upsample"]) for p in sub])
-    print(f"   CNN detector alone: {len(sub) / t_cnn:5.2f} photos/s vs HOG {len(sub) / t_hog:5.1f} photos/s on "
-          f"{len(sub)} photos -> HOG {t_cnn / t_hog:.0f}x faster (why the CNN is only the fallback)")
+    print(
+        f"   CNN detector alone: {len(sub) / t_cnn:5.2f} photos/s vs HOG {len(sub) / t_hog:5.1f} photos/s on "
+        f"{len(sub)} photos -> HOG {t_cnn / t_hog:.0f}x faster (why the CNN is only the fallback)"
+    )
 
     # 2. per-photo crop cache
     manifest = build_manifest(items)
@@ -129,37 +154,51 @@ def main() -> int:
     warm = [timed(lambda: crop_faces(manifest, out, cfg.faces)) for _ in range(3)]
     t_warm = statistics.median(t for t, _ in warm)
     rep_warm = warm[-1][1][1]
-    print(f"2. crop_faces: cold {t_cold * 1000:.0f} ms ({rep_cold['cached']} byte-duplicate photos hit the cache), again {t_warm * 1000:.0f} ms "
-          f"({rep_warm['cached']}/{n} photos from the crop cache, chips reused) -> ratio {t_cold / t_warm:.1f}x")
+    print(
+        f"2. crop_faces: cold {t_cold * 1000:.0f} ms ({rep_cold['cached']} byte-duplicate photos hit "
+        f"the cache), again {t_warm * 1000:.0f} ms "
+        f"({rep_warm['cached']}/{n} photos from the crop cache, chips reused) -> ratio {t_cold / t_warm:.1f}x"
+    )
 
     # 3. the ingest stage twice on the same photos
-    from visionops import pipeline
+    from visionops.pipeline import stages as pipeline
 
     params = {"config": str(REPO / "conf" / "faces.yaml"), "overrides": {"data.path": str(labels)}}
-    contexts = [pipeline.start(params, dag_id="faces_bench", airflow_run_id=run) for run in ("first", "second")]
-    t_first, first = timed(lambda: pipeline.ingest(contexts[0]))  # its own data root: crop cache cold
+    contexts = [
+        pipeline.start(params, dag_id="faces_bench", airflow_run_id=run)
+        for run in ("first", "second")
+    ]
+    t_first, first = timed(
+        lambda: pipeline.ingest(contexts[0])
+    )  # its own data root: crop cache cold
     t_second, second = timed(lambda: pipeline.ingest(contexts[1]))
-    print(f"3. ingest stage: first run {t_first * 1000:.0f} ms (reused={first['reused']}), second run "
-          f"{t_second * 1000:.0f} ms (reused={second['reused']}, same output: {first['uri'] == second['uri']}) "
-          f"-> ratio {t_first / t_second:.1f}x")
+    print(
+        f"3. ingest stage: first run {t_first * 1000:.0f} ms (reused={first['reused']}), second run "
+        f"{t_second * 1000:.0f} ms (reused={second['reused']}, same output: {first['uri'] == second['uri']}) "
+        f"-> ratio {t_first / t_second:.1f}x"
+    )
 
     # 4. preprocess and the face embeddings (the features output) of the same set, twice
-    from visionops.runs import RunContext
-    from visionops.storage import StageOutput
+    from visionops.core.context import RunContext
+    from visionops.core.storage import StageOutput
     from visionops.training.inputs import training_output
 
     t_pre1, pre1 = timed(lambda: pipeline.preprocess(contexts[0], first))
     t_pre2, pre2 = timed(lambda: pipeline.preprocess(contexts[1], second))
-    print(f"4. preprocess stage: first run {t_pre1 * 1000:.0f} ms (reused={pre1['reused']}), second run "
-          f"{t_pre2 * 1000:.0f} ms (reused={pre2['reused']}) -> ratio {t_pre1 / t_pre2:.1f}x")
+    print(
+        f"4. preprocess stage: first run {t_pre1 * 1000:.0f} ms (reused={pre1['reused']}), second run "
+        f"{t_pre2 * 1000:.0f} ms (reused={pre2['reused']}) -> ratio {t_pre1 / t_pre2:.1f}x"
+    )
     feats = []
     for context, pre in ((contexts[0], pre1), (contexts[1], pre2)):
         ctx = RunContext.from_dict(context)
         out = StageOutput(pre["uri"], pre["fingerprint"], pre.get("meta", {}))
         feats.append(timed(lambda: training_output(ctx, ctx.config(), out)))
     (t_f1, f1), (t_f2, f2) = feats
-    print(f"   face embeddings: first {t_f1 * 1000:.0f} ms, second {t_f2 * 1000:.0f} ms (reused={f2.reused}, "
-          f"same output: {f1.uri == f2.uri}) -> ratio {t_f1 / t_f2:.1f}x")
+    print(
+        f"   face embeddings: first {t_f1 * 1000:.0f} ms, second {t_f2 * 1000:.0f} ms (reused={f2.reused}, "
+        f"same output: {f1.uri == f2.uri}) -> ratio {t_f1 / t_f2:.1f}x"
+    )
     return 0
 
 

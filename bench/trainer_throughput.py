@@ -26,8 +26,16 @@ from visionops.models.wrappers import NormalizedNet
 from visionops.training.engine import FitOptions, fit
 
 
-def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
-               epochs: int, batch: int, lr: float) -> float:
+def plain_loop(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xv: torch.Tensor,
+    yv: torch.Tensor,
+    epochs: int,
+    batch: int,
+    lr: float,
+) -> float:
     """The baseline: the loop one would write by hand. Returns training images per second."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
@@ -47,8 +55,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 keeps the figures stable on a shared machine")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 keeps the figures stable on a shared machine",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
@@ -56,14 +68,31 @@ def main() -> None:
     y = rng.integers(0, 10, a.n).astype(np.int64)
     train, val = Split(x, y), Split(x[:64], y[:64])
     torch.manual_seed(0)
-    base = NormalizedNet(build_model(a.model, in_channels=a.channels, image_size=a.size, num_classes=10,
-                                     dropout=0.1), [0.5] * a.channels, [0.25] * a.channels)
+    base = NormalizedNet(
+        build_model(
+            a.model, in_channels=a.channels, image_size=a.size, num_classes=10, dropout=0.1
+        ),
+        [0.5] * a.channels,
+        [0.25] * a.channels,
+    )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     xv, yv = torch.from_numpy(val.x), torch.from_numpy(val.y)
     plain, trainer = [], []
+
     def run_trainer() -> float:
-        res = fit(copy.deepcopy(base), train, val, max_epochs=a.epochs, batch_size=a.batch, learning_rate=1e-3,
-                  weight_decay=1e-4, patience=a.epochs, seed=0, device=torch.device("cpu"), options=FitOptions())
+        res = fit(
+            copy.deepcopy(base),
+            train,
+            val,
+            max_epochs=a.epochs,
+            batch_size=a.batch,
+            learning_rate=1e-3,
+            weight_decay=1e-4,
+            patience=a.epochs,
+            seed=0,
+            device=torch.device("cpu"),
+            options=FitOptions(),
+        )
         # Whole-epoch rate including validation: what the trainer really costs.
         return a.epochs * a.n / sum(m.seconds for m in res.history)
 
@@ -76,8 +105,10 @@ def main() -> None:
             plain.append(plain_loop(copy.deepcopy(base), xt, yt, xv, yv, a.epochs, a.batch, 1e-3))
             trainer.append(run_trainer())
     p, t = max(plain), max(trainer)
-    print(f"model {a.model} {a.channels}x{a.size}x{a.size}, batch {a.batch}, {a.n} images x {a.epochs} epochs, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {a.model} {a.channels}x{a.size}x{a.size}, batch {a.batch}, {a.n} images x {a.epochs} epochs, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"plain loop: {p:9.1f} images/s   rounds {[round(v) for v in plain]}")
     print(f"trainer:    {t:9.1f} images/s   rounds {[round(v) for v in trainer]}")
     ratios = sorted(tr / pl for tr, pl in zip(trainer, plain))

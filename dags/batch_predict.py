@@ -1,6 +1,6 @@
 """batch_predict: label a folder of images with the champion and write a CSV under the data root.
 
-Thin wiring only: each task is a lazy import and one call into ``visionops.serving``.
+Thin wiring only: each task is one call to its adapter in ``visionops.pipeline.batch``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from visionops_tasks import call
+from visionops.pipeline import batch
+from visionops_tasks import run_stage
 
 DOC = """
 ### Score a folder of images with the model in service
@@ -22,10 +23,6 @@ during the run cannot mix two models in one file); `score` labels every image un
 """
 
 
-def _call(func: str, *args, **kwargs):
-    """One call into ``visionops.serving`` (lazy import; bad input fails without retries)."""
-    return call("serving", func, *args, **kwargs)
-
 @dag(
     dag_id="batch_predict",
     description="Label a folder of images with models:/NAME@champion and write a CSV.",
@@ -37,24 +34,37 @@ def _call(func: str, *args, **kwargs):
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
         "model_name": Param("visionops-digits", type="string", title="Registered model"),
-        "alias": Param("champion", type="string", title="Alias", description="Resolved to a version at start."),
-        "input_dir": Param("", type="string", title="Input folder", description="Folder of images (recursive)."),
-        "output_path": Param(None, type=["null", "string"], title="Output CSV",
-                             description="Path or URL; default under the data root's predictions/."),
+        "alias": Param(
+            "champion", type="string", title="Alias", description="Resolved to a version at start."
+        ),
+        "input_dir": Param(
+            "", type="string", title="Input folder", description="Folder of images (recursive)."
+        ),
+        "output_path": Param(
+            None,
+            type=["null", "string"],
+            title="Output CSV",
+            description="Path or URL; default under the data root's predictions/.",
+        ),
     },
 )
 def batch_predict():
     @task
     def resolve() -> dict:
         params = get_current_context()["params"]
-        return _call("resolve_for_batch", params["model_name"], params["alias"])
+        return run_stage(batch.resolve, params["model_name"], params["alias"])
 
     @task
     def score(resolved: dict) -> dict:
         context = get_current_context()
         params = context["params"]
-        return _call("batch_predict", resolved, params["input_dir"], params.get("output_path"),
-                     run_id=context["run_id"])
+        return run_stage(
+            batch.score,
+            resolved,
+            params["input_dir"],
+            params.get("output_path"),
+            run_id=context["run_id"],
+        )
 
     score(resolve())
 

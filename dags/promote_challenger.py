@@ -1,7 +1,8 @@
 """promote_challenger: a person approves (Airflow 3 HITL) before the challenger becomes champion.
 
 train_pipeline asks for approval itself (``gate.require_approval: true``, task ``approve``); this DAG
-asks later, for the version behind ``challenger`` (e.g. when that request ran out of time). Thin wiring only: each task is a lazy import and one call into ``visionops.approval``.
+asks later, for the version behind ``challenger`` (e.g. when that request ran out of time). Thin wiring only:
+each task is one call to its adapter in ``visionops.pipeline.approval``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
-from visionops_tasks import call
+from visionops.pipeline import approval as approval_tasks
+from visionops_tasks import run_stage
 
 DOC = """
 ### Approve a challenger, then promote it
@@ -25,10 +27,6 @@ be approved into service (use `visionops registry promote --force`, which is rec
 """
 
 
-def _call(func: str, *args, **kwargs):
-    """One call into ``visionops.approval`` (lazy import; bad input fails without retries)."""
-    return call("approval", func, *args, **kwargs)
-
 @dag(
     dag_id="promote_challenger",
     description="A person approves the challenger before it becomes champion (asked again after a run).",
@@ -40,21 +38,25 @@ def _call(func: str, *args, **kwargs):
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
     params={
         "model_name": Param("visionops-digits", type="string", title="Registered model"),
-        "version": Param(None, type=["null", "string"], title="Version",
-                         description="Version to promote; empty = the one behind the challenger alias."),
+        "version": Param(
+            None,
+            type=["null", "string"],
+            title="Version",
+            description="Version to promote; empty = the one behind the challenger alias.",
+        ),
     },
 )
 def promote_challenger():
     @task
     def describe() -> dict:
         params = get_current_context()["params"]
-        return _call("describe_candidate", params["model_name"], params.get("version"))
+        return run_stage(approval_tasks.describe, params["model_name"], params.get("version"))
 
     described = describe()
     approve = ApprovalOperator(
         task_id="approve",
         subject="Promote {{ ti.xcom_pull(task_ids='describe')['name'] }} version "
-                "{{ ti.xcom_pull(task_ids='describe')['version'] }} to champion?",
+        "{{ ti.xcom_pull(task_ids='describe')['version'] }} to champion?",
         body="{{ ti.xcom_pull(task_ids='describe')['summary'] }}",
         response_timeout=timedelta(days=3),
         retries=0,
@@ -62,7 +64,7 @@ def promote_challenger():
 
     @task
     def promote(described: dict, approval: dict) -> dict:
-        return _call("promote_approved", described, approval)
+        return run_stage(approval_tasks.promote, described, approval)
 
     described >> approve
     promote(described, approve.output)

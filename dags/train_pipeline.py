@@ -1,7 +1,7 @@
 """train_pipeline: ingest -> validate -> preprocess -> tune -> train -> evaluate -> gate -> register -> promote.
 
-Thin wiring only: every task is a lazy import and one call into ``visionops.pipeline``. Nothing heavy
-is imported while Airflow parses this file.
+Thin wiring only: every task is one call to its adapter in ``visionops.pipeline.stages``, which
+imports its domain code only when the task runs: nothing heavy is imported while Airflow parses this file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from visionops_tasks import AnsweredApprovalOperator, call
+from visionops.pipeline import stages
+from visionops_tasks import AnsweredApprovalOperator, run_stage
 
 DOC = """
 ### Train an image classifier and promote it only when it earns it
@@ -35,12 +36,12 @@ Bad input (config, files, labels) fails the run without retries and names what i
 # A person has a day to answer; then "Reject" applies, so that a forgotten request does not hold the
 # next daily run (max_active_runs=1). promote_challenger can still ask for the version later.
 APPROVAL_TIMEOUT = timedelta(hours=23)
-default_args = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+default_args = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
 
-
-def _call(func: str, *args, **kwargs):
-    """One call into ``visionops.pipeline`` (lazy import; bad input fails without retries)."""
-    return call("pipeline", func, *args, **kwargs)
 
 @dag(
     dag_id="train_pipeline",
@@ -53,16 +54,38 @@ def _call(func: str, *args, **kwargs):
     tags=["visionops", "training", "mlflow"],
     default_args=default_args,
     params={
-        "config": Param("conf/digits.yaml", type="string", title="Config file",
-                        description="Pipeline config (YAML), relative to the project directory."),
-        "model": Param(None, type=["null", "string"], title="Model",
-                       description="Architecture name (overrides model.name), e.g. small_cnn or face_cnn."),
-        "max_epochs": Param(None, type=["null", "integer"], minimum=1, title="Max epochs",
-                            description="Upper bound on training epochs (overrides train.max_epochs)."),
-        "n_trials": Param(None, type=["null", "integer"], minimum=0, title="Tuning trials",
-                          description="Optuna trials; 0 skips tuning (overrides tune.n_trials)."),
-        "overrides": Param({}, type="object", title="Other overrides",
-                           description='Dotted config keys, e.g. {"gate.min_accuracy": 0.95}.'),
+        "config": Param(
+            "conf/digits.yaml",
+            type="string",
+            title="Config file",
+            description="Pipeline config (YAML), relative to the project directory.",
+        ),
+        "model": Param(
+            None,
+            type=["null", "string"],
+            title="Model",
+            description="Architecture name (overrides model.name), e.g. small_cnn or face_cnn.",
+        ),
+        "max_epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Max epochs",
+            description="Upper bound on training epochs (overrides train.max_epochs).",
+        ),
+        "n_trials": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            title="Tuning trials",
+            description="Optuna trials; 0 skips tuning (overrides tune.n_trials).",
+        ),
+        "overrides": Param(
+            {},
+            type="object",
+            title="Other overrides",
+            description='Dotted config keys, e.g. {"gate.min_accuracy": 0.95}.',
+        ),
     },
 )
 def train_pipeline():
@@ -71,61 +94,64 @@ def train_pipeline():
         context = get_current_context()
         conf = context["dag_run"].conf or {}
         # request_id is not a form field: the CLI sets it to find its run in MLflow afterwards.
-        params = {**context["params"], **({"request_id": conf["request_id"]} if "request_id" in conf else {})}
-        return _call("start", params, dag_id=context["dag"].dag_id, airflow_run_id=context["run_id"])
+        params = {
+            **context["params"],
+            **({"request_id": conf["request_id"]} if "request_id" in conf else {}),
+        }
+        return run_stage(
+            stages.start, params, dag_id=context["dag"].dag_id, airflow_run_id=context["run_id"]
+        )
 
     @task
     def ingest(ctx: dict) -> dict:
-        return _call("ingest", ctx)
+        return run_stage(stages.ingest, ctx)
 
     @task
     def validate(ctx: dict, ingested: dict) -> dict:
-        return _call("validate", ctx, ingested)
+        return run_stage(stages.validate, ctx, ingested)
 
     @task
     def preprocess(ctx: dict, ingested: dict, validated: dict) -> dict:
-        return _call("preprocess", ctx, ingested)
+        return run_stage(stages.preprocess, ctx, ingested)
 
     @task
     def tune_plan(ctx: dict, preprocessed: dict) -> list:
-        return _call("tune_plan", ctx, preprocessed)
+        return run_stage(stages.tune_plan, ctx, preprocessed)
 
     # One mapped instance per item of tune_plan's list (tune.workers of them), all sharing one study.
     @task
     def tune_worker(ctx: dict, preprocessed: dict, item: dict) -> dict:
-        return _call("tune_worker", ctx, preprocessed, item)
+        return run_stage(stages.tune_worker, ctx, preprocessed, item)
 
     @task
     def tune(ctx: dict, workers: list) -> dict:
-        return _call("tune_reduce", ctx, list(workers))
+        return run_stage(stages.tune_reduce, ctx, list(workers))
 
     @task
     def train(ctx: dict, preprocessed: dict, tuned: dict) -> dict:
-        return _call("train", ctx, preprocessed, tuned)
+        return run_stage(stages.train, ctx, preprocessed, tuned)
 
     @task
     def evaluate(ctx: dict, preprocessed: dict, trained: dict) -> dict:
-        return _call("evaluate", ctx, preprocessed, trained)
+        return run_stage(stages.evaluate, ctx, preprocessed, trained)
 
     @task
     def gate(ctx: dict, evaluated: dict) -> dict:
-        return _call("gate", ctx, evaluated)
+        return run_stage(stages.gate, ctx, evaluated)
 
     @task
     def register(ctx: dict, trained: dict, evaluated: dict, decision: dict) -> dict:
-        return _call("register", ctx, trained, evaluated, decision)
+        return run_stage(stages.register, ctx, trained, evaluated, decision)
 
     @task.branch
     def decide(decision: dict, registered: dict) -> str:
-        from visionops.pipeline import next_step
-
-        return next_step(decision, registered)
+        return run_stage(stages.next_step, decision, registered)
 
     # Reached only when the branch chose it (gate.require_approval); "Reject" skips promote.
     approve = AnsweredApprovalOperator(
         task_id="approve",
         subject="Promote {{ ti.xcom_pull(task_ids='register')['model_name'] }} version "
-                "{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
+        "{{ ti.xcom_pull(task_ids='register')['version'] }} to champion?",
         body="{{ ti.xcom_pull(task_ids='register')['review'] }}",
         defaults=["Reject"],
         response_timeout=APPROVAL_TIMEOUT,
@@ -136,17 +162,17 @@ def train_pipeline():
     @task(trigger_rule="none_failed_min_one_success")
     def promote(ctx: dict, registered: dict, evaluated: dict) -> dict:
         answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
-        return _call("promote", ctx, registered, evaluated, answer)
+        return run_stage(stages.promote, ctx, registered, evaluated, answer)
 
     @task
     def reject(ctx: dict, registered: dict, decision: dict) -> dict:
-        return _call("reject", ctx, registered, decision)
+        return run_stage(stages.reject, ctx, registered, decision)
 
     # none_failed: also after a person rejected (approve skipped promote, and reject was not chosen).
     @task(trigger_rule="none_failed")
     def finish(ctx: dict, registered: dict) -> dict:
         answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
-        return _call("finish", ctx, registered, answer)
+        return run_stage(stages.finish, ctx, registered, answer)
 
     ctx = start()
     ingested = ingest(ctx)

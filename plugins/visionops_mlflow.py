@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 
+from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import RedirectResponse
-
-from airflow.plugins_manager import AirflowPlugin
 
 ROUTE = "/visionops"
 
@@ -24,18 +23,22 @@ def mlflow_ui_url() -> str:
     return os.environ.get("VISIONOPS_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
 
 
-app = FastAPI(title="visionops links", description="Redirects from Airflow objects to MLflow pages.")
+app = FastAPI(
+    title="visionops links", description="Redirects from Airflow objects to MLflow pages."
+)
 
 
 @app.get("/mlflow-run")
 def mlflow_run(dag_id: str, run_id: str) -> RedirectResponse:
     """Redirect to the MLflow parent run of an Airflow DAG run."""
-    from visionops.tracking import configure, find_run_for_airflow
+    from visionops.core.tracking import configure, find_run_for_airflow
 
     configure()
     found = find_run_for_airflow(dag_id, run_id)
     if found is None:
-        raise HTTPException(404, f"no MLflow run is tagged with DAG {dag_id!r} and run {run_id!r} (yet)")
+        raise HTTPException(
+            404, f"no MLflow run is tagged with DAG {dag_id!r} and run {run_id!r} (yet)"
+        )
     experiment_id, parent_run_id = found
     return RedirectResponse(f"{mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{parent_run_id}")
 
@@ -45,6 +48,9 @@ class VisionopsMlflowPlugin(AirflowPlugin):
     fastapi_apps = [{"app": app, "url_prefix": ROUTE, "name": "visionops links"}]
     external_views = [
         {"name": "MLflow", "href": mlflow_ui_url(), "destination": "nav", "category": "browse"},
-        {"name": "MLflow run", "href": f"{ROUTE}/mlflow-run?dag_id={{DAG_ID}}&run_id={{RUN_ID}}",
-         "destination": "dag_run"},
+        {
+            "name": "MLflow run",
+            "href": f"{ROUTE}/mlflow-run?dag_id={{DAG_ID}}&run_id={{RUN_ID}}",
+            "destination": "dag_run",
+        },
     ]

@@ -1,27 +1,28 @@
 """Shared by the DAG files: how a task calls into visionops (in plugins/, which Airflow puts on sys.path).
 
-The import of the domain module happens inside the task, never at parse time; bad input
-(``visionops.errors.InputError``) fails the task at once, since a retry cannot fix it.
+A task names its adapter directly (``run_stage(stages.ingest, ctx)``), so that a reader or an editor
+can follow it to its code; the adapters import their domain modules only when they run, never at
+parse time. Bad input (``visionops.core.errors.InputError``, which includes a contract mismatch)
+fails the task at once, since a retry cannot fix it.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 
-def call(module: str, func: str, *args: Any, **kwargs: Any) -> Any:
-    """Run ``visionops.<module>.<func>(*args, **kwargs)`` inside a task."""
-    from visionops.errors import InputError
+def run_stage(adapter: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a ``visionops.pipeline`` adapter inside a task; bad input fails it without retries."""
+    from visionops.core.errors import InputError
 
-    target = getattr(import_module(f"visionops.{module}"), func)
     try:
-        return target(*args, **kwargs)
+        return adapter(*args, **kwargs)
     except InputError as exc:
-        raise AirflowFailException(f"{func}: {exc}") from exc
+        raise AirflowFailException(f"{adapter.__name__}: {exc}") from exc
 
 
 class AnsweredApprovalOperator(ApprovalOperator):
@@ -32,7 +33,10 @@ class AnsweredApprovalOperator(ApprovalOperator):
     """
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        answer = {key: (value.isoformat() if hasattr(value, "isoformat") else value)
-                  for key, value in event.items() if key in ("chosen_options", "responded_by_user", "responded_at")}
+        answer = {
+            key: (value.isoformat() if hasattr(value, "isoformat") else value)
+            for key, value in event.items()
+            if key in ("chosen_options", "responded_by_user", "responded_at")
+        }
         context["ti"].xcom_push(key="answer", value=answer)
         return super().execute_complete(context, event)

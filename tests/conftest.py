@@ -1,4 +1,12 @@
-"""Test-wide isolation: Airflow, MLflow and visionops state live in a temporary folder, never in the repo."""
+"""Test-wide isolation: Airflow, MLflow and visionops state live in a temporary folder, never in the repo.
+
+The tiers: tests/unit/ (no server, database or process: its conftest enforces it), tests/data/ (the
+validation suite on good and broken data), tests/dags/ (DAG parsing), tests/integration/ (MLflow
+stores and servers, PostgreSQL, Airflow runs, subprocesses; marked ``integration``) and tests/e2e/
+(whole pipeline runs; marked ``e2e``). The fixtures here serve several tiers or folders: the per-test
+home (all), a module's MLflow store (integration, and the data tests marked integration), the Yale
+faces (unit and integration), a PostgreSQL database and the project's MLflow server.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +20,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from testkit import free_port, stop_process_group
+
+from testkit import YALE, free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,11 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="visionops-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_SESSION_HOME / "airflow")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
-os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")  # on sys.path: the DAGs import from it
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(
+    REPO / "plugins"
+)  # on sys.path: the DAGs import from it
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("VISIONOPS_HOME", str(_SESSION_HOME / "visionops"))
-os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_HOME / 'visionops' / 'mlflow.db'}")
+os.environ.setdefault(
+    "MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_HOME / 'visionops' / 'mlflow.db'}"
+)
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
@@ -44,6 +58,36 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def _isolated_home(isolated_home: Path) -> Path:
+    """Every test, in every tier, gets its own VISIONOPS_HOME, so nothing lands in the repository's .visionops/.
+
+    Fixtures of a wider scope (a module's MLflow store, the e2e homes) are set up before it, in the
+    home they chose themselves.
+    """
+    return isolated_home
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temporary SQLite tracking store and registry for one test module (creating it takes seconds)."""
+    import mlflow
+    from visionops.core import tracking
+
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONOPS_HOME", str(root / "home"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        uri = tracking.configure()
+        assert uri == f"sqlite:///{root}/mlflow.db"
+        try:
+            yield root
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+
+
 @pytest.fixture()
 def postgres_url() -> Iterator[str]:
     """A fresh database on the local PostgreSQL (127.0.0.1:5432), dropped afterwards.
@@ -53,10 +97,14 @@ def postgres_url() -> Iterator[str]:
     try:
         import psycopg2
 
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+        admin = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        )
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "no PostgreSQL here"
         if os.environ.get("VISIONOPS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"VISIONOPS_REQUIRE_POSTGRES=1 but PostgreSQL at 127.0.0.1:5432 does not answer: {exc}")
+            pytest.fail(
+                f"VISIONOPS_REQUIRE_POSTGRES=1 but PostgreSQL at 127.0.0.1:5432 does not answer: {exc}"
+            )
         pytest.skip(f"no PostgreSQL answers at 127.0.0.1:5432 ({exc})")
     admin.autocommit = True
     name = f"visionops_test_{uuid.uuid4().hex[:10]}"
@@ -86,23 +134,38 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         port = free_port()
         folder = tmp_path / f"mlflow-server-{port}"
         folder.mkdir()
-        env = {**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "artifacts"),
-               "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
-               "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        env = {
+            **os.environ,
+            "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "MLFLOW_BACKEND_STORE_URI": backend_uri,
+            "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "artifacts"),
+            "MLFLOW_HOST": "127.0.0.1",
+            "MLFLOW_PORT": str(port),
+            "MLFLOW_WORKERS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+        }
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_SERVER_ALLOWED_HOSTS"):
             env.pop(key, None)
         log = folder / "server.log"
         with log.open("wb") as handle:
-            server = subprocess.Popen([str(REPO / "mlflow" / "start.sh")], cwd=folder, env=env,
-                                      stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            server = subprocess.Popen(
+                [str(REPO / "mlflow" / "start.sh")],
+                cwd=folder,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started.append(server)
         base_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                pytest.fail(f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}")
+                pytest.fail(
+                    f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
                     if response.status == 200:
@@ -117,3 +180,42 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     finally:
         for server in started:
             stop_process_group(server)
+
+
+@pytest.fixture(scope="session")
+def yale() -> dict[str, Any]:
+    """Chips (dlib-aligned, via the faces module's photo_to_face) and embeddings of every distinct photo.
+
+    The Yale faces (``testkit.YALE``), for the unknown-people tests of tests/unit and tests/integration
+    (computing them takes half a minute: once per session). Its users skip when the data set is absent.
+    """
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from visionops.core.config import FacesConfig
+    from visionops.data.embeddings import embed_chips
+    from visionops.data.faces import face_settings, photo_to_face
+
+    settings = face_settings(FacesConfig(enabled=True))
+    rows, seen = [], set()
+    for rec in pd.read_csv(YALE / "labels.csv").to_dict("records"):
+        data = (YALE / rec["path"]).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:  # byte-identical copies (normal = noglasses) would sit in train and test
+            continue
+        seen.add(digest)
+        face = photo_to_face(np.asarray(Image.open(YALE / rec["path"]).convert("RGB")), settings)
+        if face.chip is not None:
+            rows.append((rec["path"], rec["label"], face.chip))
+    paths, labels, chips = zip(*rows)
+    chips = np.stack(chips)
+    return {
+        "paths": list(paths),
+        "labels": np.asarray(labels),
+        "chips": chips,
+        "emb": embed_chips(chips),
+        "settings": settings,
+    }

@@ -2,6 +2,9 @@
 
 ``left_right``: the two-class "bright left half / bright right half" images, separable by a tiny
 CNN in a few steps; mirroring swaps the classes (which the test-time augmentation tests rely on).
+``tuning_config`` and ``run_tuning``: a small tuning setup on them, for the unit and the integration
+tuning tests. ``YALE`` and ``yale_fold``: the Yale faces and one cross-validation fold of the unknown-people
+tests (the ``yale`` fixture of tests/conftest.py loads the photos).
 ``free_port`` and ``stop_process_group``: for the servers a test starts; ``model_server`` runs
 ``mlflow models serve`` on a registered model and ``post_json`` sends it a request.
 """
@@ -23,6 +26,11 @@ from typing import Any
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+YALE = (
+    REPO.parent / "shared" / "datasets" / "yalefaces"
+)  # not shipped; tests that need it skip without it
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -30,7 +38,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def left_right(n: int, seed: int, size: int = 8, *, noise: int = 40, bright: int = 200) -> tuple[np.ndarray, np.ndarray]:
+def left_right(
+    n: int, seed: int, size: int = 8, *, noise: int = 40, bright: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``(n, 1, size, size)`` images and int64 labels: class 0 bright on the left half, 1 on the right."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
@@ -46,6 +56,37 @@ def left_right_split(n: int, seed: int, size: int = 8, *, noise: int = 60, brigh
     from visionops.data.preprocess import Split
 
     return Split(*left_right(n, seed, size, noise=noise, bright=bright))
+
+
+def tuning_config(**overrides: Any):  # noqa: ANN201 - a visionops PipelineConfig
+    """The pipeline's defaults, small: 8x8 images, batches of 16, on the CPU, 4 trials of 3 epochs."""
+    from visionops.core.config import PipelineConfig, build_config
+
+    base = {
+        "data.image_size": 8,
+        "train.batch_size": 16,
+        "train.device": "cpu",
+        "tune.n_trials": 4,
+        "tune.epochs_per_trial": 3,
+    }
+    return build_config(PipelineConfig().to_dict(), {**base, **overrides})
+
+
+def run_tuning(cfg: Any, storage: Any, name: str, tuning_run_id: str | None = None, n: int = 64):  # noqa: ANN201
+    """``run_study`` on ``n`` training and 32 validation images of ``left_right_split``."""
+    from visionops.tuning import run_study
+
+    return run_study(
+        cfg,
+        left_right_split(n, 0),
+        left_right_split(32, 1),
+        mean=[0.3],
+        std=[0.3],
+        num_classes=2,
+        storage=storage,
+        study_name=name,
+        tuning_run_id=tuning_run_id,
+    )
 
 
 def stop_process_group(server: subprocess.Popen) -> None:
@@ -64,17 +105,35 @@ def stop_process_group(server: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def model_server(model_uri: str, workdir: Path, env: dict[str, str] | None = None,
-                 timeout_s: float = 180) -> Iterator[int]:
+def model_server(
+    model_uri: str, workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 180
+) -> Iterator[int]:
     """``mlflow models serve`` (local environment) on a free port, ready when ``/ping`` answers; yields the port."""
     port = free_port()
     env = dict(env or os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log_path = workdir / "serve.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + timeout_s
             while True:
@@ -85,7 +144,9 @@ def model_server(model_uri: str, workdir: Path, env: dict[str, str] | None = Non
                 except OSError:
                     pass
                 assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"mlflow models serve did not answer /ping in {timeout_s} s"
+                assert time.monotonic() < deadline, (
+                    f"mlflow models serve did not answer /ping in {timeout_s} s"
+                )
                 time.sleep(1)
             yield port
         finally:
@@ -94,7 +155,76 @@ def model_server(model_uri: str, workdir: Path, env: dict[str, str] | None = Non
 
 def post_json(port: int, body: dict[str, Any], timeout_s: float = 120) -> list[dict[str, Any]]:
     """POST ``body`` to a model server's ``/invocations``; its ``predictions``."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         return json.loads(resp.read())["predictions"]
+
+
+def yale_fold(yale: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
+    """One fold of the unknown-people tests: ``strangers`` held out of training, the rest enrolled.
+
+    The ``face_embedding`` head trained on the enrolled people's train split, the unknown threshold
+    chosen on their val split, and the answers for their test photos and for the strangers' photos.
+    """
+    import torch
+
+    from visionops.data.preprocess import Split, stratified_split
+    from visionops.models import build_model
+    from visionops.serving.unknown import (
+        UNKNOWN,
+        choose_threshold,
+        distance_scores,
+        nearest_distance,
+        unknown_mask,
+    )
+    from visionops.training.engine import fit
+
+    labels, emb = yale["labels"], yale["emb"]
+    known = ~np.isin(labels, strangers)
+    names = sorted(set(labels[known]))
+    idx = np.flatnonzero(known)
+    split = stratified_split(labels[idx].tolist(), 0.15, 0.15, seed=42)
+    part = {s: idx[split == s] for s in ("train", "val", "test")}
+    y = {s: np.asarray([names.index(lb) for lb in labels[part[s]]]) for s in part}
+    torch.manual_seed(0)
+    head = build_model(
+        "face_embedding", in_channels=128, image_size=1, num_classes=len(names), dropout=0.1
+    )
+    result = fit(
+        head,
+        Split(emb[part["train"]], y["train"]),
+        Split(emb[part["val"]], y["val"]),
+        max_epochs=40,
+        batch_size=32,
+        learning_rate=1e-2,
+        weight_decay=1e-4,
+        patience=40,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    # As the train stage chooses it (training.packaging.served_extras), with the default quantile.
+    scores = distance_scores(emb[part["train"]], y["train"], emb[part["val"]], y["val"])
+    threshold = choose_threshold("auto", None, scores, "distance")
+    enrolled = np.concatenate([emb[part["train"]], emb[part["val"]]])
+
+    def answer(rows: np.ndarray) -> list[str]:
+        with torch.no_grad():
+            best = result.model(torch.from_numpy(emb[rows])).argmax(1).numpy()
+        far = unknown_mask(nearest_distance(emb[rows], enrolled)[0], threshold, "distance")
+        return [UNKNOWN if f else names[b] for f, b in zip(far, best)]
+
+    return {
+        "names": names,
+        "part": part,
+        "y": y,
+        "model": result.model,
+        "threshold": threshold,
+        "enrolled": enrolled,
+        "test_answers": answer(part["test"]),
+        "stranger_rows": np.flatnonzero(~known),
+        "stranger_answers": answer(np.flatnonzero(~known)),
+    }

@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def plugin_module():
-    spec = importlib.util.spec_from_file_location("visionops_mlflow", REPO / "plugins" / "visionops_mlflow.py")
+    spec = importlib.util.spec_from_file_location(
+        "visionops_mlflow", REPO / "plugins" / "visionops_mlflow.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -27,22 +29,31 @@ def test_plugin_declares_views_and_app(plugin_module):
     assert plugin.fastapi_apps[0]["url_prefix"] == plugin_module.ROUTE
 
 
+@pytest.mark.integration  # a parent run in an MLflow (SQLite) store
 def test_mlflow_run_link_redirects_to_the_parent_run(plugin_module, tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from visionops import tracking
+    from visionops.core import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("VISIONOPS_MLFLOW_UI_URL", "http://mlflow.example:5000/")
     tracking.configure()
     exp = tracking.experiment_id("links")
-    parent = tracking.start_parent_run(exp, "train_pipeline/manual__1", {"visionops.dag_id": "train_pipeline"})
+    parent = tracking.start_parent_run(
+        exp, "train_pipeline/manual__1", {"visionops.dag_id": "train_pipeline"}
+    )
     client = TestClient(plugin_module.app)
-    ok = client.get("/mlflow-run", params={"dag_id": "train_pipeline", "run_id": "manual__1"},
-                    follow_redirects=False)
+    ok = client.get(
+        "/mlflow-run",
+        params={"dag_id": "train_pipeline", "run_id": "manual__1"},
+        follow_redirects=False,
+    )
     assert ok.status_code == 307
     assert ok.headers["location"] == f"http://mlflow.example:5000/#/experiments/{exp}/runs/{parent}"
-    missing = client.get("/mlflow-run", params={"dag_id": "train_pipeline", "run_id": "manual__2"},
-                         follow_redirects=False)
+    missing = client.get(
+        "/mlflow-run",
+        params={"dag_id": "train_pipeline", "run_id": "manual__2"},
+        follow_redirects=False,
+    )
     assert missing.status_code == 404
     assert "manual__2" in missing.json()["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_dag_folder_imports_without_errors(dagbag):
     assert "train_pipeline" in dagbag.dag_ids
 
 
+@pytest.mark.integration  # each DAG file parsed in a fresh interpreter (subprocess)
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in (REPO / "dags").glob("*.py")))
 def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
     code = (
@@ -39,15 +41,32 @@ def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
         "print('loaded=' + ','.join(loaded))\n"
     )
     env = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "loaded=", f"{dag_file} imports at parse time: {out.stdout}"
+    assert out.stdout.strip().splitlines()[-1] == "loaded=", (
+        f"{dag_file} imports at parse time: {out.stdout}"
+    )
 
 
 def test_task_graph_is_the_expected_chain(dag):
     expected = {
-        "start": {"ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune", "train", "evaluate", "gate", "register",
-                  "promote", "reject", "finish"},
+        "start": {
+            "ingest",
+            "validate",
+            "preprocess",
+            "tune_plan",
+            "tune_worker",
+            "tune",
+            "train",
+            "evaluate",
+            "gate",
+            "register",
+            "promote",
+            "reject",
+            "finish",
+        },
         "ingest": {"validate", "preprocess"},
         "validate": {"preprocess"},
         "preprocess": {"tune_plan", "tune_worker", "train", "evaluate"},
@@ -67,14 +86,32 @@ def test_task_graph_is_the_expected_chain(dag):
     assert set(dag.task_ids) == set(expected)
     for task_id, downstream in expected.items():
         assert dag.get_task(task_id).downstream_task_ids == downstream, task_id
-    order = ["start", "ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune", "train", "evaluate", "gate", "register", "decide"]
+    order = [
+        "start",
+        "ingest",
+        "validate",
+        "preprocess",
+        "tune_plan",
+        "tune_worker",
+        "tune",
+        "train",
+        "evaluate",
+        "gate",
+        "register",
+        "decide",
+    ]
     for earlier, later in zip(order, order[1:]):
-        assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False), (earlier, later)
+        assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False), (
+            earlier,
+            later,
+        )
 
 
 def test_tuning_workers_are_dynamically_mapped(dag):
     worker = dag.get_task("tune_worker")
-    assert type(worker).__name__.endswith("MappedOperator")  # N instances, N from tune_plan's list at run time
+    assert type(worker).__name__.endswith(
+        "MappedOperator"
+    )  # N instances, N from tune_plan's list at run time
     assert set(worker.upstream_task_ids) == {"start", "preprocess", "tune_plan"}
 
 
@@ -97,17 +134,31 @@ def test_approval_step_asks_with_the_decision_and_rejects_by_default(dag):
     assert "xcom_pull(task_ids='register')['review']" in approve.body
     assert approve.defaults == ["Reject"] and approve.response_timeout is not None
     assert approve.retries == 0  # asking again would send a second request to the person
-    assert approve.ignore_downstream_trigger_rules is False  # Reject skips promote only; finish records it
+    assert (
+        approve.ignore_downstream_trigger_rules is False
+    )  # Reject skips promote only; finish records it
 
 
-@pytest.mark.parametrize(("passed", "require_approval", "step"), [
-    (True, False, "promote"), (True, True, "approve"), (False, True, "reject"), (False, False, "reject")])
+@pytest.mark.parametrize(
+    ("passed", "require_approval", "step"),
+    [
+        (True, False, "promote"),
+        (True, True, "approve"),
+        (False, True, "reject"),
+        (False, False, "reject"),
+    ],
+)
 def test_branch_choice(passed: bool, require_approval: bool, step: str) -> None:
-    from visionops.gate import GateDecision
-    from visionops.pipeline import next_step
+    from visionops.core.contracts import GateDecision, Registered
+    from visionops.pipeline.stages import next_step
 
-    decision = GateDecision(passed=passed, reasons=["r"], metrics={"accuracy": 0.9, "macro_f1": 0.9}).to_dict()
-    assert next_step(decision, {"require_approval": require_approval}) == step
+    decision = GateDecision(
+        passed=passed, reasons=["r"], metrics={"accuracy": 0.9, "macro_f1": 0.9}
+    ).to_dict()
+    registered = Registered(
+        model_name="m", version="1", passed=passed, require_approval=require_approval, review=""
+    ).to_dict()
+    assert next_step(decision, registered) == step
 
 
 def test_schedule_docs_tags_retries_and_params(dag):
@@ -119,17 +170,68 @@ def test_schedule_docs_tags_retries_and_params(dag):
     params = dag.params
     for name in ("config", "model", "max_epochs", "n_trials", "overrides"):
         assert name in params, name
-        assert params.get_param(name).description, f"param {name} has no description for the trigger form"
+        assert params.get_param(name).description, (
+            f"param {name} has no description for the trigger form"
+        )
     assert params["config"] == "conf/digits.yaml"
 
 
-def test_task_bodies_call_into_the_pipeline_module(dag):
-    """Rule 1: every stage task is one call into visionops.pipeline, which has a function per stage."""
-    source = (REPO / "dags" / "train_pipeline.py").read_text()
-    assert 'call("pipeline", func' in source
-    import visionops.pipeline as pipeline
+def _adapters_called(dag_file: str, module: str) -> list[str]:
+    """The ``run_stage(<module>.<adapter>, ...)`` calls of a DAG file's task bodies, in order."""
+    tree = ast.parse((REPO / "dags" / dag_file).read_text())
+    return [
+        call.args[0].attr
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and getattr(call.func, "id", None) == "run_stage"
+        and isinstance(call.args[0], ast.Attribute)
+        and getattr(call.args[0].value, "id", None) == module
+    ]
 
-    for task_id in ("start", "ingest", "validate", "preprocess", "tune_plan", "tune_worker", "tune_reduce",
-                    "train", "evaluate", "gate", "register", "promote", "reject", "finish"):
-        assert callable(getattr(pipeline, task_id)), task_id
-        assert f'_call("{task_id}"' in source, task_id
+
+@pytest.mark.parametrize(
+    ("dag_file", "module", "tasks"),
+    [
+        (
+            "train_pipeline.py",
+            "stages",
+            (
+                "start",
+                "ingest",
+                "validate",
+                "preprocess",
+                "tune_plan",
+                "tune_worker",
+                "tune_reduce",
+                "train",
+                "evaluate",
+                "gate",
+                "register",
+                "next_step",
+                "promote",
+                "reject",
+                "finish",
+            ),
+        ),
+        ("batch_predict.py", "batch", ("resolve", "score")),
+        ("promote_challenger.py", "approval_tasks", ("describe", "promote")),
+    ],
+)
+def test_task_bodies_reference_their_adapters(
+    dag_file: str, module: str, tasks: tuple[str, ...]
+) -> None:
+    """Rule 1: every task body is one call to an adapter in visionops.pipeline, named directly (no string
+    dispatch), and each adapter exists and validates its contracts."""
+    import importlib
+
+    source = (REPO / "dags" / dag_file).read_text()
+    assert "call(" not in source.replace("run_stage(", "")  # no string dispatch left
+    called = _adapters_called(dag_file, module)
+    assert sorted(called) == sorted(tasks)
+    pipeline_module = {"stages": "stages", "batch": "batch", "approval_tasks": "approval"}[module]
+    adapters = importlib.import_module(f"visionops.pipeline.{pipeline_module}")
+    for name in called:
+        adapter = getattr(adapters, name)
+        assert callable(adapter) and hasattr(adapter, "__wrapped__"), (
+            f"{name} is not a stage adapter"
+        )

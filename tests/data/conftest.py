@@ -1,4 +1,5 @@
-"""Data-test fixtures: isolated state per test, and a corpus of real (good and broken) image files."""
+"""Data-test fixtures: a corpus of real (good and broken) image files, and an MLflow store for the
+tests marked ``integration`` (each test's own VISIONOPS_HOME comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,26 +15,9 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SQLite tracking store and registry for the module (creating one takes seconds)."""
-    import mlflow
-
-    from visionops import tracking
-
-    root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        tracking.configure()
-        yield root
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(isolated_home: Path) -> Path:
-    """Own VISIONOPS_HOME and data root per test: catalogs, downloads and crops land in tmp_path."""
-    return isolated_home
+def store(mlflow_store: Path) -> Path:
+    """The module's SQLite tracking store and registry (``mlflow_store``, tests/conftest.py)."""
+    return mlflow_store
 
 
 def textured(seed: int, size: int = 32) -> np.ndarray:
@@ -52,12 +36,19 @@ def save(path: Path, pixels: np.ndarray | Image.Image, fmt: str | None = None, *
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header (with a valid CRC) claims ``width`` x ``height`` but holds almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
@@ -69,4 +60,6 @@ def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
 @pytest.fixture()
 def corpus() -> SimpleNamespace:
     """The helpers above, for test modules (conftest modules are not imported by name)."""
-    return SimpleNamespace(textured=textured, save=save, png_claiming=png_claiming, jpeg_bytes=jpeg_bytes)
+    return SimpleNamespace(
+        textured=textured, save=save, png_claiming=png_claiming, jpeg_bytes=jpeg_bytes
+    )

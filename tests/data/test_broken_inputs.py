@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from visionops.config import ValidateConfig
+from visionops.core.config import ValidateConfig
 from visionops.data.ingest import build_manifest, inspect_image
 from visionops.data.preprocess import load_image
 from visionops.data.sources import Item, SourceError, list_csv, list_imagefolder
@@ -69,7 +69,9 @@ def test_undecodable_files_are_errors_naming_each(clean, tmp_path: Path, corpus)
     assert issue.severity == "error"
     assert _paths(issue) == {str(p) for p in broken}
     observed = {Path(row["path"]).name: row["observed"] for row in issue.offending}
-    assert "DecompressionBombError" in observed["bomb.png"] and "10000000000" in observed["bomb.png"]
+    assert (
+        "DecompressionBombError" in observed["bomb.png"] and "10000000000" in observed["bomb.png"]
+    )
     assert "UnidentifiedImageError" in observed["text.png"]
     summary = report.summary()
     assert all(str(p) in summary for p in broken) and "ERROR" in summary
@@ -79,7 +81,9 @@ def test_pil_bomb_limit_does_not_decide_alone(tmp_path: Path, corpus) -> None:
     path = tmp_path / "big.png"
     corpus.save(path, np.zeros((64, 64), np.uint8))
     assert inspect_image(str(path), max_pixels=64 * 64)["decode_error"] is None
-    assert "DecompressionBombError" in inspect_image(str(path), max_pixels=64 * 64 - 1)["decode_error"]
+    assert (
+        "DecompressionBombError" in inspect_image(str(path), max_pixels=64 * 64 - 1)["decode_error"]
+    )
 
 
 def test_one_pixel_image_is_out_of_bounds(clean, tmp_path: Path, corpus) -> None:
@@ -100,7 +104,9 @@ def test_cmyk_rgba_and_16_bit_modes(clean, tmp_path: Path, corpus, convert: bool
         "deep.png": Image.fromarray(grey.astype(np.uint16) * 257),
     }
     paths = [corpus.save(tmp_path / "src" / "b" / name, img) for name, img in odd.items()]
-    report = _check([*clean, *(Item(str(p), "b") for p in paths)], tmp_path, modes=["L"], convert_modes=convert)
+    report = _check(
+        [*clean, *(Item(str(p), "b") for p in paths)], tmp_path, modes=["L"], convert_modes=convert
+    )
 
     (issue,) = _issues(report, "mode")
     assert {row["observed"] for row in issue.offending} == {"CMYK", "RGBA", "I;16"}
@@ -114,8 +120,12 @@ def test_cmyk_rgba_and_16_bit_modes(clean, tmp_path: Path, corpus, convert: bool
 
 def test_unknown_label_and_empty_declared_class(clean, tmp_path: Path, corpus) -> None:
     stray = corpus.save(tmp_path / "src" / "zebra" / "0.png", corpus.textured(500))
-    report = _check([*clean, Item(str(stray), "zebra")], tmp_path, classes=["a", "b", "c", "d"],
-                    min_images_per_class=1)
+    report = _check(
+        [*clean, Item(str(stray), "zebra")],
+        tmp_path,
+        classes=["a", "b", "c", "d"],
+        min_images_per_class=1,
+    )
     assert not report.success
     (labels,) = _issues(report, "label")
     assert labels.offending == [{"path": str(stray), "observed": "zebra"}]
@@ -123,7 +133,9 @@ def test_unknown_label_and_empty_declared_class(clean, tmp_path: Path, corpus) -
     assert count.offending == [{"label": "d", "observed": 0}]
 
 
-def test_empty_class_folder_is_not_a_class_but_a_declared_one_is_missing(tmp_path: Path, corpus) -> None:
+def test_empty_class_folder_is_not_a_class_but_a_declared_one_is_missing(
+    tmp_path: Path, corpus
+) -> None:
     for i in range(4):
         corpus.save(tmp_path / "f" / "a" / f"{i}.png", corpus.textured(i))
     (tmp_path / "f" / "empty").mkdir()
@@ -135,8 +147,10 @@ def test_empty_class_folder_is_not_a_class_but_a_declared_one_is_missing(tmp_pat
 
 
 def test_imbalance_is_a_warning_or_an_error_per_config(clean, tmp_path: Path, corpus) -> None:
-    extra = [Item(str(corpus.save(tmp_path / "src" / "a" / f"x{i}.png", corpus.textured(900 + i))), "a")
-             for i in range(8)]
+    extra = [
+        Item(str(corpus.save(tmp_path / "src" / "a" / f"x{i}.png", corpus.textured(900 + i))), "a")
+        for i in range(8)
+    ]
     warn = _check([*clean, *extra], tmp_path, max_imbalance=2.0)
     assert warn.success
     (issue,) = _issues(warn, "imbalance")
@@ -147,7 +161,9 @@ def test_imbalance_is_a_warning_or_an_error_per_config(clean, tmp_path: Path, co
     assert not err.success
 
 
-def _leak_setup(clean: list[Item], tmp_path: Path, corpus, copy_kind: str) -> tuple[list[Item], list[str], Path, Path]:
+def _leak_setup(
+    clean: list[Item], tmp_path: Path, corpus, copy_kind: str
+) -> tuple[list[Item], list[str], Path, Path]:
     items = list(clean)
     splits = (["train"] * 2 + ["val", "test"]) * 3
     original = Path(items[0].path)  # class a, train
@@ -156,14 +172,19 @@ def _leak_setup(clean: list[Item], tmp_path: Path, corpus, copy_kind: str) -> tu
         copy = tmp_path / "src" / "a" / "copy.png"
         copy.write_bytes(original.read_bytes())
     else:  # re-encoded at another size: a different file, the same picture
-        copy = corpus.save(tmp_path / "src" / "a" / "copy.jpg",
-                           np.asarray(Image.fromarray(pixels).resize((48, 48))), quality=70)
+        copy = corpus.save(
+            tmp_path / "src" / "a" / "copy.jpg",
+            np.asarray(Image.fromarray(pixels).resize((48, 48))),
+            quality=70,
+        )
     items[3] = Item(str(copy), "a")  # the test image of class a becomes the copy
     return items, splits, original, copy
 
 
 @pytest.mark.parametrize("copy_kind", ["exact", "near"])
-def test_copy_of_a_training_image_in_test_is_leakage(clean, tmp_path: Path, corpus, copy_kind: str) -> None:
+def test_copy_of_a_training_image_in_test_is_leakage(
+    clean, tmp_path: Path, corpus, copy_kind: str
+) -> None:
     items, splits, original, copy = _leak_setup(clean, tmp_path, corpus, copy_kind)
     rules = ValidateConfig(min_images_per_class=4, near_duplicate_bits=6)
     manifest = build_manifest(items)
@@ -173,7 +194,11 @@ def test_copy_of_a_training_image_in_test_is_leakage(clean, tmp_path: Path, corp
     assert leak.severity == "error"
     assert len(leak.offending) == 1
     row = leak.offending[0]
-    assert row["path"] == str(copy) and row["split"] == "test" and row["leaks_train_file"] == str(original)
+    assert (
+        row["path"] == str(copy)
+        and row["split"] == "test"
+        and row["leaks_train_file"] == str(original)
+    )
     assert row["dhash_bits"] <= 6
     assert row["observed"] <= 5.0  # mean pixel difference of the thumbnails
     assert str(original) in report.summary() and str(copy) in report.summary()
@@ -190,8 +215,11 @@ def test_manifest_paths_escaping_the_source_name_the_row(tmp_path: Path, corpus)
     corpus.save(base / "ok.png", corpus.textured(1))
     outside = corpus.save(tmp_path / "secret.png", corpus.textured(2))
     (base / "link.png").symlink_to(outside)
-    for row, needle in (("../secret.png", "'../secret.png'"), (str(outside), str(outside)),
-                        ("link.png", "'link.png'")):
+    for row, needle in (
+        ("../secret.png", "'../secret.png'"),
+        (str(outside), str(outside)),
+        ("link.png", "'link.png'"),
+    ):
         manifest = base / "m.csv"
         manifest.write_text(f"path,label\nok.png,a\n{row},a\n")
         with pytest.raises(SourceError, match="escapes") as info:
@@ -213,7 +241,9 @@ def test_face_service_csv_layout(tmp_path: Path, corpus) -> None:
     assert item.label == "Ada Lovelace" and item.path == str((tmp_path / "p" / "1.png").resolve())
 
 
-def test_incremental_reingest_reads_only_new_and_changed_files(clean, tmp_path: Path, corpus) -> None:
+def test_incremental_reingest_reads_only_new_and_changed_files(
+    clean, tmp_path: Path, corpus
+) -> None:
     first = build_manifest(clean, now=1000.0)
     assert first.attrs["reread"] == len(clean) and (first["first_seen"] == 1000.0).all()
 
@@ -234,4 +264,6 @@ def test_incremental_reingest_reads_only_new_and_changed_files(clean, tmp_path: 
     row = again.set_index("path").loc[str(changed)]
     assert row["sha256"] != first.set_index("path").loc[str(changed), "sha256"]
     assert build_manifest([*clean, added], previous=again).attrs["reread"] == 0
-    pd.testing.assert_frame_equal(build_manifest([*clean, added], previous=again, now=3000.0), again)
+    pd.testing.assert_frame_equal(
+        build_manifest([*clean, added], previous=again, now=3000.0), again
+    )

@@ -16,12 +16,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from visionops.config import FacesConfig
-from visionops.data.faces import (FaceResult, balance, check_class_losses, choose_face, crop_faces, face_settings,
-                                  faces_dir, photo_to_face, reason_kind)
+from visionops.core.config import FacesConfig
+from visionops.core.errors import InputError
+from visionops.data.faces import (
+    FaceResult,
+    balance,
+    check_class_losses,
+    choose_face,
+    crop_faces,
+    face_settings,
+    faces_dir,
+    photo_to_face,
+    reason_kind,
+)
 from visionops.data.ingest import build_manifest
 from visionops.data.sources import Item
-from visionops.errors import InputError
 
 data = pytest.importorskip("skimage.data")
 
@@ -54,20 +63,27 @@ def _photos(tmp_path: Path, astronaut: Image.Image, small: int) -> dict[str, Ite
 # dlib's HOG (upsample 1) does not search below ~40 px, where a face is "no face found": to see "too
 # small", the dlib case shrinks the photo to a ~45 px face and asks for 60.
 @pytest.mark.parametrize(("detector", "small", "min_face"), [("dlib", 256, 60), ("haar", 128, 40)])
-def test_crop_and_rejections(tmp_path: Path, astronaut: Image.Image, detector: str, small: int,
-                             min_face: int) -> None:
+def test_crop_and_rejections(
+    tmp_path: Path, astronaut: Image.Image, detector: str, small: int, min_face: int
+) -> None:
     items = _photos(tmp_path, astronaut, small)
     cfg = FacesConfig(enabled=True, detector=detector, min_face=min_face, size=96, balance="none")
     crops, report = crop_faces(build_manifest(list(items.values())), tmp_path / "faces", cfg)
 
     reasons = {Path(r["path"]).stem: r["reason"] for r in report["rejected"]}
     assert reasons["two"] == f"several faces (2 of at least {min_face} px)"
-    assert reasons["small"].startswith("face too small (") and f"< faces.min_face={min_face}" in reasons["small"]
+    assert (
+        reasons["small"].startswith("face too small (")
+        and f"< faces.min_face={min_face}" in reasons["small"]
+    )
     assert reasons["none"] == "no face found"
     assert set(crops["source_path"]) == {items["one"].path, items["given"].path}
     assert report == {**report, "photos": 5, "faces": 2, "cached": 0}
-    assert report["per_class"]["eileen"] == {"photos": 5, "kept": 2, "lost": {
-        "several faces": 1, "face too small": 1, "no face found": 1}}
+    assert report["per_class"]["eileen"] == {
+        "photos": 5,
+        "kept": 2,
+        "lost": {"several faces": 1, "face too small": 1, "no face found": 1},
+    }
     for path in crops["path"]:
         with Image.open(path) as img:
             assert img.size == (96, 96) and img.mode == "RGB"
@@ -81,7 +97,9 @@ def test_crop_and_rejections(tmp_path: Path, astronaut: Image.Image, detector: s
     assert abs(crops["roll_deg"]).max() < 20
 
     again, report2 = crop_faces(build_manifest(list(items.values())), tmp_path / "faces", cfg)
-    assert report2["cached"] == 5 and again["path"].tolist() == crops["path"].tolist()  # nothing re-detected
+    assert (
+        report2["cached"] == 5 and again["path"].tolist() == crops["path"].tolist()
+    )  # nothing re-detected
     json.dumps(report2)  # the report is written as ingest_report.json
 
 
@@ -91,10 +109,14 @@ def test_photo_to_face_interface(astronaut: Image.Image) -> None:
     assert settings["size"] == 150 and settings["margin"] == 0.25 and settings["detector"] == "dlib"
     face = photo_to_face(np.asarray(astronaut), settings)
     assert isinstance(face, FaceResult) and face.reason is None
-    assert face.chip is not None and face.chip.shape == (150, 150, 3) and face.chip.dtype == np.uint8
+    assert (
+        face.chip is not None and face.chip.shape == (150, 150, 3) and face.chip.dtype == np.uint8
+    )
     x1, y1, x2, y2 = face.box
     assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 180
-    grey = photo_to_face(np.asarray(astronaut.convert("L")), settings)  # grey photos are accepted too
+    grey = photo_to_face(
+        np.asarray(astronaut.convert("L")), settings
+    )  # grey photos are accepted too
     assert grey.reason is None and grey.chip.shape == (150, 150, 3)
     with pytest.raises(InputError, match="RGB uint8"):
         photo_to_face(np.zeros((10, 10, 3), np.float32), settings)
@@ -102,40 +124,66 @@ def test_photo_to_face_interface(astronaut: Image.Image) -> None:
 
 def test_every_crop_setting_changes_the_cache_folder() -> None:
     base = FacesConfig(enabled=True)
-    changed = {"detector": "haar", "upsample": 2, "min_score": 0.2, "cnn_fallback": False, "cnn_upsample": 1,
-               "detect_max_side": 800, "min_face": 50, "margin": 0.3, "size": 96, "max_roll_deg": 15.0,
-               "scale_factor": 1.2, "min_neighbors": 3}
+    changed = {
+        "detector": "haar",
+        "upsample": 2,
+        "min_score": 0.2,
+        "cnn_fallback": False,
+        "cnn_upsample": 1,
+        "detect_max_side": 800,
+        "min_face": 50,
+        "margin": 0.3,
+        "size": 96,
+        "max_roll_deg": 15.0,
+        "scale_factor": 1.2,
+        "min_neighbors": 3,
+    }
     assert set(changed) | {"version"} == set(face_settings(base))
     folders = {faces_dir(base.model_copy(update={k: v})) for k, v in changed.items()}
     assert len(folders) == len(changed) and faces_dir(base) not in folders
-    assert faces_dir(base.model_copy(update={"balance": "downsample"})) == faces_dir(base)  # not a crop setting
+    assert faces_dir(base.model_copy(update={"balance": "downsample"})) == faces_dir(
+        base
+    )  # not a crop setting
 
 
 def test_choose_face_rules() -> None:
     assert choose_face([(0, 0, 50, 50)], 40) == ((0, 0, 50, 50), None)
-    assert choose_face([(0, 0, 50, 50), (60, 0, 80, 20)], 40) == ((0, 0, 50, 50), None)  # a small one in the back
+    assert choose_face([(0, 0, 50, 50), (60, 0, 80, 20)], 40) == (
+        (0, 0, 50, 50),
+        None,
+    )  # a small one in the back
     assert choose_face([], 40) == (None, "no face found")
 
 
 def test_reason_kinds() -> None:
-    assert reason_kind("face tilted 27.3° > faces.max_roll_deg=20") == "face tilted > faces.max_roll_deg=20"
+    assert (
+        reason_kind("face tilted 27.3° > faces.max_roll_deg=20")
+        == "face tilted > faces.max_roll_deg=20"
+    )
     assert reason_kind("several faces (2 of at least 40 px)") == "several faces"
     assert reason_kind("face too small (30 px < faces.min_face=40)") == "face too small"
     assert reason_kind("no face found") == "no face found"
 
 
 def test_class_loss_error_names_class_counts_and_reasons() -> None:
-    report = {"per_class": {
-        "subject03": {"photos": 11, "kept": 11, "lost": {}},
-        "subject07": {"photos": 11, "kept": 6, "lost": {"face tilted > faces.max_roll_deg=20": 2,
-                                                        "no face found": 3}},
-        "subject09": {"photos": 4, "kept": 4, "lost": {}},
-    }}
+    report = {
+        "per_class": {
+            "subject03": {"photos": 11, "kept": 11, "lost": {}},
+            "subject07": {
+                "photos": 11,
+                "kept": 6,
+                "lost": {"face tilted > faces.max_roll_deg=20": 2, "no face found": 3},
+            },
+            "subject09": {"photos": 4, "kept": 4, "lost": {}},
+        }
+    }
     with pytest.raises(InputError) as err:
         check_class_losses(report, min_images=10)
     message = str(err.value)
-    assert ("subject07: 6 of 11 photos kept (5 lost: 3 no face found, 2 face tilted > faces.max_roll_deg=20)"
-            in message)
+    assert (
+        "subject07: 6 of 11 photos kept (5 lost: 3 no face found, 2 face tilted > faces.max_roll_deg=20)"
+        in message
+    )
     assert "subject09: 4 of 4 photos kept (none lost)" in message and "subject03" not in message
     assert message.endswith("; validate.min_images_per_class=10")
     check_class_losses(report, min_images=4)  # every class has enough: nothing raised

@@ -14,16 +14,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from visionops import pipeline
-from visionops.config import FacesConfig, load_config
+from visionops.core.config import FacesConfig, load_config
+from visionops.core.errors import InputError
 from visionops.data.face_detect import detect_dlib, landmarks, roll_degrees
 from visionops.data.faces import crop_faces, face_settings, faces_dir, photo_to_face
 from visionops.data.ingest import build_manifest, list_items
-from visionops.errors import InputError
+from visionops.pipeline import stages as pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 YALE = REPO.parent / "shared" / "datasets" / "yalefaces"
-pytestmark = pytest.mark.skipif(not (YALE / "labels.csv").is_file(), reason=f"Yale faces not present at {YALE}")
+pytestmark = pytest.mark.skipif(
+    not (YALE / "labels.csv").is_file(), reason=f"Yale faces not present at {YALE}"
+)
 FACES_YAML = REPO / "conf" / "faces.yaml"
 
 
@@ -43,19 +45,29 @@ def test_dlib_finds_exactly_one_face_in_every_yale_photo(tmp_path: Path) -> None
     manifest = build_manifest(list_items(cfg.data))
     crops, report = crop_faces(manifest, faces_dir(cfg.faces), cfg.faces)
     assert report["rejected"] == [] and len(crops) == len(manifest) == 164
-    assert set(crops["width"]) == {150} and set(crops["height"]) == {150} and set(crops["mode"]) == {"RGB"}
+    assert (
+        set(crops["width"]) == {150}
+        and set(crops["height"]) == {150}
+        and set(crops["mode"]) == {"RGB"}
+    )
     assert crops["roll_deg"].abs().max() <= 20
     assert report["balance"]["method"] == "weights" and "weight" in crops
-    again, report2 = crop_faces(manifest, faces_dir(cfg.faces), cfg.faces)  # the crop cache: nothing re-detected
+    again, report2 = crop_faces(
+        manifest, faces_dir(cfg.faces), cfg.faces
+    )  # the crop cache: nothing re-detected
     assert report2["cached"] == 164 and again["path"].tolist() == crops["path"].tolist()
 
 
-def test_face_filling_the_frame_and_small_face_in_a_large_photo(photo: Image.Image, settings: dict) -> None:
+def test_face_filling_the_frame_and_small_face_in_a_large_photo(
+    photo: Image.Image, settings: dict
+) -> None:
     whole = photo_to_face(np.asarray(photo), settings)
     assert whole.reason is None
     x1, y1, x2, y2 = whole.box
-    cut = (x2 - x1) // 5  # tighter than the detector's own box: HOG misses it, the CNN fallback finds it
-    tight = np.asarray(photo)[y1 + cut:y2 - cut, x1 + cut:x2 - cut]
+    cut = (
+        x2 - x1
+    ) // 5  # tighter than the detector's own box: HOG misses it, the CNN fallback finds it
+    tight = np.asarray(photo)[y1 + cut : y2 - cut, x1 + cut : x2 - cut]
     assert detect_dlib(tight, 1, True, 0, 1600, 0.5)[1] == "cnn"
     found = photo_to_face(tight, settings)
     assert found.reason is None and found.chip.shape == (150, 150, 3)
@@ -70,12 +82,16 @@ def test_face_filling_the_frame_and_small_face_in_a_large_photo(photo: Image.Ima
 
 
 def test_tilted_face_rejected_and_slight_tilt_aligned(photo: Image.Image, settings: dict) -> None:
-    tilted = photo_to_face(np.asarray(photo.rotate(30, resample=Image.Resampling.BILINEAR)), settings)
+    tilted = photo_to_face(
+        np.asarray(photo.rotate(30, resample=Image.Resampling.BILINEAR)), settings
+    )
     assert tilted.chip is None and tilted.reason is not None
     assert 25 < abs(tilted.roll_deg) < 35
     assert tilted.reason == f"face tilted {abs(tilted.roll_deg):.1f}° > faces.max_roll_deg=20"
 
-    slight = photo_to_face(np.asarray(photo.rotate(10, resample=Image.Resampling.BILINEAR)), settings)
+    slight = photo_to_face(
+        np.asarray(photo.rotate(10, resample=Image.Resampling.BILINEAR)), settings
+    )
     assert slight.reason is None and 7 < abs(slight.roll_deg) < 13
     # On the chip, the eyes are level: measured with the landmarks of the face filling the chip.
     chip_roll = roll_degrees(landmarks(slight.chip, (0, 0, 150, 150)))
@@ -96,6 +112,7 @@ def test_haar_still_an_option(photo: Image.Image) -> None:
     assert face.reason is None and face.chip.shape == (150, 150, 3)
 
 
+@pytest.mark.integration  # the ingest stage, on an MLflow store
 def test_ingest_stops_naming_the_person_who_lost_photos(tmp_path: Path, store: Path) -> None:
     """Three people; five of subject03's photos tilted 30 degrees: the ingest stage names them, with
     the reasons, and a second run with the same data reuses the stage output (and still says so)."""
@@ -113,15 +130,22 @@ def test_ingest_stops_naming_the_person_who_lost_photos(tmp_path: Path, store: P
     (tmp_path / "photos" / "labels.csv").write_text("\n".join(rows) + "\n")
 
     def run(name: str, minimum: int) -> dict:
-        params = {"config": str(FACES_YAML), "overrides": {"data.path": str(tmp_path / "photos" / "labels.csv"),
-                                                           "validate.min_images_per_class": minimum}}
+        params = {
+            "config": str(FACES_YAML),
+            "overrides": {
+                "data.path": str(tmp_path / "photos" / "labels.csv"),
+                "validate.min_images_per_class": minimum,
+            },
+        }
         return pipeline.start(params, dag_id="faces_tests", airflow_run_id=name)
 
     first = run("first", 8)
     with pytest.raises(InputError) as err:
         pipeline.ingest(first)
-    assert str(err.value) == ("too few usable faces after detection: subject03: 6 of 11 photos kept (5 lost: "
-                              "5 face tilted > faces.max_roll_deg=20); validate.min_images_per_class=8")
+    assert str(err.value) == (
+        "too few usable faces after detection: subject03: 6 of 11 photos kept (5 lost: "
+        "5 face tilted > faces.max_roll_deg=20); validate.min_images_per_class=8"
+    )
     second = run("second", 8)
     with pytest.raises(InputError, match="subject03: 6 of 11"):  # the stored output, checked again
         pipeline.ingest(second)
@@ -129,7 +153,9 @@ def test_ingest_stops_naming_the_person_who_lost_photos(tmp_path: Path, store: P
     assert ingested["reused"]  # same photos, same crop settings: the first run's output
     folder = Path(ingested["uri"])
     report = json.loads((folder / "ingest_report.json").read_text())["faces"]
-    assert len(report["rejected"]) == 5 and all("face tilted" in r["reason"] for r in report["rejected"])
+    assert len(report["rejected"]) == 5 and all(
+        "face tilted" in r["reason"] for r in report["rejected"]
+    )
     assert {Path(r["path"]).parent.name for r in report["rejected"]} == {"subject03"}
     crops = pd.read_parquet(folder / "manifest.parquet")
     assert len(crops) == 28 and crops["label"].value_counts()["subject03"] == 6

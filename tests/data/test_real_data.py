@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionops.config import DataConfig, load_config
+from visionops.core.config import DataConfig, load_config
 from visionops.data.checks import nearest_train
 from visionops.data.ingest import build_manifest, list_items
 from visionops.data.preprocess import load_split, load_stats, preprocess_to
@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 COIL20 = REPO.parent / "shared" / "datasets" / "coil20"
 
 
-@pytest.mark.skipif(not (COIL20 / "labels.csv").is_file(), reason=f"COIL-20 not present at {COIL20}")
+@pytest.mark.skipif(
+    not (COIL20 / "labels.csv").is_file(), reason=f"COIL-20 not present at {COIL20}"
+)
 def test_coil20_ingest_validate_preprocess(tmp_path: Path) -> None:
     """The shipped conf/coil20.yaml: turntable chains are grouped, no error, every class in every split."""
     cfg = load_config(REPO / "conf" / "coil20.yaml", {"data.path": str(COIL20 / "labels.csv")})
@@ -38,12 +40,18 @@ def test_coil20_ingest_validate_preprocess(tmp_path: Path) -> None:
     assert plan.stats["n_near_copy_pairs"] > 500 and plan.stats["n_cut_groups"] > 0
     for gid in np.unique(plan.group):
         assert len(set(plan.split[plan.group == gid])) == 1
-    report = validate_manifest(manifest, config=cfg.validate_, docs_dir=tmp_path / "docs", plan=plan)
+    report = validate_manifest(
+        manifest, config=cfg.validate_, docs_dir=tmp_path / "docs", plan=plan
+    )
     assert report.success, report.summary()
     assert report.statistics["n_classes"] == 20 and report.statistics["n_errors"] == 0
     (cut,) = [i for i in report.issues if i.column == "cut_link_pixel_diff"]
     assert cut.severity == "warning"
-    assert report.statistics["split_plan"]["n_held_out_with_train_copy"] == int(plan.near_copy_in_train.sum()) > 0
+    assert (
+        report.statistics["split_plan"]["n_held_out_with_train_copy"]
+        == int(plan.near_copy_in_train.sum())
+        > 0
+    )
     assert report.data_docs_index is not None and report.data_docs_index.is_file()
 
     out = tmp_path / "pre"

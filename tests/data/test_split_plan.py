@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionops.config import PreprocessConfig, ValidateConfig
+from visionops.core.config import PreprocessConfig, ValidateConfig
 from visionops.data.ingest import build_manifest
 from visionops.data.preprocess import preprocess_to
 from visionops.data.sources import Item, SourceError, list_csv
@@ -24,11 +24,28 @@ def _chain_corpus(tmp_path: Path, corpus) -> list[Item]:
     items = []
     base = corpus.textured(7) // 2 + 40
     for k in range(30):
-        items.append(Item(str(corpus.save(tmp_path / "src" / "a" / f"{k:02d}.png", (base + 2 * k).astype(np.uint8))), "a"))
+        items.append(
+            Item(
+                str(
+                    corpus.save(
+                        tmp_path / "src" / "a" / f"{k:02d}.png", (base + 2 * k).astype(np.uint8)
+                    )
+                ),
+                "a",
+            )
+        )
     for label, offset in (("b", 100), ("c", 200)):
         for k in range(30):
-            items.append(Item(str(corpus.save(tmp_path / "src" / label / f"{k:02d}.png",
-                                              corpus.textured(offset + k))), label))
+            items.append(
+                Item(
+                    str(
+                        corpus.save(
+                            tmp_path / "src" / label / f"{k:02d}.png", corpus.textured(offset + k)
+                        )
+                    ),
+                    label,
+                )
+            )
     return items
 
 
@@ -44,17 +61,29 @@ def test_a_chain_of_near_copies_is_cut_and_reaches_every_split(tmp_path: Path, c
     assert all(len(set(plan.split[p])) == 1 for p in pieces)
     assert {s for s in plan.split[chain]} == set(SPLITS)
     # Only the links at cut boundaries may cross the split; the held-out views they touch are flagged.
-    cross = [(i, j) for i in chain for j in chain if i < j <= i + 2 and plan.split[i] != plan.split[j]]
+    cross = [
+        (i, j) for i in chain for j in chain if i < j <= i + 2 and plan.split[i] != plan.split[j]
+    ]
     assert plan.stats["n_links_across_split"] == len(cross) > 0
     assert all(plan.group[i] != plan.group[j] for i, j in cross)
     flagged = set(np.flatnonzero(plan.near_copy_in_train))
-    touched = {k for i, j in cross for k in (i, j)
-               if plan.split[k] != "train" and "train" in (plan.split[i], plan.split[j])}
+    touched = {
+        k
+        for i, j in cross
+        for k in (i, j)
+        if plan.split[k] != "train" and "train" in (plan.split[i], plan.split[j])
+    }
     assert flagged == touched
-    np.testing.assert_array_equal(plan.split, plan_split(manifest, PreprocessConfig(), ValidateConfig()).split)
+    np.testing.assert_array_equal(
+        plan.split, plan_split(manifest, PreprocessConfig(), ValidateConfig()).split
+    )
 
-    report = validate_manifest(manifest, config=ValidateConfig(min_images_per_class=4),
-                               docs_dir=tmp_path / "docs", plan=plan)
+    report = validate_manifest(
+        manifest,
+        config=ValidateConfig(min_images_per_class=4),
+        docs_dir=tmp_path / "docs",
+        plan=plan,
+    )
     assert report.success, report.summary()
     assert flagged  # for this seed, some held-out views sit next to a cut from a train piece
     (cut,) = [i for i in report.issues if i.column == "cut_link_pixel_diff"]
@@ -65,7 +94,9 @@ def test_a_chain_of_near_copies_is_cut_and_reaches_every_split(tmp_path: Path, c
     out.mkdir()
     preprocess_to(manifest, out, size=8, channels=1, plan=plan)
     test_rows = np.flatnonzero(plan.split == "test")
-    np.testing.assert_array_equal(np.load(out / "test_clean.npy"), ~plan.near_copy_in_train[test_rows])
+    np.testing.assert_array_equal(
+        np.load(out / "test_clean.npy"), ~plan.near_copy_in_train[test_rows]
+    )
 
 
 def test_manifest_group_column_keeps_groups_together(tmp_path: Path, corpus) -> None:
@@ -81,7 +112,8 @@ def test_manifest_group_column_keeps_groups_together(tmp_path: Path, corpus) -> 
     for _, rows in manifest.groupby("group").groups.items():
         assert len(set(plan.split[np.asarray([manifest.index.get_loc(r) for r in rows])])) == 1
     assert set(Counter(zip(manifest["label"], plan.split, strict=True))) == {
-        (lab, s) for lab in "ab" for s in SPLITS}
+        (lab, s) for lab in "ab" for s in SPLITS
+    }
 
 
 def test_user_split_is_used_as_given_and_leakage_stops_the_run(tmp_path: Path, corpus) -> None:
@@ -89,24 +121,37 @@ def test_user_split_is_used_as_given_and_leakage_stops_the_run(tmp_path: Path, c
     for label, offset in (("a", 0), ("b", 50)):
         for k in range(6):
             corpus.save(tmp_path / label / f"{k}.png", corpus.textured(offset + k))
-            rows.append(f"{label}/{k}.png,{label},{('train', 'train', 'train', 'train', 'val', 'test')[k]}")
+            rows.append(
+                f"{label}/{k}.png,{label},{('train', 'train', 'train', 'train', 'val', 'test')[k]}"
+            )
     original = tmp_path / "a" / "0.png"
-    near = corpus.save(tmp_path / "a" / "near.png", np.clip(corpus.textured(0).astype(int) + 2, 0, 255).astype(np.uint8))
+    near = corpus.save(
+        tmp_path / "a" / "near.png",
+        np.clip(corpus.textured(0).astype(int) + 2, 0, 255).astype(np.uint8),
+    )
     rows.append("a/near.png,a,test")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     manifest = build_manifest(list_csv(tmp_path / "m.csv"))
     plan = plan_split(manifest, PreprocessConfig(), ValidateConfig())
     assert plan.forced and list(plan.split) == manifest["split"].tolist()
 
-    report = validate_manifest(manifest, config=ValidateConfig(min_images_per_class=4),
-                               docs_dir=tmp_path / "docs", plan=plan)
+    report = validate_manifest(
+        manifest,
+        config=ValidateConfig(min_images_per_class=4),
+        docs_dir=tmp_path / "docs",
+        plan=plan,
+    )
     assert not report.success
     (leak,) = [i for i in report.issues if i.column == "leak_pixel_diff"]
     assert leak.severity == "error"
     assert leak.offending[0]["path"] == str(near.resolve())
     assert leak.offending[0]["leaks_train_file"] == str(original.resolve())
-    relaxed = validate_manifest(manifest, config=ValidateConfig(min_images_per_class=4, leakage_severity="warning"),
-                                docs_dir=tmp_path / "docs2", plan=plan)
+    relaxed = validate_manifest(
+        manifest,
+        config=ValidateConfig(min_images_per_class=4, leakage_severity="warning"),
+        docs_dir=tmp_path / "docs2",
+        plan=plan,
+    )
     assert relaxed.success
 
     (tmp_path / "bad.csv").write_text("path,label,split\na/0.png,a,training\n")

@@ -15,9 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionops.config import DataConfig
+from visionops.core.config import DataConfig
 from visionops.data.sources import SourceError
 from visionops.data.urls import ingest_urls
+
+pytestmark = (
+    pytest.mark.integration
+)  # an HTTP server (in a thread of this process), reached over TCP
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -36,7 +40,9 @@ class Server:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 outer.hits[self.path] += 1
-                status, kind, body, delay = outer.routes.get(self.path, (404, "text/plain", b"gone", 0.0))
+                status, kind, body, delay = outer.routes.get(
+                    self.path, (404, "text/plain", b"gone", 0.0)
+                )
                 time.sleep(delay)
                 try:
                     self.send_response(status)
@@ -58,8 +64,13 @@ class Server:
 @pytest.fixture
 def server(corpus) -> Iterator[Server]:
     placeholder = _png(np.full((64, 64), 200, np.uint8))
-    routes = {f"/ada/{i}.png": (200, "image/png", _png(corpus.textured(i, 48)), 0.0) for i in range(6)}
-    routes |= {f"/bob/{i}.png": (200, "image/png", _png(corpus.textured(50 + i, 48)), 0.0) for i in range(6)}
+    routes = {
+        f"/ada/{i}.png": (200, "image/png", _png(corpus.textured(i, 48)), 0.0) for i in range(6)
+    }
+    routes |= {
+        f"/bob/{i}.png": (200, "image/png", _png(corpus.textured(50 + i, 48)), 0.0)
+        for i in range(6)
+    }
     routes |= {f"/missing/{i}.jpg": (200, "image/png", placeholder, 0.0) for i in range(3)}
     routes["/html.jpg"] = (200, "text/html", b"<html>not found</html>", 0.0)
     routes["/tiny.png"] = (200, "image/png", _png(np.zeros((4, 4), np.uint8)), 0.0)
@@ -82,32 +93,55 @@ def _write(tmp_path: Path, server: Server, extra_rows: list[str], md5_ok: bool =
     return path
 
 
-BAD_ROWS = ["Ada,{u}/dead.png,,,,,", "Ada,{u}/missing/0.jpg,,,,,", "Bob,{u}/missing/1.jpg,,,,,",
-            "Bob,{u}/missing/2.jpg,,,,,", "Ada,{u}/html.jpg,,,,,", "Bob,{u}/tiny.png,,,,,",
-            "Bob,{u}/slow.png,,,,,", "Ada,{u}/oops.png,,,,,", "Ada,ftp://example.org/x.png,,,,,",
-            "Ada,file:///etc/passwd,,,,,"]
+BAD_ROWS = [
+    "Ada,{u}/dead.png,,,,,",
+    "Ada,{u}/missing/0.jpg,,,,,",
+    "Bob,{u}/missing/1.jpg,,,,,",
+    "Bob,{u}/missing/2.jpg,,,,,",
+    "Ada,{u}/html.jpg,,,,,",
+    "Bob,{u}/tiny.png,,,,,",
+    "Bob,{u}/slow.png,,,,,",
+    "Ada,{u}/oops.png,,,,,",
+    "Ada,ftp://example.org/x.png,,,,,",
+    "Ada,file:///etc/passwd,,,,,",
+]
 
 
 def test_bad_rows_are_rejected_with_reasons(tmp_path: Path, server: Server) -> None:
     manifest = _write(tmp_path, server, [r.format(u=server.url) for r in BAD_ROWS], md5_ok=False)
-    data = DataConfig(source="urls", path=str(manifest), download_timeout_s=1.0, download_retries=1,
-                      max_rejected_fraction=0.6, min_download_side=16)
+    data = DataConfig(
+        source="urls",
+        path=str(manifest),
+        download_timeout_s=1.0,
+        download_retries=1,
+        max_rejected_fraction=0.6,
+        min_download_side=16,
+    )
     start = time.perf_counter()
     items, report = ingest_urls(data, tmp_path / "downloads")
-    assert time.perf_counter() - start < 20  # the slow answer cost two timeouts, not three seconds each
+    assert (
+        time.perf_counter() - start < 20
+    )  # the slow answer cost two timeouts, not three seconds each
 
-    reasons = {r["url"].rsplit("/", 2)[-1] if "://127" in r["url"] else r["url"]: r["reason"]
-               for r in report["rejected"]}
+    reasons = {
+        r["url"].rsplit("/", 2)[-1] if "://127" in r["url"] else r["url"]: r["reason"]
+        for r in report["rejected"]
+    }
     assert reasons["dead.png"] == "dead link: HTTP 404"
     assert reasons["0.png"].startswith("MD5 mismatch: manifest 000")
-    assert all(reasons[f"{i}.jpg"] == "placeholder: the same content is served for 3 URLs" for i in range(3))
+    assert all(
+        reasons[f"{i}.jpg"] == "placeholder: the same content is served for 3 URLs"
+        for i in range(3)
+    )
     assert reasons["html.jpg"] == "not an image: Content-Type text/html"
     assert reasons["tiny.png"].startswith("tiny image 4x4")
     assert reasons["slow.png"] == "no answer within 1s (after 2 tries)"
     assert reasons["oops.png"] == "dead link: HTTP 500 (after 2 tries)"
     assert "not http or https" in reasons["ftp://example.org/x.png"]
     assert "not http or https" in reasons["file:///etc/passwd"]
-    assert server.hits["/dead.png"] == 1 and server.hits["/oops.png"] == 2  # 4xx not retried, 5xx retried
+    assert (
+        server.hits["/dead.png"] == 1 and server.hits["/oops.png"] == 2
+    )  # 4xx not retried, 5xx retried
 
     assert len(items) == 11 and report["downloaded"] == 11
     assert report["rows"] == 22 and report["rejected_fraction"] == pytest.approx(11 / 22, abs=1e-4)
@@ -125,8 +159,13 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path: Path, server: Server) -> N
 
 def test_too_many_rejections_fail_with_numbers(tmp_path: Path, server: Server) -> None:
     manifest = _write(tmp_path, server, [r.format(u=server.url) for r in BAD_ROWS[:6]])
-    data = DataConfig(source="urls", path=str(manifest), max_rejected_fraction=0.2, download_timeout_s=1.0,
-                      download_retries=0)
+    data = DataConfig(
+        source="urls",
+        path=str(manifest),
+        max_rejected_fraction=0.2,
+        download_timeout_s=1.0,
+        download_retries=0,
+    )
     with pytest.raises(SourceError) as info:
         ingest_urls(data, tmp_path / "downloads")
     message = str(info.value)
@@ -136,7 +175,9 @@ def test_too_many_rejections_fail_with_numbers(tmp_path: Path, server: Server) -
 
 def test_size_cap_and_missing_columns(tmp_path: Path, server: Server) -> None:
     manifest = _write(tmp_path, server, [])
-    data = DataConfig(source="urls", path=str(manifest), max_download_bytes=100, max_rejected_fraction=1.0)
+    data = DataConfig(
+        source="urls", path=str(manifest), max_download_bytes=100, max_rejected_fraction=1.0
+    )
     with pytest.raises(SourceError, match="12 of 12 URL rows rejected"):
         ingest_urls(data, tmp_path / "d")
     bad = tmp_path / "bad.csv"

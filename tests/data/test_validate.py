@@ -33,8 +33,15 @@ def _manifest(files: list[tuple[Path, str | None]]) -> pd.DataFrame:
     rows = []
     for path, label in files:
         data = path.read_bytes()
-        row = {"path": str(path), "label": label, "sha256": hashlib.sha256(data).hexdigest(),
-               "width": pd.NA, "height": pd.NA, "mode": None, "decode_error": None}
+        row = {
+            "path": str(path),
+            "label": label,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "width": pd.NA,
+            "height": pd.NA,
+            "mode": None,
+            "decode_error": None,
+        }
         try:
             with Image.open(path) as image:
                 image.load()
@@ -70,8 +77,9 @@ def test_clean_manifest_passes_and_writes_data_docs(
     monkeypatch.chdir(workdir)
     docs = tmp_path / "out" / "docs"
 
-    report = validate_manifest(_manifest(clean_files), min_images_per_class=3, docs_dir=docs,
-                               suite_name="clean_suite")
+    report = validate_manifest(
+        _manifest(clean_files), min_images_per_class=3, docs_dir=docs, suite_name="clean_suite"
+    )
 
     assert report.success is True
     assert report.issues == []
@@ -109,8 +117,11 @@ def test_undecodable_file_fails_and_is_named(clean_files, tmp_path: Path) -> Non
 def test_same_content_under_two_labels_is_an_error_naming_both(clean_files, tmp_path: Path) -> None:
     original = clean_files[1][0]
     copy = shutil.copy(original, tmp_path / "raw" / "dog" / "copy_of_cat.png")
-    report = validate_manifest(_manifest([*clean_files, (Path(copy), "dog")]),
-                               min_images_per_class=3, docs_dir=tmp_path / "docs")
+    report = validate_manifest(
+        _manifest([*clean_files, (Path(copy), "dog")]),
+        min_images_per_class=3,
+        docs_dir=tmp_path / "docs",
+    )
 
     assert report.success is False
     issue = _issue(report, "expect_column_values_to_be_null", "label_conflict")
@@ -126,7 +137,9 @@ def test_same_content_under_two_labels_is_an_error_naming_both(clean_files, tmp_
 
 def test_same_label_copies_are_dropped_with_a_warning(clean_files, tmp_path: Path) -> None:
     original = clean_files[4][0]  # dog/1.png
-    copies = [shutil.copy(original, tmp_path / "raw" / "dog" / name) for name in ("1_again.png", "z.png")]
+    copies = [
+        shutil.copy(original, tmp_path / "raw" / "dog" / name) for name in ("1_again.png", "z.png")
+    ]
     manifest = _manifest([*clean_files, *((Path(c), "dog") for c in copies)])
     report = validate_manifest(manifest, min_images_per_class=3, docs_dir=tmp_path / "docs")
 
@@ -135,19 +148,25 @@ def test_same_label_copies_are_dropped_with_a_warning(clean_files, tmp_path: Pat
     assert issue.severity == "warning"
     assert issue.description.startswith("2 file(s) have the same content (sha256) and label")
     # The first by path is kept: dog/1.png sorts before dog/1_again.png and dog/z.png.
-    assert {row["path"]: row["observed"] for row in issue.offending} == {str(c): str(original) for c in copies}
+    assert {row["path"]: row["observed"] for row in issue.offending} == {
+        str(c): str(original) for c in copies
+    }
     assert report.statistics["split_plan"]["n_duplicates_dropped"] == 2
     assert "WARNING" in report.summary() and all(str(c) in report.summary() for c in copies)
     index = report.data_docs_index.read_text() + "".join(
-        p.read_text() for p in (tmp_path / "docs" / "validations").rglob("*.html"))
+        p.read_text() for p in (tmp_path / "docs" / "validations").rglob("*.html")
+    )
     assert "duplicate_of" in index  # the Data Docs show the check
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), "", "   "])
 def test_missing_label_fails(clean_files, tmp_path: Path, missing) -> None:
     unlabelled = _write_png(tmp_path / "raw" / "unsorted" / "x.png", shade=250)
-    report = validate_manifest(_manifest([*clean_files, (unlabelled, missing)]),
-                               min_images_per_class=3, docs_dir=tmp_path / "docs")
+    report = validate_manifest(
+        _manifest([*clean_files, (unlabelled, missing)]),
+        min_images_per_class=3,
+        docs_dir=tmp_path / "docs",
+    )
 
     assert report.success is False
     assert [i.column for i in report.issues] == ["label"]
@@ -159,8 +178,9 @@ def test_missing_label_fails(clean_files, tmp_path: Path, missing) -> None:
 
 def test_class_with_too_few_images_names_label_and_count(clean_files, tmp_path: Path) -> None:
     rare = _write_png(tmp_path / "raw" / "eel" / "0.png", shade=200)
-    report = validate_manifest(_manifest([*clean_files, (rare, "eel")]),
-                               min_images_per_class=2, docs_dir=tmp_path / "docs")
+    report = validate_manifest(
+        _manifest([*clean_files, (rare, "eel")]), min_images_per_class=2, docs_dir=tmp_path / "docs"
+    )
 
     assert report.success is False
     issue = _issue(report, "expect_column_values_to_be_between", "count")
@@ -171,12 +191,14 @@ def test_class_with_too_few_images_names_label_and_count(clean_files, tmp_path: 
 
 
 def test_many_offending_rows_are_capped_but_counted(tmp_path: Path) -> None:
-    manifest = pd.DataFrame({
-        "path": [f"/data/{i}.png" for i in range(30)],
-        "label": ["a"] * 30,
-        "sha256": [f"{i:064x}" for i in range(30)],
-        "decode_error": ["cannot identify image file"] * 25 + [None] * 5,
-    })
+    manifest = pd.DataFrame(
+        {
+            "path": [f"/data/{i}.png" for i in range(30)],
+            "label": ["a"] * 30,
+            "sha256": [f"{i:064x}" for i in range(30)],
+            "decode_error": ["cannot identify image file"] * 25 + [None] * 5,
+        }
+    )
     report = validate_manifest(manifest, min_images_per_class=1, docs_dir=tmp_path / "docs")
 
     issue = _issue(report, "expect_column_values_to_be_null", "decode_error")
@@ -188,8 +210,11 @@ def test_many_offending_rows_are_capped_but_counted(tmp_path: Path) -> None:
 def test_report_round_trips_json(clean_files, tmp_path: Path) -> None:
     broken = tmp_path / "raw" / "owl" / "empty.png"
     broken.write_bytes(b"")
-    report = validate_manifest(_manifest([*clean_files, (broken, None)]),
-                               min_images_per_class=4, docs_dir=tmp_path / "docs")
+    report = validate_manifest(
+        _manifest([*clean_files, (broken, None)]),
+        min_images_per_class=4,
+        docs_dir=tmp_path / "docs",
+    )
     assert len(report.issues) >= 3
 
     as_json = json.dumps(report.to_dict(), allow_nan=False)
@@ -202,8 +227,9 @@ def test_report_round_trips_json(clean_files, tmp_path: Path) -> None:
 
 def test_data_validation_error_carries_report(clean_files, tmp_path: Path) -> None:
     rare = _write_png(tmp_path / "raw" / "eel" / "0.png", shade=200)
-    report = validate_manifest(_manifest([*clean_files, (rare, "eel")]),
-                               min_images_per_class=2, docs_dir=tmp_path / "docs")
+    report = validate_manifest(
+        _manifest([*clean_files, (rare, "eel")]), min_images_per_class=2, docs_dir=tmp_path / "docs"
+    )
 
     error = DataValidationError(report)
     assert str(error) == report.summary()
@@ -222,8 +248,9 @@ def test_missing_column_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_empty_manifest_fails(tmp_path: Path) -> None:
-    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in ("path", "label", "sha256",
-                                                              "decode_error")})
+    empty = pd.DataFrame(
+        {c: pd.Series(dtype=object) for c in ("path", "label", "sha256", "decode_error")}
+    )
     report = validate_manifest(empty, min_images_per_class=1, docs_dir=tmp_path / "docs")
 
     assert report.success is False
@@ -238,8 +265,14 @@ def test_repeated_runs_reuse_names_and_docs_dir(clean_files, tmp_path: Path) -> 
         assert report.success is True
 
 
+@pytest.mark.integration  # a fresh interpreter (subprocess)
 def test_module_import_does_not_load_great_expectations() -> None:
-    code = ("import sys, visionops.data.validate; "
-            "assert 'great_expectations' not in sys.modules; assert 'pandas' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    code = (
+        "import sys, visionops.data.validate; "
+        "assert 'great_expectations' not in sys.modules; assert 'pandas' not in sys.modules"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )

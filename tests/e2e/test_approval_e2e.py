@@ -19,22 +19,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import free_port, stop_process_group
+
 from e2e_cli import pipeline_command, pipeline_env
+from testkit import free_port, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "e2e-approval"
-ARGS = ["--set", "gate.require_approval=true", "--set", "tune.n_trials=0", "--set", "train.max_epochs=4",
-        "--set", f"registry.model_name={MODEL}", "--set", "experiment=e2e-approval"]
+ARGS = [
+    "--set",
+    "gate.require_approval=true",
+    "--set",
+    "tune.n_trials=0",
+    "--set",
+    "train.max_epochs=4",
+    "--set",
+    f"registry.model_name={MODEL}",
+    "--set",
+    "experiment=e2e-approval",
+]
 USER, PASSWORD = "reviewer", "approve-me"
 
 
 def _env(home: Path) -> dict[str, str]:
     passwords = home / "simple_auth_passwords.json"
     passwords.write_text(json.dumps({USER: PASSWORD}))
-    return {**pipeline_env(home), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
+    return {
+        **pipeline_env(home),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +61,19 @@ def api(home: Path) -> Iterator[dict[str, str]]:
     """A real Airflow API server on the run's metadata database, and a user's token for it."""
     env = _env(home)
     airflow = str(Path(sys.executable).parent / "airflow")
-    migrated = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    migrated = subprocess.run(
+        [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
     port = free_port()
     log = (home / "api-server.log").open("w")
-    server = subprocess.Popen([airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -64,7 +85,9 @@ def api(home: Path) -> Iterator[dict[str, str]]:
             except OSError:
                 assert time.monotonic() < deadline, "airflow api-server did not answer in 120 s"
                 time.sleep(1)
-        token = _request(base, "POST", "/auth/token", {"username": USER, "password": PASSWORD})["access_token"]
+        token = _request(base, "POST", "/auth/token", {"username": USER, "password": PASSWORD})[
+            "access_token"
+        ]
         yield {"base": base, "token": token}
     finally:
         stop_process_group(server)
@@ -81,7 +104,9 @@ def _request(base: str, method: str, path: str, body: Any = None, token: str | N
         return json.loads(response.read())
 
 
-def _run_answering(home: Path, api: dict[str, str], answer: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_answering(
+    home: Path, api: dict[str, str], answer: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Start a run, wait for its approval request, answer it as the user; returns (request, summary)."""
     cmd, summary_file = pipeline_command(home, *ARGS)
     log = (home / f"run-{answer}.log").open("w")
@@ -90,18 +115,29 @@ def _run_answering(home: Path, api: dict[str, str], answer: str) -> tuple[dict[s
         deadline = time.monotonic() + 480
         pending = None
         while pending is None:
-            assert proc.poll() is None, f"the run ended without asking:\n{(home / f'run-{answer}.log').read_text()[-4000:]}"
+            assert proc.poll() is None, (
+                f"the run ended without asking:\n{(home / f'run-{answer}.log').read_text()[-4000:]}"
+            )
             assert time.monotonic() < deadline, "no approval request within 480 s"
-            details = _request(api["base"], "GET", "/api/v2/dags/train_pipeline/dagRuns/~/hitlDetails",
-                               token=api["token"])["hitl_details"]
+            details = _request(
+                api["base"],
+                "GET",
+                "/api/v2/dags/train_pipeline/dagRuns/~/hitlDetails",
+                token=api["token"],
+            )["hitl_details"]
             pending = next((d for d in details if not d["response_received"]), None)
             if pending is None:
                 time.sleep(2)
         ti = pending["task_instance"]
         assert ti["task_id"] == "approve" and ti["state"] == "awaiting_input"
         run_id = urllib.parse.quote(ti["dag_run_id"], safe="")
-        _request(api["base"], "PATCH", f"/api/v2/dags/train_pipeline/dagRuns/{run_id}/taskInstances/approve/-1/"
-                 "hitlDetails", {"chosen_options": [answer], "params_input": {}}, token=api["token"])
+        _request(
+            api["base"],
+            "PATCH",
+            f"/api/v2/dags/train_pipeline/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+            {"chosen_options": [answer], "params_input": {}},
+            token=api["token"],
+        )
         assert proc.wait(timeout=300) == 0, (home / f"run-{answer}.log").read_text()[-4000:]
     finally:
         if proc.poll() is None:
@@ -113,7 +149,10 @@ def _run_answering(home: Path, api: dict[str, str], answer: str) -> tuple[dict[s
 def _client(home: Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", registry_uri=f"sqlite:///{home / 'mlflow.db'}")
+    return MlflowClient(
+        tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        registry_uri=f"sqlite:///{home / 'mlflow.db'}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +181,9 @@ def test_approved_run_promotes_and_records_who(approved, home: Path) -> None:
 def test_rejected_run_keeps_the_champion(approved, home: Path, api: dict[str, str]) -> None:
     request, summary = _run_answering(home, api, "Reject")
     assert "version 2" in request["subject"]
-    assert summary["status"] == "FINISHED" and summary["gate"] == "passed"  # the gate passed; a person said no
+    assert (
+        summary["status"] == "FINISHED" and summary["gate"] == "passed"
+    )  # the gate passed; a person said no
     assert summary["approval"] == f"rejected by {USER}"
     assert summary["champion_version"] == "1" and summary["model_version"] == "2"
     assert summary["model_aliases"] == []  # a rejected version is no longer challenger
@@ -150,6 +191,10 @@ def test_rejected_run_keeps_the_champion(approved, home: Path, api: dict[str, st
     assert client.get_model_version(MODEL, "2").tags["visionops.approval"] == f"rejected by {USER}"
     parent = client.get_run(summary["parent_run_id"])
     assert parent.data.tags["visionops.promoted"] == "false"
-    stages = {r.data.tags.get("visionops.stage") for r in client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    stages = {
+        r.data.tags.get("visionops.stage")
+        for r in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+    }
     assert "promote" not in stages  # approve skipped the promote task

@@ -11,15 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_cli import run_cli
 from PIL import Image
+
+from e2e_cli import run_cli
 
 pytestmark = pytest.mark.e2e
 
 YALE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "yalefaces"
 MODEL = "e2e-faces"
-SMALL = ["--config", "conf/faces.yaml", "--set", "tune.n_trials=2", "--set", f"registry.model_name={MODEL}",
-         "--set", "experiment=e2e-faces", "--set", "registry.smoke_test_images=4"]
+SMALL = [
+    "--config",
+    "conf/faces.yaml",
+    "--set",
+    "tune.n_trials=2",
+    "--set",
+    f"registry.model_name={MODEL}",
+    "--set",
+    "experiment=e2e-faces",
+    "--set",
+    "registry.smoke_test_images=4",
+]
 
 if not (YALE / "labels.csv").is_file():
     pytest.skip(f"the Yale faces are not at {YALE}", allow_module_level=True)
@@ -32,9 +43,13 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_runs(home):
-    first, s1 = run_cli(home, *SMALL, "--set", "data.source=csv", "--set", f"data.path={YALE / 'labels.csv'}")
+    first, s1 = run_cli(
+        home, *SMALL, "--set", "data.source=csv", "--set", f"data.path={YALE / 'labels.csv'}"
+    )
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    second, s2 = run_cli(home, *SMALL, "--set", "data.source=imagefolder", "--set", f"data.path={YALE / 'images'}")
+    second, s2 = run_cli(
+        home, *SMALL, "--set", "data.source=imagefolder", "--set", f"data.path={YALE / 'images'}"
+    )
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     return (first, s1), (second, s2)
 
@@ -63,9 +78,14 @@ def test_the_champion_takes_whole_photos(two_runs, home):
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    photos = [YALE / "images" / "subject02" / "happy.png", YALE / "images" / "subject07" / "sad.png"]
+    photos = [
+        YALE / "images" / "subject02" / "happy.png",
+        YALE / "images" / "subject07" / "sad.png",
+    ]
     blank = np.full((243, 320), 128, np.uint8)  # no face at all
-    batch = [np.asarray(Image.open(p).convert("RGB")) for p in photos] + [np.stack([blank] * 3, axis=2)]
+    batch = [np.asarray(Image.open(p).convert("RGB")) for p in photos] + [
+        np.stack([blank] * 3, axis=2)
+    ]
     out = model.predict(batch)
     assert list(out["label"][:2]) == ["subject02", "subject07"], out
     assert out["box"].iloc[0] is not None
@@ -79,6 +99,7 @@ def test_visionops_predict_labels_a_folder_of_photos(two_runs, home, tmp_path):
     import sys
 
     import pandas as pd
+
     from e2e_cli import pipeline_env
 
     photos = tmp_path / "photos"
@@ -87,9 +108,22 @@ def test_visionops_predict_labels_a_folder_of_photos(two_runs, home, tmp_path):
     Image.fromarray(np.full((243, 320), 128, np.uint8)).save(photos / "blank.png")
     (photos / "broken.jpg").write_bytes(b"not a photo")
     out = tmp_path / "faces.csv"
-    proc = subprocess.run([str(Path(sys.executable).parent / "visionops"), "predict", "--model", MODEL,
-                           "--input", str(photos), "--output", str(out)],
-                          capture_output=True, text=True, env=pipeline_env(home), timeout=300)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "visionops"),
+            "predict",
+            "--model",
+            MODEL,
+            "--input",
+            str(photos),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=pipeline_env(home),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pd.read_csv(out).set_index("path")
     a, blank, broken = (rows.loc[str(photos / n)] for n in ("a.png", "blank.png", "broken.jpg"))
@@ -110,12 +144,16 @@ def test_the_champion_serves_encoded_photos_over_http(two_runs, home, tmp_path):
 
     # Two Yale photos (320x243 PNG), one of them re-encoded as a smaller JPEG, and a photo without a face.
     small = tmp_path / "small.jpg"
-    Image.open(YALE / "images" / "subject09" / "centerlight.png").convert("RGB").resize((240, 182)).save(small)
+    Image.open(YALE / "images" / "subject09" / "centerlight.png").convert("RGB").resize(
+        (240, 182)
+    ).save(small)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((100, 80, 3), 90, np.uint8)).save(blank)
     photos = [b64(YALE / "images" / "subject11" / "wink.png"), b64(small), b64(blank)]
     with model_server(f"models:/{MODEL}@champion", tmp_path, env=pipeline_env(home)) as port:
-        rows = post_json(port, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in photos]}})
+        rows = post_json(
+            port, {"dataframe_split": {"columns": ["image"], "data": [[p] for p in photos]}}
+        )
     assert [r["label"] for r in rows] == ["subject11", "subject09", None]
     assert [r["status"] for r in rows] == ["ok", "ok", "rejected"]
     assert rows[2]["error"] == "no face found"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from e2e_cli import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -22,9 +23,21 @@ if not (COIL20 / "labels.csv").is_file():
 
 def test_the_default_config_passes_on_coil20_and_reports_the_clean_subset(tmp_path):
     # conf/digits.yaml as shipped, only pointed at the data (and kept short).
-    proc, summary = run_cli(tmp_path, "--set", "data.source=csv", "--set", f"data.path={COIL20 / 'labels.csv'}",
-                            "--set", "data.image_size=32", "--set", "tune.n_trials=0",
-                            "--set", "registry.model_name=e2e-coil20", "--set", "experiment=e2e-coil20")
+    proc, summary = run_cli(
+        tmp_path,
+        "--set",
+        "data.source=csv",
+        "--set",
+        f"data.path={COIL20 / 'labels.csv'}",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "tune.n_trials=0",
+        "--set",
+        "registry.model_name=e2e-coil20",
+        "--set",
+        "experiment=e2e-coil20",
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert summary["status"] == "FINISHED"
     assert summary["gate"] == "passed", summary["gate_reasons"]

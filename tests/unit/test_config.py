@@ -1,4 +1,4 @@
-"""visionops.config: loading, overrides, validation errors that name the key, the config hash."""
+"""visionops.core.config: loading, overrides, validation errors that name the key, the config hash."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from visionops.config import (
+from visionops.core.config import (
     ConfigError,
     PipelineConfig,
     apply_overrides,
@@ -14,7 +14,7 @@ from visionops.config import (
     load_config,
     parse_override,
 )
-from visionops.errors import InputError
+from visionops.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS_YAML = REPO / "conf" / "digits.yaml"
@@ -31,7 +31,11 @@ def test_defaults_load_with_documented_values() -> None:
     assert cfg.tune.learning_rate == (1e-4, 1e-2)
     # The pruner that met its goal in bench/pruning.py (bench/README.md).
     tune = cfg.tune
-    assert (tune.pruner, tune.pruner_min_epochs, tune.pruner_reduction_factor) == ("successive_halving", 1, 3)
+    assert (tune.pruner, tune.pruner_min_epochs, tune.pruner_reduction_factor) == (
+        "successive_halving",
+        1,
+        3,
+    )
     assert cfg.validate_.min_images_per_class == 10
 
 
@@ -80,8 +84,15 @@ def test_parse_override_rejects_bad_yaml_naming_the_key() -> None:
 
 
 def test_overrides_apply_to_nested_keys_and_leave_the_rest() -> None:
-    cfg = load_config(DIGITS_YAML, {"train.max_epochs": 2, "gate.min_accuracy": 0.5,
-                                    "tune.dropout": [0.1, 0.2], "validate.min_images_per_class": 3})
+    cfg = load_config(
+        DIGITS_YAML,
+        {
+            "train.max_epochs": 2,
+            "gate.min_accuracy": 0.5,
+            "tune.dropout": [0.1, 0.2],
+            "validate.min_images_per_class": 3,
+        },
+    )
     assert cfg.train.max_epochs == 2
     assert cfg.train.batch_size == 64  # untouched sibling
     assert cfg.gate.min_accuracy == 0.5
@@ -180,16 +191,30 @@ def test_invalid_tune_ranges(key: str, value: list[float], expected: str) -> Non
     assert expected in str(info.value)
 
 
-@pytest.mark.parametrize(("pruner", "key"), [
-    ("median", "pruner_warmup_epochs"), ("percentile", "pruner_warmup_epochs"),
-    ("successive_halving", "pruner_min_epochs"), ("hyperband", "pruner_min_epochs"),
-])
+@pytest.mark.parametrize(
+    ("pruner", "key"),
+    [
+        ("median", "pruner_warmup_epochs"),
+        ("percentile", "pruner_warmup_epochs"),
+        ("successive_halving", "pruner_min_epochs"),
+        ("hyperband", "pruner_min_epochs"),
+    ],
+)
 def test_pruner_that_could_never_act_is_an_error_naming_the_key(pruner: str, key: str) -> None:
     # The first pruning check after the last epoch would never prune: a mistake, reported with both keys.
-    with pytest.raises(ConfigError, match=rf"tune.{key} \(4\) must be <= tune.epochs_per_trial \(3\)"):
+    with pytest.raises(
+        ConfigError, match=rf"tune.{key} \(4\) must be <= tune.epochs_per_trial \(3\)"
+    ):
         build_config({}, {"tune.pruner": pruner, "tune.epochs_per_trial": 3, f"tune.{key}": 4})
-    assert getattr(build_config({}, {"tune.pruner": pruner, "tune.epochs_per_trial": 4, f"tune.{key}": 4}).tune,
-                   key) == 4
+    assert (
+        getattr(
+            build_config(
+                {}, {"tune.pruner": pruner, "tune.epochs_per_trial": 4, f"tune.{key}": 4}
+            ).tune,
+            key,
+        )
+        == 4
+    )
     # A setting of another pruner is not checked against the epochs.
     other = "pruner_min_epochs" if key == "pruner_warmup_epochs" else "pruner_warmup_epochs"
     ok = build_config({}, {"tune.pruner": pruner, "tune.epochs_per_trial": 3, f"tune.{other}": 9})
@@ -238,30 +263,48 @@ def test_train_tta_accepts_none_a_view_or_a_list_of_views() -> None:
     assert build_config({}).train.tta == []  # off by default (hflip is wrong for digits and text)
     assert build_config({}, {"train.tta": "none"}).train.tta == []
     assert build_config({}, {"train.tta": "hflip"}).train.tta == ["hflip"]
-    assert build_config({}, {"train.tta": ["hflip", "shift", "crop"]}).train.tta == ["hflip", "shift", "crop"]
-    from visionops.config import TrainConfig
+    assert build_config({}, {"train.tta": ["hflip", "shift", "crop"]}).train.tta == [
+        "hflip",
+        "shift",
+        "crop",
+    ]
+    from visionops.core.config import TrainConfig
 
     assert "wrong for digits" in TrainConfig.model_fields["tta"].description
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("vflip", "train.tta.0: Input should be 'hflip', 'shift' or 'crop' (got 'vflip')"),
-    (["hflip", "rotate"], "train.tta.1: Input should be 'hflip', 'shift' or 'crop' (got 'rotate')"),
-    (["shift", "shift"], "train.tta: train.tta names a view twice"),
-    (3, "train.tta: Input should be a valid list"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("vflip", "train.tta.0: Input should be 'hflip', 'shift' or 'crop' (got 'vflip')"),
+        (
+            ["hflip", "rotate"],
+            "train.tta.1: Input should be 'hflip', 'shift' or 'crop' (got 'rotate')",
+        ),
+        (["shift", "shift"], "train.tta: train.tta names a view twice"),
+        (3, "train.tta: Input should be a valid list"),
+    ],
+)
 def test_bad_train_tta_is_an_error_naming_the_key(value: object, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config({}, {"train.tta": value})
     assert expected in str(info.value)
 
 
-def test_searched_width_with_pretrained_weights_is_refused_naming_tune_width(tmp_path: Path) -> None:
+def test_searched_width_with_pretrained_weights_is_refused_naming_tune_width(
+    tmp_path: Path,
+) -> None:
     weights = tmp_path / "resnet18.pt"
     weights.write_bytes(b"not read while validating")
-    base = {"model.name": "resnet18", "model.transfer_mode": "feature_extraction", "model.weights_path": str(weights),
-            "tune.n_trials": 4}
+    base = {
+        "model.name": "resnet18",
+        "model.transfer_mode": "feature_extraction",
+        "model.weights_path": str(weights),
+        "tune.n_trials": 4,
+    }
     with pytest.raises(ConfigError, match="tune.width cannot be searched with pretrained weights"):
         build_config({}, {**base, "tune.width": [0.5, 1.0]})
     assert build_config({}, {**base, "tune.width": None}).tune.width is None
-    assert build_config({}, {**base, "tune.width": [0.5, 1.0], "tune.n_trials": 0}).tune.n_trials == 0
+    assert (
+        build_config({}, {**base, "tune.width": [0.5, 1.0], "tune.n_trials": 0}).tune.n_trials == 0
+    )

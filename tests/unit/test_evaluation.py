@@ -1,4 +1,4 @@
-"""visionops.evaluation: metrics against hand-computed values and scikit-learn, the confusion-matrix plot."""
+"""visionops.evaluation.metrics: metrics against hand-computed values and scikit-learn, the confusion-matrix plot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from visionops.evaluation import classification_metrics, save_confusion_matrix
+from visionops.evaluation.metrics import classification_metrics
+from visionops.evaluation.plots import save_confusion_matrix
 
 
 def test_classification_metrics_hand_computed() -> None:
@@ -55,8 +56,9 @@ def test_numeric_labels_are_compared_as_strings() -> None:
 
 def test_save_confusion_matrix_writes_png_and_returns_matrix(tmp_path: Path) -> None:
     path = tmp_path / "cm.png"
-    cm = save_confusion_matrix(["a", "a", "b", "b", "c"], ["a", "b", "b", "b", "a"], ["a", "b", "c"],
-                               path, "test")
+    cm = save_confusion_matrix(
+        ["a", "a", "b", "b", "c"], ["a", "b", "b", "b", "a"], ["a", "b", "c"], path, "test"
+    )
     np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as img:
@@ -65,16 +67,20 @@ def test_save_confusion_matrix_writes_png_and_returns_matrix(tmp_path: Path) -> 
 
 # -- top-k, calibration, figures, report --------------------------------------------------------
 
-from visionops.evaluation import expected_calibration_error, top_k_accuracy  # noqa: E402
-from visionops.evaluation_plots import save_misclassified_grid, save_reliability_plot  # noqa: E402
-from visionops.report import model_card, render_markdown  # noqa: E402
+from visionops.evaluation.metrics import expected_calibration_error, top_k_accuracy  # noqa: E402
+from visionops.evaluation.plots import save_misclassified_grid, save_reliability_plot  # noqa: E402
+from visionops.evaluation.report import model_card, render_markdown  # noqa: E402
 
 
 def test_top_k_accuracy_hand_computed() -> None:
     labels = ["a", "b", "c", "d"]
-    probs = np.array([[0.5, 0.3, 0.15, 0.05],   # true a: top-1
-                      [0.5, 0.3, 0.15, 0.05],   # true c: rank 3
-                      [0.1, 0.2, 0.3, 0.4]])    # true a: rank 4
+    probs = np.array(
+        [
+            [0.5, 0.3, 0.15, 0.05],  # true a: top-1
+            [0.5, 0.3, 0.15, 0.05],  # true c: rank 3
+            [0.1, 0.2, 0.3, 0.4],
+        ]
+    )  # true a: rank 4
     y = ["a", "c", "a"]
     assert top_k_accuracy(y, probs, labels, 1) == pytest.approx(1 / 3)
     assert top_k_accuracy(y, probs, labels, 3) == pytest.approx(2 / 3)
@@ -85,7 +91,9 @@ def test_top_k_accuracy_hand_computed() -> None:
 def test_expected_calibration_error_hand_computed() -> None:
     # Bin (0.9, 1.0]: 2 images, confidence 0.95, 1 right -> |0.5 - 0.95| = 0.45, weight 2/4.
     # Bin (0.5, 0.6]: 2 images, confidence 0.55, both right -> |1 - 0.55| = 0.45, weight 2/4.
-    ece, bins = expected_calibration_error(["a", "a", "b", "b"], ["a", "b", "b", "b"], [0.95, 0.95, 0.55, 0.55])
+    ece, bins = expected_calibration_error(
+        ["a", "a", "b", "b"], ["a", "b", "b", "b"], [0.95, 0.95, 0.55, 0.55]
+    )
     assert ece == pytest.approx(0.45)
     assert [b["count"] for b in bins] == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
     assert bins[9]["accuracy"] == 0.5 and bins[9]["confidence"] == pytest.approx(0.95)
@@ -102,8 +110,13 @@ def test_reliability_and_misclassified_pngs(tmp_path: Path) -> None:
     _, bins = expected_calibration_error(["a", "b", "a"], ["a", "a", "a"], [0.9, 0.8, 0.3])
     save_reliability_plot(bins, 0.2, tmp_path / "rel.png")
     images = np.random.default_rng(0).integers(0, 255, (5, 8, 8), dtype=np.uint8)
-    n = save_misclassified_grid(images, ["a", "b", "a", "b", "a"], ["a", "a", "b", "b", "b"],
-                                [0.9, 0.8, 0.7, 0.6, 0.99], tmp_path / "wrong.png")
+    n = save_misclassified_grid(
+        images,
+        ["a", "b", "a", "b", "a"],
+        ["a", "a", "b", "b", "b"],
+        [0.9, 0.8, 0.7, 0.6, 0.99],
+        tmp_path / "wrong.png",
+    )
     assert n == 3
     none = save_misclassified_grid(images, ["a"] * 5, ["a"] * 5, [0.9] * 5, tmp_path / "none.png")
     assert none == 0
@@ -114,21 +127,39 @@ def test_reliability_and_misclassified_pngs(tmp_path: Path) -> None:
 def test_markdown_report_and_model_card_carry_the_numbers() -> None:
     metrics = classification_metrics(["a", "b"], ["a", "a"], ["a", "b"])
     metrics.update({"ece": 0.125, "top_3_accuracy": 1.0})
-    text = render_markdown({"metrics": metrics, "model_uri": "models:/m-1", "test_size": 2,
-                            "champion": {"version": "4", "accuracy": 0.9, "macro_f1": 0.8}, "misclassified": 1})
-    assert "| accuracy | 0.5000 |" in text and "| ece | 0.1250 |" in text and "| top_3_accuracy | 1.0000 |" in text
+    text = render_markdown(
+        {
+            "metrics": metrics,
+            "model_uri": "models:/m-1",
+            "test_size": 2,
+            "champion": {"version": "4", "accuracy": 0.9, "macro_f1": 0.8},
+            "misclassified": 1,
+        }
+    )
+    assert (
+        "| accuracy | 0.5000 |" in text
+        and "| ece | 0.1250 |" in text
+        and "| top_3_accuracy | 1.0000 |" in text
+    )
     assert "Champion v4 on the same test images" in text
     assert "| b | 0.000 | 0.000 | 0.000 | 1 |" in text
-    card = model_card(name="m", version="2", cfg={"data": {"source": "digits", "image_size": 16, "channels": 1}},
-                      metrics={"accuracy": 0.97}, decision={"passed": True, "reasons": ["accuracy ok"]},
-                      lineage={"run_key": "rk"}, labels=["0", "1"], n_test=270)
+    card = model_card(
+        name="m",
+        version="2",
+        cfg={"data": {"source": "digits", "image_size": 16, "channels": 1}},
+        metrics={"accuracy": 0.97},
+        decision={"passed": True, "reasons": ["accuracy ok"]},
+        lineage={"run_key": "rk"},
+        labels=["0", "1"],
+        n_test=270,
+    )
     for section in ("## Data", "## Metrics", "## Intended use", "## Limitations", "## Lineage"):
         assert section in card
     assert "- accuracy: 0.9700" in card and "- accuracy ok" in card and "`rk`" in card
 
 
 def test_clean_subset_metrics_and_report() -> None:
-    from visionops.evaluation import clean_metrics
+    from visionops.evaluation.metrics import clean_metrics
 
     y_true = ["a", "a", "b", "b", "a"]
     y_pred = ["a", "b", "b", "b", "b"]
@@ -142,8 +173,22 @@ def test_clean_subset_metrics_and_report() -> None:
     assert empty["n_test_clean"] == 0 and np.isnan(empty["clean_accuracy"])
 
     metrics = {**classification_metrics(y_true, y_pred, ["a", "b"]), "ece": 0.1, **got}
-    text = render_markdown({"metrics": metrics, "model_uri": "runs:/x/model", "test_size": 5,
-                            "champion": {"version": "1", "accuracy": 0.6, "macro_f1": 0.5,
-                                         "clean_accuracy": 0.9, "clean_macro_f1": 0.8}})
-    assert "Clean test subset (3 of 5 images without a near-copy in the training split): accuracy 1.0000" in text
+    text = render_markdown(
+        {
+            "metrics": metrics,
+            "model_uri": "runs:/x/model",
+            "test_size": 5,
+            "champion": {
+                "version": "1",
+                "accuracy": 0.6,
+                "macro_f1": 0.5,
+                "clean_accuracy": 0.9,
+                "clean_macro_f1": 0.8,
+            },
+        }
+    )
+    assert (
+        "Clean test subset (3 of 5 images without a near-copy in the training split): accuracy 1.0000"
+        in text
+    )
     assert "on the clean subset 0.9000 and 0.8000" in text

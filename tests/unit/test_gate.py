@@ -1,4 +1,4 @@
-"""visionops.gate: absolute thresholds, no-regression against the champion, reasons a person can act on."""
+"""visionops.release.gate: absolute thresholds, no-regression against the champion, reasons a person can act on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from visionops.config import GateConfig
-from visionops.gate import GateDecision, decide
+from visionops.core.config import GateConfig
+from visionops.core.contracts import GateDecision
+from visionops.release.gate import decide
 
 CFG = GateConfig(min_accuracy=0.90, min_macro_f1=0.85, max_regression=0.005)
 
@@ -53,7 +54,10 @@ def test_regression_beyond_margin_against_champion_fails() -> None:
         "accuracy 0.9500 is 2.00 points below champion v3 (0.9700); allowed drop is 0.50 points"
     ]
     # macro_f1 dropped 0.2 points: within the margin, reported but not failing.
-    assert any(r.startswith("macro_f1 0.9580 vs champion v3 0.9600 (-0.20 points") for r in decision.reasons)
+    assert any(
+        r.startswith("macro_f1 0.9580 vs champion v3 0.9600 (-0.20 points")
+        for r in decision.reasons
+    )
     assert decision.comparison["champion_version"] == "3"
     assert decision.comparison["max_regression"] == 0.005
     assert decision.comparison["accuracy"]["delta"] == pytest.approx(-0.02)
@@ -64,8 +68,14 @@ def test_within_margin_against_champion_passes() -> None:
     champion = {"version": "7", "accuracy": 0.95, "macro_f1": 0.95}
     decision = decide({"accuracy": 0.947, "macro_f1": 0.96}, champion, CFG)
     assert decision.passed is True
-    assert "accuracy 0.9470 vs champion v7 0.9500 (-0.30 points, allowed drop 0.50)" in decision.reasons
-    assert "macro_f1 0.9600 vs champion v7 0.9500 (+1.00 points, allowed drop 0.50)" in decision.reasons
+    assert (
+        "accuracy 0.9470 vs champion v7 0.9500 (-0.30 points, allowed drop 0.50)"
+        in decision.reasons
+    )
+    assert (
+        "macro_f1 0.9600 vs champion v7 0.9500 (+1.00 points, allowed drop 0.50)"
+        in decision.reasons
+    )
 
 
 def test_better_than_champion_but_below_absolute_threshold_fails() -> None:
@@ -98,16 +108,26 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
 
 # -- paired comparison: significance, margin policies, changed class set -------------------------
 
-from visionops.gate import PairedPredictions, class_change, paired_statistics  # noqa: E402
+from visionops.evaluation.paired import PairedPredictions, class_change, paired_statistics  # noqa: E402
 
 LOW = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, max_regression=0.005)
 
 
-def _paired(n_both: int, n_cand_only: int, n_champ_only: int, n_neither: int,
-            labels: tuple[str, ...] = ("a", "b")) -> PairedPredictions:
+def _paired(
+    n_both: int,
+    n_cand_only: int,
+    n_champ_only: int,
+    n_neither: int,
+    labels: tuple[str, ...] = ("a", "b"),
+) -> PairedPredictions:
     """Two-class predictions with a chosen count of each (candidate right?, champion right?) pair."""
     y, cand, champ = [], [], []
-    for count, c_ok, h_ok in ((n_both, 1, 1), (n_cand_only, 1, 0), (n_champ_only, 0, 1), (n_neither, 0, 0)):
+    for count, c_ok, h_ok in (
+        (n_both, 1, 1),
+        (n_cand_only, 1, 0),
+        (n_champ_only, 0, 1),
+        (n_neither, 0, 0),
+    ):
         for i in range(count):
             truth = labels[i % 2]
             wrong = labels[(i + 1) % 2]
@@ -148,7 +168,10 @@ def test_superiority_passes_a_significant_improvement_with_p_in_reasons() -> Non
     cfg = LOW.model_copy(update={"policy": "superiority"})
     decision = decide(_metrics(p), {"version": "3", "accuracy": 0.0, "macro_f1": 0.0}, cfg, p)
     assert decision.passed, decision.reasons
-    assert any(r.startswith("accuracy improvement is significant: one-sided McNemar p = ") for r in decision.reasons)
+    assert any(
+        r.startswith("accuracy improvement is significant: one-sided McNemar p = ")
+        for r in decision.reasons
+    )
     assert decision.comparison["paired"]["mcnemar_p_candidate_better"] < 0.05
     assert decision.comparison["policy"] == "superiority"
 
@@ -159,7 +182,9 @@ def test_superiority_rejects_an_improvement_that_is_noise() -> None:
     cfg = LOW.model_copy(update={"policy": "superiority"})
     decision = decide(_metrics(p), {"version": "3", "accuracy": 0.0, "macro_f1": 0.0}, cfg, p)
     assert decision.passed is False
-    assert any("improvement is not significant" in r and "champion stays" in r for r in decision.reasons)
+    assert any(
+        "improvement is not significant" in r and "champion stays" in r for r in decision.reasons
+    )
 
 
 def test_non_inferiority_on_delta_passes_equal_models_but_ci_lower_does_not() -> None:
@@ -168,16 +193,23 @@ def test_non_inferiority_on_delta_passes_equal_models_but_ci_lower_does_not() ->
     by_delta = decide(_metrics(p), champion, LOW, p)
     assert by_delta.passed, by_delta.reasons
     assert any("95% CI [" in r and "McNemar exact p = 1" in r for r in by_delta.reasons)
-    strict = decide(_metrics(p), champion, LOW.model_copy(update={"non_inferiority_on": "ci_lower"}), p)
+    strict = decide(
+        _metrics(p), champion, LOW.model_copy(update={"non_inferiority_on": "ci_lower"}), p
+    )
     assert strict.passed is False
-    assert any(r.startswith("accuracy not shown non-inferior: CI lower bound") for r in strict.reasons)
+    assert any(
+        r.startswith("accuracy not shown non-inferior: CI lower bound") for r in strict.reasons
+    )
 
 
 def test_non_inferiority_rejects_a_paired_drop_beyond_the_margin() -> None:
     p = _paired(180, 1, 9, 10)  # candidate loses 8 images of 200 = 4 points
     decision = decide(_metrics(p), {"version": "5", "accuracy": 0.0, "macro_f1": 0.0}, LOW, p)
     assert decision.passed is False
-    assert any(r.startswith("accuracy 0.9050 is 4.00 points below champion v5 (0.9450)") for r in decision.reasons)
+    assert any(
+        r.startswith("accuracy 0.9050 is 4.00 points below champion v5 (0.9450)")
+        for r in decision.reasons
+    )
 
 
 def test_class_change_is_reported_and_compare_on_shared_uses_shared_images() -> None:
@@ -186,8 +218,12 @@ def test_class_change_is_reported_and_compare_on_shared_uses_shared_images() -> 
     champ = [t if t != "b" else "a" for t in y]  # champion knows a, b, d and misses every b
     p = PairedPredictions(y, cand, champ, ["a", "b", "c"], ["a", "b", "d"])
     assert class_change(p.candidate_labels, p.champion_labels) == {"added": ["c"], "removed": ["d"]}
-    decision = decide({"accuracy": 1.0, "macro_f1": 1.0}, {"version": "1", "accuracy": 0.5, "macro_f1": 0.4},
-                      LOW, p)
+    decision = decide(
+        {"accuracy": 1.0, "macro_f1": 1.0},
+        {"version": "1", "accuracy": 0.5, "macro_f1": 0.4},
+        LOW,
+        p,
+    )
     assert decision.passed, decision.reasons
     assert "class set changed against champion v1: added ['c'], removed ['d']" in decision.reasons
     assert "compared on the 40 test images of the 2 shared classes" in decision.reasons
@@ -199,12 +235,20 @@ def test_class_change_policy_reject_and_skip() -> None:
     y = ["a", "b"] * 10
     p = PairedPredictions(y, list(y), list(y), ["a", "b", "c"], ["a", "b"])
     champion = {"version": "1", "accuracy": 1.0, "macro_f1": 1.0}
-    rejected = decide({"accuracy": 1.0, "macro_f1": 1.0}, champion,
-                      LOW.model_copy(update={"on_class_change": "reject"}), p)
+    rejected = decide(
+        {"accuracy": 1.0, "macro_f1": 1.0},
+        champion,
+        LOW.model_copy(update={"on_class_change": "reject"}),
+        p,
+    )
     assert rejected.passed is False
     assert any(r.startswith("gate.on_class_change is 'reject'") for r in rejected.reasons)
-    skipped = decide({"accuracy": 1.0, "macro_f1": 1.0}, champion,
-                     LOW.model_copy(update={"on_class_change": "skip_comparison"}), p)
+    skipped = decide(
+        {"accuracy": 1.0, "macro_f1": 1.0},
+        champion,
+        LOW.model_copy(update={"on_class_change": "skip_comparison"}),
+        p,
+    )
     assert skipped.passed is True
     assert any("comparison with the champion skipped" in r for r in skipped.reasons)
     assert "paired" not in skipped.comparison
@@ -223,11 +267,18 @@ def test_paired_decision_round_trips_through_json() -> None:
     assert GateDecision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
 
 
-@pytest.mark.parametrize(("key", "value"), [("gate.policy", "best"), ("gate.on_class_change", "ignore"),
-                                            ("gate.alpha", 0.0), ("gate.non_inferiority_on", "mean"),
-                                            ("registry.smoke_test_images", -1)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("gate.policy", "best"),
+        ("gate.on_class_change", "ignore"),
+        ("gate.alpha", 0.0),
+        ("gate.non_inferiority_on", "mean"),
+        ("registry.smoke_test_images", -1),
+    ],
+)
 def test_gate_and_registry_keys_are_validated_naming_the_key(key: str, value: object) -> None:
-    from visionops.config import ConfigError, build_config
+    from visionops.core.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config({}, {key: value})
@@ -238,11 +289,18 @@ def test_gate_and_registry_keys_are_validated_naming_the_key(key: str, value: ob
 
 
 def test_judge_on_clean_uses_the_clean_figures_and_says_so() -> None:
-    metrics = {"accuracy": 0.97, "macro_f1": 0.97, "clean_accuracy": 0.88, "clean_macro_f1": 0.87,
-               "n_test_clean": 120}
+    metrics = {
+        "accuracy": 0.97,
+        "macro_f1": 0.97,
+        "clean_accuracy": 0.88,
+        "clean_macro_f1": 0.87,
+        "n_test_clean": 120,
+    }
     full = decide(metrics, None, CFG)
     assert full.passed and full.judged_on == "full"
-    assert any(r.startswith("judged on the full test split") and "0.8800" in r for r in full.reasons)
+    assert any(
+        r.startswith("judged on the full test split") and "0.8800" in r for r in full.reasons
+    )
 
     clean = decide(metrics, None, CFG.model_copy(update={"judge_on": "clean"}))
     assert not clean.passed and clean.judged_on == "clean"
@@ -250,18 +308,34 @@ def test_judge_on_clean_uses_the_clean_figures_and_says_so() -> None:
     assert "accuracy 0.8800 < required 0.9000" in clean.reasons
     assert clean.metrics == {"accuracy": 0.88, "macro_f1": 0.87}
     # Without clean figures (an older evaluation) the full split is judged, and the reasons say so.
-    old = decide({"accuracy": 0.97, "macro_f1": 0.97}, None, CFG.model_copy(update={"judge_on": "clean"}))
+    old = decide(
+        {"accuracy": 0.97, "macro_f1": 0.97}, None, CFG.model_copy(update={"judge_on": "clean"})
+    )
     assert old.passed and old.judged_on == "full" and "no clean-subset figures" in old.reasons[0]
 
 
 def test_judge_on_clean_restricts_the_paired_comparison_to_clean_rows() -> None:
     # 40 clean images where both are right; 20 leaky images the candidate gets wrong and the champion right.
     p = _paired(40, 0, 20, 0)
-    p = PairedPredictions(p.y_true, p.candidate, p.champion, p.candidate_labels, p.champion_labels,
-                          [True] * 40 + [False] * 20)
-    champion = {"version": "2", "accuracy": 1.0, "macro_f1": 1.0, "clean_accuracy": 1.0, "clean_macro_f1": 1.0}
+    p = PairedPredictions(
+        p.y_true,
+        p.candidate,
+        p.champion,
+        p.candidate_labels,
+        p.champion_labels,
+        [True] * 40 + [False] * 20,
+    )
+    champion = {
+        "version": "2",
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+        "clean_accuracy": 1.0,
+        "clean_macro_f1": 1.0,
+    }
     metrics = {**_metrics(p), "clean_accuracy": 1.0, "clean_macro_f1": 1.0, "n_test_clean": 40}
-    assert not decide(metrics, champion, LOW, p).passed  # on all 60 images the candidate is far behind
+    assert not decide(
+        metrics, champion, LOW, p
+    ).passed  # on all 60 images the candidate is far behind
     clean = decide(metrics, champion, LOW.model_copy(update={"judge_on": "clean"}), p)
     assert clean.passed, clean.reasons
     assert clean.comparison["paired"]["n"] == 40 and clean.judged_on == "clean"

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from visionops.config import DataConfig
+from visionops.core.config import DataConfig
+from visionops.core.errors import InputError
 from visionops.data.ingest import (
     MANIFEST_COLUMNS,
     build_manifest,
@@ -20,8 +21,6 @@ from visionops.data.ingest import (
     source_fingerprint_parts,
 )
 from visionops.data.sources import Item, SourceError, export_digits, list_csv, list_imagefolder
-from visionops.errors import InputError
-
 
 
 def solid(value: int, channels: int = 1) -> np.ndarray:
@@ -46,7 +45,12 @@ def test_list_imagefolder_labels_by_folder_and_skips_non_images(tmp_path: Path, 
     root = _folder(tmp_path, write_png)
     items = list_imagefolder(root)
     pairs = [(Path(i.path).relative_to(root.resolve()).as_posix(), i.label) for i in items]
-    assert pairs == [("cat/1.png", "cat"), ("cat/2.PNG", "cat"), ("dog/a.png", "dog"), ("dog/b.jpg", "dog")]
+    assert pairs == [
+        ("cat/1.png", "cat"),
+        ("cat/2.PNG", "cat"),
+        ("dog/a.png", "dog"),
+        ("dog/b.jpg", "dog"),
+    ]
     assert all(Path(i.path).is_absolute() for i in items)
 
 
@@ -73,7 +77,9 @@ def _manifest(tmp_path: Path, text: str) -> Path:
 
 
 def test_list_csv_resolves_paths_relative_to_the_manifest(tmp_path: Path) -> None:
-    manifest = _manifest(tmp_path, "path,label,extra\nimg/a.png,cat,1\n ./b.png , dog ,2\nc.png,,3\n")
+    manifest = _manifest(
+        tmp_path, "path,label,extra\nimg/a.png,cat,1\n ./b.png , dog ,2\nc.png,,3\n"
+    )
     items = list_csv(manifest)
     base = (tmp_path / "data").resolve()
     assert items == [
@@ -140,7 +146,9 @@ def test_export_digits_writes_1797_pngs_in_10_folders(digits_dir: Path) -> None:
     assert not digits_dir.with_name("digits.tmp").exists()
 
 
-def test_export_digits_second_call_does_not_rewrite(digits_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_digits_second_call_does_not_rewrite(
+    digits_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = sorted(digits_dir.glob("*/*.png"))[:50] + [digits_dir / "_COMPLETE"]
     before = {f: f.stat().st_mtime_ns for f in files}
 
@@ -175,7 +183,9 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_build_manifest_records_good_and_broken_files_without_raising(tmp_path: Path, write_png) -> None:
+def test_build_manifest_records_good_and_broken_files_without_raising(
+    tmp_path: Path, write_png
+) -> None:
     rng = np.random.default_rng(0)
     grey = write_png(tmp_path / "good_grey.png", rng.integers(0, 256, (6, 10), dtype=np.uint8))
     rgb = write_png(tmp_path / "good_rgb.png", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from testkit import left_right_split
 import torch
 from torch import nn
 
+from testkit import left_right_split
 from visionops.data.preprocess import Split
 from visionops.models import available_models, build_model
 from visionops.models.wrappers import NormalizedNet
@@ -16,8 +16,18 @@ CPU = torch.device("cpu")
 
 
 def test_registry_lists_the_known_models() -> None:
-    assert available_models() == ["face_cnn", "face_embedding", "fashion_cnn", "resnet18", "small_cnn", "vgg11",
-                                  "vgg13", "vgg16", "vgg19", "vit_tiny"]
+    assert available_models() == [
+        "face_cnn",
+        "face_embedding",
+        "fashion_cnn",
+        "resnet18",
+        "small_cnn",
+        "vgg11",
+        "vgg13",
+        "vgg16",
+        "vgg19",
+        "vit_tiny",
+    ]
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "face_cnn"])
@@ -52,9 +62,9 @@ def test_normalized_net_takes_uint8_and_normalises_per_channel() -> None:
     x[:, 1] = 0
     out = net(x)
     assert out.dtype == torch.float32
-    assert out[:, 0].unique().tolist() == [2.0]   # (1 - 0.5) / 0.25
-    assert out[:, 1].unique().tolist() == [0.0]   # (0 - 0) / 1
-    assert out[:, 2].unique().tolist() == [0.0]   # (1 - 1) / 0.5
+    assert out[:, 0].unique().tolist() == [2.0]  # (1 - 0.5) / 0.25
+    assert out[:, 1].unique().tolist() == [0.0]  # (0 - 0) / 1
+    assert out[:, 2].unique().tolist() == [0.0]  # (1 - 1) / 0.5
     state = net.state_dict()
     assert state["mean"].flatten().tolist() == [0.5, 0.0, 1.0]  # statistics travel with the weights
     assert state["std"].flatten().tolist() == [0.25, 1.0, 0.5]
@@ -62,8 +72,11 @@ def test_normalized_net_takes_uint8_and_normalises_per_channel() -> None:
 
 def test_normalized_net_wraps_a_real_model() -> None:
     torch.manual_seed(0)
-    net = NormalizedNet(build_model("small_cnn", in_channels=1, image_size=8, num_classes=3, dropout=0.0),
-                        [0.3], [0.2])
+    net = NormalizedNet(
+        build_model("small_cnn", in_channels=1, image_size=8, num_classes=3, dropout=0.0),
+        [0.3],
+        [0.2],
+    )
     out = net(torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8))
     assert out.shape == (5, 3) and torch.isfinite(out).all()
 
@@ -73,13 +86,23 @@ _separable = left_right_split  # two classes: bright left half (0) or right half
 
 def _net(seed: int = 0, dropout: float = 0.0) -> nn.Module:
     torch.manual_seed(seed)
-    return NormalizedNet(build_model("small_cnn", in_channels=1, image_size=8, num_classes=2, dropout=dropout),
-                         [0.3], [0.3])
+    return NormalizedNet(
+        build_model("small_cnn", in_channels=1, image_size=8, num_classes=2, dropout=dropout),
+        [0.3],
+        [0.3],
+    )
 
 
 def _fit(model: nn.Module, train: Split, val: Split, **kw):
-    args = dict(max_epochs=3, batch_size=16, learning_rate=3e-3, weight_decay=0.0, patience=5, seed=1,
-                device=CPU)
+    args = dict(
+        max_epochs=3,
+        batch_size=16,
+        learning_rate=3e-3,
+        weight_decay=0.0,
+        patience=5,
+        seed=1,
+        device=CPU,
+    )
     args.update(kw)
     return fit(model, train, val, **args)
 
@@ -99,7 +122,9 @@ def test_fit_learns_a_separable_problem() -> None:
     assert all(m.seconds > 0 and m.images_per_second > 0 for m in result.history)
     # The returned model is in eval mode and scores what the history says.
     assert not result.model.training
-    _, acc = evaluate_split(result.model, torch.from_numpy(val.x), torch.from_numpy(val.y), nn.CrossEntropyLoss(), 64)
+    _, acc = evaluate_split(
+        result.model, torch.from_numpy(val.x), torch.from_numpy(val.y), nn.CrossEntropyLoss(), 64
+    )
     assert acc == pytest.approx(result.best_val_accuracy)
 
 
@@ -143,7 +168,11 @@ def test_fit_stops_early_when_validation_plateaus() -> None:
     result = _fit(_net(), train, val, max_epochs=20, patience=2, learning_rate=1e-12)
     assert len({m.val_accuracy for m in result.history}) == 1
     assert result.stopped_early is True
-    assert [m.epoch for m in result.history] == [1, 2, 3]  # best at 1, then 2 epochs without improvement
+    assert [m.epoch for m in result.history] == [
+        1,
+        2,
+        3,
+    ]  # best at 1, then 2 epochs without improvement
     assert result.best_epoch == 1
 
 

@@ -44,7 +44,7 @@ def test_stratified_split_is_reproducible_for_a_seed() -> None:
 
 
 TRAIN_VALUES = {"b": 40, "a": 120}  # train images per label: solid grey of this value
-HELD_OUT_VALUE = 250                 # every val/test image
+HELD_OUT_VALUE = 250  # every val/test image
 
 
 def _dataset(tmp_path: Path, write_png, seed: int, channels: int = 1) -> pd.DataFrame:
@@ -64,7 +64,9 @@ def test_preprocess_to_writes_arrays_labels_and_train_only_stats(tmp_path: Path,
     manifest = _dataset(tmp_path, write_png, seed=3)
     out = tmp_path / "out"
     out.mkdir()
-    result = preprocess_to(manifest, out, size=8, channels=1, val_fraction=0.2, test_fraction=0.2, seed=3)
+    result = preprocess_to(
+        manifest, out, size=8, channels=1, val_fraction=0.2, test_fraction=0.2, seed=3
+    )
 
     assert result.labels == ["a", "b"]
     assert load_labels(out) == ["a", "b"]
@@ -92,9 +94,18 @@ def test_preprocess_to_writes_arrays_labels_and_train_only_stats(tmp_path: Path,
     assert stats["counts"] == result.counts
 
     splits = pd.read_parquet(out / "splits.parquet")
-    assert list(splits.columns) == ["path", "label", "sha256", "split", "class_index", "group",
-                                    "near_copy_in_train"]
-    assert not splits["near_copy_in_train"].any()  # solid images carry no dHash here: no near-copies known
+    assert list(splits.columns) == [
+        "path",
+        "label",
+        "sha256",
+        "split",
+        "class_index",
+        "group",
+        "near_copy_in_train",
+    ]
+    assert not splits[
+        "near_copy_in_train"
+    ].any()  # solid images carry no dHash here: no near-copies known
     assert np.load(out / "test_clean.npy").tolist() == [True] * 4
     assert len(splits) == 20
     assert (splits["class_index"] == splits["label"].map({"a": 0, "b": 1})).all()
@@ -106,7 +117,9 @@ def test_preprocess_to_rgb_and_constant_train_std_is_floored(tmp_path: Path, wri
     manifest = manifest.assign(label="same")  # one class: every train image differs only by value
     out = tmp_path / "out"
     out.mkdir()
-    result = preprocess_to(manifest, out, size=4, channels=3, val_fraction=0.2, test_fraction=0.2, seed=5)
+    result = preprocess_to(
+        manifest, out, size=4, channels=3, val_fraction=0.2, test_fraction=0.2, seed=5
+    )
     assert result.labels == ["same"]
     x = load_split(out, "train").x
     assert x.shape == (12, 3, 4, 4) and x.dtype == np.uint8

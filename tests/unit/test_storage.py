@@ -1,4 +1,4 @@
-"""visionops.storage: atomic, fingerprinted, run-scoped stage outputs on local and fsspec roots."""
+"""visionops.core.storage: atomic, fingerprinted, run-scoped stage outputs on local and fsspec roots."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from visionops.storage import MARKER, RunStore, fingerprint, run_key_from, visionops_home
+from visionops.core.storage import MARKER, RunStore, fingerprint, run_key_from, visionops_home
 
 
 def _write_stage(store: RunStore, stage: str, fp: str, files: dict[str, bytes], meta: dict) -> Path:
@@ -156,7 +156,9 @@ def memory_root() -> Iterator[str]:
 def test_memory_root_write_find_and_download(memory_root: str) -> None:
     store = RunStore("run_a", memory_root)
     assert not store.is_local
-    _write_stage(store, "preprocess", "fpm", {"train_x.npy": b"xx", "nested/y.json": b"{}"}, {"n": 2})
+    _write_stage(
+        store, "preprocess", "fpm", {"train_x.npy": b"xx", "nested/y.json": b"{}"}, {"n": 2}
+    )
     fs, path = fsspec.core.url_to_fs(memory_root)
     assert fs.exists(f"{path}/runs/run_a/preprocess/{MARKER}")
     assert fs.cat_file(f"{path}/runs/run_a/preprocess/nested/y.json") == b"{}"
@@ -194,7 +196,10 @@ def test_memory_root_failed_write_leaves_nothing(memory_root: str) -> None:
     ("run_id", "key"),
     [
         ("manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00"),
-        ("scheduled__2026-03-04T05:06:07.123456+00:00", "scheduled__2026-03-04T05_06_07.123456_00_00"),
+        (
+            "scheduled__2026-03-04T05:06:07.123456+00:00",
+            "scheduled__2026-03-04T05_06_07.123456_00_00",
+        ),
         ("dataset_triggered__a/b c", "dataset_triggered__a_b_c"),
         ("plain-run_1.2", "plain-run_1.2"),
         ("../../etc", "etc"),
@@ -236,8 +241,9 @@ def test_memory_root_local_path_is_not_stale_after_the_output_is_replaced(memory
     assert (newer.local_path() / "x.txt").read_bytes() == b"v2"
 
 
-def test_memory_root_failed_upload_keeps_the_earlier_output(memory_root: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_root_failed_upload_keeps_the_earlier_output(
+    memory_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = RunStore("r", memory_root)
     _write_stage(store, "train", "fp_old", {"model.bin": b"good"}, {"acc": 0.9})
     real_put = store.fs.put_file

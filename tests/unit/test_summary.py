@@ -1,25 +1,40 @@
-"""visionops.summary.format_summary: the text printed at the end of a run (a pure function of a dict)."""
+"""visionops.pipeline.summary.format_summary: the text printed at the end of a run (a pure function
+of the run summary)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from visionops.summary import format_summary
+from visionops.core.contracts import RunSummary
+from visionops.pipeline.summary import format_summary
 
 URI = "sqlite:////tmp/x/mlflow.db"
 
 
-def _summary(**kw: Any) -> dict[str, Any]:
+def _summary(**kw: Any) -> RunSummary:
     base: dict[str, Any] = {
-        "status": "FINISHED", "failed_stage": None, "error": None, "experiment": "visionops-digits",
-        "experiment_id": "1", "parent_run_id": "abc123", "run_key": "manual_1", "airflow_run_id": None,
-        "test_accuracy": 0.97123, "test_macro_f1": 0.96555, "gate": "passed",
-        "gate_reasons": ["accuracy 0.9712 >= required 0.9000", "macro_f1 0.9656 >= required 0.9000"],
-        "model_name": "visionops-digits", "model_version": "4", "model_aliases": ["challenger", "champion"],
+        "status": "FINISHED",
+        "failed_stage": None,
+        "error": None,
+        "experiment": "visionops-digits",
+        "experiment_id": "1",
+        "parent_run_id": "abc123",
+        "run_key": "manual_1",
+        "airflow_run_id": None,
+        "test_accuracy": 0.97123,
+        "test_macro_f1": 0.96555,
+        "gate": "passed",
+        "gate_reasons": [
+            "accuracy 0.9712 >= required 0.9000",
+            "macro_f1 0.9656 >= required 0.9000",
+        ],
+        "model_name": "visionops-digits",
+        "model_version": "4",
+        "model_aliases": ["challenger", "champion"],
         "champion_version": "4",
     }
     base.update(kw)
-    return base
+    return RunSummary.model_validate(base)
 
 
 def test_successful_run() -> None:
@@ -41,8 +56,16 @@ def test_successful_run() -> None:
 
 
 def test_rejected_version_without_alias_keeps_the_old_champion() -> None:
-    text = format_summary(_summary(gate="rejected", gate_reasons=["accuracy 0.8700 < required 0.9000"],
-                                   model_version="5", model_aliases=[], champion_version="4"), URI)
+    text = format_summary(
+        _summary(
+            gate="rejected",
+            gate_reasons=["accuracy 0.8700 < required 0.9000"],
+            model_version="5",
+            model_aliases=[],
+            champion_version="4",
+        ),
+        URI,
+    )
     assert "  gate              : REJECTED" in text
     assert "    - accuracy 0.8700 < required 0.9000" in text
     assert "version 5 (no alias)" in text
@@ -50,9 +73,21 @@ def test_rejected_version_without_alias_keeps_the_old_champion() -> None:
 
 
 def test_failed_stage_is_shown_with_its_error() -> None:
-    text = format_summary(_summary(status="FAILED", failed_stage="preprocess", error="bad.png: cannot decode",
-                                   test_accuracy=None, test_macro_f1=None, gate=None, gate_reasons=[],
-                                   model_version=None, model_aliases=[], champion_version=None), URI)
+    text = format_summary(
+        _summary(
+            status="FAILED",
+            failed_stage="preprocess",
+            error="bad.png: cannot decode",
+            test_accuracy=None,
+            test_macro_f1=None,
+            gate=None,
+            gate_reasons=[],
+            model_version=None,
+            model_aliases=[],
+            champion_version=None,
+        ),
+        URI,
+    )
     lines = text.splitlines()
     assert "visionops pipeline run: FAILED" in lines
     assert "  FAILED at stage   : preprocess" in lines
@@ -63,20 +98,29 @@ def test_failed_stage_is_shown_with_its_error() -> None:
 
 def test_replaced_champion_and_rollback_hint() -> None:
     text = format_summary(_summary(replaced_version="3"), URI)
-    assert ("  replaced champion : version 3 (alias previous_champion; "
-            "`visionops registry rollback visionops-digits` restores it)") in text.splitlines()
+    assert (
+        "  replaced champion : version 3 (alias previous_champion; "
+        "`visionops registry rollback visionops-digits` restores it)"
+    ) in text.splitlines()
     assert "replaced champion" not in format_summary(_summary(), URI)
 
 
 def test_clean_subset_line() -> None:
-    text = format_summary(_summary(test_clean_accuracy=0.91, test_clean_macro_f1=0.9, n_test_clean=120), URI)
-    assert "clean test subset : accuracy 0.9100, macro-F1 0.9000 on 120 images without a near-copy" in text
+    text = format_summary(
+        _summary(test_clean_accuracy=0.91, test_clean_macro_f1=0.9, n_test_clean=120), URI
+    )
+    assert (
+        "clean test subset : accuracy 0.9100, macro-F1 0.9000 on 120 images without a near-copy"
+        in text
+    )
     assert "clean test subset" not in format_summary(_summary(), URI)
 
 
 def test_data_warnings_are_listed() -> None:
-    warning = ("expect_column_values_to_be_unique on 'sha256': 9 exact copies with the same label were "
-               "dropped (kept one of each)")
+    warning = (
+        "expect_column_values_to_be_unique on 'sha256': 9 exact copies with the same label were "
+        "dropped (kept one of each)"
+    )
     text = format_summary(_summary(validation_warnings=[warning]), URI)
     assert f"  data warning      : {warning}" in text.splitlines()
     assert "data warning" not in format_summary(_summary(), URI)

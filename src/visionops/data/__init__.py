@@ -1,1 +1,1 @@
-"""Data stages: sources, ingest, validate, preprocess."""
+"""Data: sources, ingest, faces, validation, splits, preprocessing, drift statistics, and the data stages."""

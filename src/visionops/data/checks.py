@@ -1,7 +1,8 @@
 """The tables the validation suite runs on, derived from the manifest, and the expectations on each.
 
 Each check is a real GX expectation on one of these tables: per file (decode, label, size, mode,
-exact duplicates dropped, copies with two labels, near-copies across the split), per class (count, imbalance), per class against the champion
+exact duplicates dropped, copies with two labels, near-copies across the split), per class (count,
+imbalance), per class against the champion
 (schema change) and per feature (drift). ``severity`` says whether a failure stops the run.
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from visionops.config import ValidateConfig
+from visionops.core.config import ValidateConfig
 from visionops.data.drift import drift_table
 
 if TYPE_CHECKING:
@@ -23,43 +24,75 @@ if TYPE_CHECKING:
 
 # What each failed expectation means for a person fixing the data, keyed by (type, column).
 ADVICE: dict[tuple[str, str], str] = {
-    ("expect_column_values_to_be_null", "decode_error"):
-        "{n} file(s) do not decode as images; repair or remove them from the source",
-    ("expect_column_values_to_not_be_null", "label"):
-        "{n} image(s) have no label; label them or remove them from the source",
-    ("expect_column_values_to_match_regex", "label"):
-        "{n} image(s) have an empty or blank label; label them or remove them from the source",
-    ("expect_column_values_to_be_null", "duplicate_of"):
-        "{n} file(s) have the same content (sha256) and label as another file (observed: the copy kept); "
-        "they are dropped from the training data",
-    ("expect_column_values_to_be_null", "label_conflict"):
-        "{n} file(s) have the same content (sha256) as a file with another label; keep one, correctly labelled",
-    ("expect_column_values_to_be_between", "count"):
-        "{n} class(es) have fewer than {min} images; add images or drop the class",
-    ("expect_column_values_to_be_between", "imbalance"):
-        "{n} class(es) are more than {cfg.max_imbalance}x smaller than the largest class "
-        "(observed: largest/this); add images or rebalance",
-    ("expect_column_values_to_be_in_set", "label"):
-        "{n} image(s) have a label outside the declared classes (validate.classes)",
-    ("expect_column_values_to_be_in_set", "mode"):
-        "{n} image(s) are not in the configured mode(s) {cfg.modes}",
-    ("expect_column_values_to_be_between", "width"):
-        "{n} image(s) have a width outside [{cfg.min_side}, {cfg.max_side}]",
-    ("expect_column_values_to_be_between", "height"):
-        "{n} image(s) have a height outside [{cfg.min_side}, {cfg.max_side}]",
-    ("expect_column_values_to_be_between", "leak_pixel_diff"):
-        "{n} held-out image(s) are near-copies of a training image (dHash within "
-        "{cfg.near_duplicate_bits} bits, thumbnails differ by <= {cfg.near_duplicate_max_diff}/255): "
-        "leakage across the user-given split (the manifest's split column)",
-    ("expect_column_values_to_be_between", "cut_link_pixel_diff"):
-        "{n} held-out image(s) are near-copies of a training image across a cut of an over-large near-copy "
-        "group (preprocess.max_group_fraction); they are left out of the clean test figures",
-    ("expect_column_values_to_be_in_set", "change"):
-        "{n} class(es) were added or removed compared with the champion's label map",
-    ("expect_column_values_to_be_between", "psi"):
-        "{n} feature(s) drifted from the champion's training data (PSI > {cfg.max_drift_psi})",
-    ("expect_table_row_count_to_be_between", ""):
-        "the manifest has no images; check the data source",
+    (
+        "expect_column_values_to_be_null",
+        "decode_error",
+    ): "{n} file(s) do not decode as images; repair or remove them from the source",
+    (
+        "expect_column_values_to_not_be_null",
+        "label",
+    ): "{n} image(s) have no label; label them or remove them from the source",
+    (
+        "expect_column_values_to_match_regex",
+        "label",
+    ): "{n} image(s) have an empty or blank label; label them or remove them from the source",
+    (
+        "expect_column_values_to_be_null",
+        "duplicate_of",
+    ): "{n} file(s) have the same content (sha256) and label as another file (observed: the copy kept); "
+    "they are dropped from the training data",
+    (
+        "expect_column_values_to_be_null",
+        "label_conflict",
+    ): "{n} file(s) have the same content (sha256) as a file with another label; keep one, correctly labelled",
+    (
+        "expect_column_values_to_be_between",
+        "count",
+    ): "{n} class(es) have fewer than {min} images; add images or drop the class",
+    (
+        "expect_column_values_to_be_between",
+        "imbalance",
+    ): "{n} class(es) are more than {cfg.max_imbalance}x smaller than the largest class "
+    "(observed: largest/this); add images or rebalance",
+    (
+        "expect_column_values_to_be_in_set",
+        "label",
+    ): "{n} image(s) have a label outside the declared classes (validate.classes)",
+    (
+        "expect_column_values_to_be_in_set",
+        "mode",
+    ): "{n} image(s) are not in the configured mode(s) {cfg.modes}",
+    (
+        "expect_column_values_to_be_between",
+        "width",
+    ): "{n} image(s) have a width outside [{cfg.min_side}, {cfg.max_side}]",
+    (
+        "expect_column_values_to_be_between",
+        "height",
+    ): "{n} image(s) have a height outside [{cfg.min_side}, {cfg.max_side}]",
+    (
+        "expect_column_values_to_be_between",
+        "leak_pixel_diff",
+    ): "{n} held-out image(s) are near-copies of a training image (dHash within "
+    "{cfg.near_duplicate_bits} bits, thumbnails differ by <= {cfg.near_duplicate_max_diff}/255): "
+    "leakage across the user-given split (the manifest's split column)",
+    (
+        "expect_column_values_to_be_between",
+        "cut_link_pixel_diff",
+    ): "{n} held-out image(s) are near-copies of a training image across a cut of an over-large near-copy "
+    "group (preprocess.max_group_fraction); they are left out of the clean test figures",
+    (
+        "expect_column_values_to_be_in_set",
+        "change",
+    ): "{n} class(es) were added or removed compared with the champion's label map",
+    (
+        "expect_column_values_to_be_between",
+        "psi",
+    ): "{n} feature(s) drifted from the champion's training data (PSI > {cfg.max_drift_psi})",
+    (
+        "expect_table_row_count_to_be_between",
+        "",
+    ): "the manifest has no images; check the data source",
 }
 
 
@@ -77,8 +110,9 @@ def usable_labels(labels: pd.Series) -> pd.Series:
     return labels.notna() & labels.astype("string").str.strip().ne("").fillna(False)
 
 
-def nearest_train(manifest: pd.DataFrame, splits: Sequence[str],
-                  max_bits: int) -> tuple[list[Any], list[Any], list[Any]]:
+def nearest_train(
+    manifest: pd.DataFrame, splits: Sequence[str], max_bits: int
+) -> tuple[list[Any], list[Any], list[Any]]:
     """For each held-out row, its closest training image among those whose 64-bit dHash is within
     ``max_bits``: (mean absolute difference of their 16x16 grey thumbnails, 0-255; that image's row
     position; the Hamming distance). None where no training image is that close.
@@ -90,7 +124,9 @@ def nearest_train(manifest: pd.DataFrame, splits: Sequence[str],
     split = np.asarray(splits, dtype=object)
     hashes = manifest["dhash"].reset_index(drop=True)
     valid = hashes.notna().to_numpy() & manifest["thumb"].notna().to_numpy()
-    as_int = np.array([int(h, 16) if ok else 0 for h, ok in zip(hashes, valid, strict=True)], dtype=np.uint64)
+    as_int = np.array(
+        [int(h, 16) if ok else 0 for h, ok in zip(hashes, valid, strict=True)], dtype=np.uint64
+    )
     diff: list[Any] = [None] * n
     partner: list[Any] = [None] * n
     bits_out: list[Any] = [None] * n
@@ -99,15 +135,24 @@ def nearest_train(manifest: pd.DataFrame, splits: Sequence[str],
         return diff, partner, bits_out
     thumbs = manifest["thumb"].reset_index(drop=True)
     train_hashes = as_int[train_pos]
-    for i in np.flatnonzero(np.isin(split, ["val", "test"]) & valid):  # rows left out are not held out
+    for i in np.flatnonzero(
+        np.isin(split, ["val", "test"]) & valid
+    ):  # rows left out are not held out
         bits = np.bitwise_count(train_hashes ^ as_int[i])
         close = np.flatnonzero(bits <= max_bits)
         if len(close) == 0:
             continue
         mine = np.frombuffer(thumbs[i], np.uint8).astype(np.float32)
-        mads = [float(np.abs(np.frombuffer(thumbs[train_pos[j]], np.uint8) - mine).mean()) for j in close]
+        mads = [
+            float(np.abs(np.frombuffer(thumbs[train_pos[j]], np.uint8) - mine).mean())
+            for j in close
+        ]
         best = close[int(np.argmin(mads))]
-        diff[i], partner[i], bits_out[i] = round(min(mads), 3), int(train_pos[best]), int(bits[best])
+        diff[i], partner[i], bits_out[i] = (
+            round(min(mads), 3),
+            int(train_pos[best]),
+            int(bits[best]),
+        )
     return diff, partner, bits_out
 
 
@@ -116,13 +161,21 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
 
     from visionops.data.grouping import find_duplicates
 
-    cols = [c for c in ("path", "label", "sha256", "decode_error", "width", "height", "mode")
-            if c in manifest.columns]
+    cols = [
+        c
+        for c in ("path", "label", "sha256", "decode_error", "width", "height", "mode")
+        if c in manifest.columns
+    ]
     frame = manifest.loc[:, cols].reset_index(drop=True)
     dups = plan if plan is not None else find_duplicates(manifest)
     # A copy under another label is reported once, as the conflict (an error), not also as dropped.
-    frame["duplicate_of"] = pd.array([None if c is not None else d for d, c in
-                                      zip(dups.duplicate_of, dups.conflict, strict=True)], dtype="string")
+    frame["duplicate_of"] = pd.array(
+        [
+            None if c is not None else d
+            for d, c in zip(dups.duplicate_of, dups.conflict, strict=True)
+        ],
+        dtype="string",
+    )
     frame["label_conflict"] = pd.array(dups.conflict, dtype="string")
     exp: list[tuple[Any, str]] = [
         (gxe.ExpectTableRowCountToBeBetween(min_value=1), "error"),
@@ -133,15 +186,27 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
         (gxe.ExpectColumnValuesToBeNull(column="label_conflict"), "error"),
     ]
     if cfg.classes is not None:
-        exp.append((gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.classes)), "error"))
+        exp.append(
+            (gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.classes)), "error")
+        )
     for col in ("width", "height"):
         if col in frame.columns:
             frame[col] = frame[col].astype("Float64")
-            exp.append((gxe.ExpectColumnValuesToBeBetween(column=col, min_value=cfg.min_side,
-                                                          max_value=cfg.max_side), "error"))
+            exp.append(
+                (
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column=col, min_value=cfg.min_side, max_value=cfg.max_side
+                    ),
+                    "error",
+                )
+            )
     if cfg.modes is not None and "mode" in frame.columns:
-        exp.append((gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(cfg.modes)),
-                    "warning" if cfg.convert_modes else "error"))
+        exp.append(
+            (
+                gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=list(cfg.modes)),
+                "warning" if cfg.convert_modes else "error",
+            )
+        )
     index = ["path"]
     if plan is not None:
         # Under a user-given split a leak is the user's to fix (leakage_severity); a planned split
@@ -149,13 +214,23 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
         column = "leak_pixel_diff" if plan.forced else "cut_link_pixel_diff"
         paths = frame["path"].tolist()
         frame["split"] = pd.array(list(plan.split), dtype="string")
-        frame[column] = pd.array([None if np.isnan(d) else float(d) for d in plan.leak_diff], dtype="Float64")
-        frame["leaks_train_file"] = pd.array([paths[p] if p >= 0 else None for p in plan.leak_partner],
-                                             dtype="string")
-        frame["dhash_bits"] = pd.array([b if b >= 0 else None for b in plan.leak_bits.tolist()], dtype="Int64")
-        exp.append((gxe.ExpectColumnValuesToBeBetween(
-            column=column, min_value=cfg.near_duplicate_max_diff, strict_min=True),
-            cfg.leakage_severity if plan.forced else "warning"))
+        frame[column] = pd.array(
+            [None if np.isnan(d) else float(d) for d in plan.leak_diff], dtype="Float64"
+        )
+        frame["leaks_train_file"] = pd.array(
+            [paths[p] if p >= 0 else None for p in plan.leak_partner], dtype="string"
+        )
+        frame["dhash_bits"] = pd.array(
+            [b if b >= 0 else None for b in plan.leak_bits.tolist()], dtype="Int64"
+        )
+        exp.append(
+            (
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=column, min_value=cfg.near_duplicate_max_diff, strict_min=True
+                ),
+                cfg.leakage_severity if plan.forced else "warning",
+            )
+        )
         index = ["path", "split", "leaks_train_file", "dhash_bits"]
     return Table("files", frame, index, exp)
 
@@ -167,16 +242,25 @@ def class_table(manifest: pd.DataFrame, min_per_class: int, cfg: ValidateConfig)
     per_class = labels[usable_labels(labels)].astype(str).value_counts().sort_index()
     if cfg.classes is not None:  # a declared class without images is a class with 0 images
         per_class = per_class.reindex(sorted(set(per_class.index) | set(cfg.classes)), fill_value=0)
-    counts = pd.DataFrame({"label": per_class.index.astype(str), "count": per_class.to_numpy(dtype=int)})
+    counts = pd.DataFrame(
+        {"label": per_class.index.astype(str), "count": per_class.to_numpy(dtype=int)}
+    )
     # How many times larger the biggest class is than this one: the small classes are the problem.
     # Empty classes get no ratio (null is skipped): the count check already names them.
     nonzero = counts["count"].where(counts["count"] > 0)
     counts["imbalance"] = (counts["count"].max() / nonzero).round(3).astype("Float64")
-    return Table("class_counts", counts, ["label"], [
-        (gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class), "error"),
-        (gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance),
-         cfg.imbalance_severity),
-    ])
+    return Table(
+        "class_counts",
+        counts,
+        ["label"],
+        [
+            (gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class), "error"),
+            (
+                gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance),
+                cfg.imbalance_severity,
+            ),
+        ],
+    )
 
 
 def schema_table(manifest: pd.DataFrame, champion_labels: list[str], cfg: ValidateConfig) -> Table:
@@ -185,12 +269,29 @@ def schema_table(manifest: pd.DataFrame, champion_labels: list[str], cfg: Valida
     labels = manifest["label"]
     current = set(labels[usable_labels(labels)].astype(str))
     before = set(map(str, champion_labels))
-    rows = [{"label": lab, "change": "unchanged" if lab in current and lab in before
-             else "added" if lab in current else "removed"} for lab in sorted(current | before)]
+    rows = [
+        {
+            "label": lab,
+            "change": "unchanged"
+            if lab in current and lab in before
+            else "added"
+            if lab in current
+            else "removed",
+        }
+        for lab in sorted(current | before)
+    ]
     frame = pd.DataFrame(rows, columns=["label", "change"])
-    return Table("schema", frame, ["label"], [
-        (gxe.ExpectColumnValuesToBeInSet(column="change", value_set=["unchanged"]),
-         cfg.schema_change_severity)])
+    return Table(
+        "schema",
+        frame,
+        ["label"],
+        [
+            (
+                gxe.ExpectColumnValuesToBeInSet(column="change", value_set=["unchanged"]),
+                cfg.schema_change_severity,
+            )
+        ],
+    )
 
 
 def drift_table_for(manifest: pd.DataFrame, profile: dict, cfg: ValidateConfig) -> Table | None:
@@ -199,5 +300,14 @@ def drift_table_for(manifest: pd.DataFrame, profile: dict, cfg: ValidateConfig) 
     rows = drift_table(manifest, profile)
     if not rows:
         return None
-    return Table("drift", pd.DataFrame(rows), ["feature"], [
-        (gxe.ExpectColumnValuesToBeBetween(column="psi", max_value=cfg.max_drift_psi), cfg.drift_severity)])
+    return Table(
+        "drift",
+        pd.DataFrame(rows),
+        ["feature"],
+        [
+            (
+                gxe.ExpectColumnValuesToBeBetween(column="psi", max_value=cfg.max_drift_psi),
+                cfg.drift_severity,
+            )
+        ],
+    )

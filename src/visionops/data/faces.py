@@ -29,16 +29,37 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from visionops.config import FacesConfig
-from visionops.data.face_detect import (Box, choose_face, detect_dlib, detect_haar, face_chip, landmarks,
-                                        roll_degrees)
+from visionops.core.config import FacesConfig
+from visionops.core.errors import InputError
+from visionops.core.storage import data_root, fingerprint
+from visionops.data.face_detect import (
+    Box,
+    choose_face,
+    detect_dlib,
+    detect_haar,
+    face_chip,
+    landmarks,
+    roll_degrees,
+)
 from visionops.data.ingest import inspect_image
-from visionops.errors import InputError
-from visionops.storage import data_root, fingerprint
 
-FACE_VERSION = 2  # bump when photo_to_face changes its output for the same settings (new crop cache)
-_PER_PHOTO = ("detector", "upsample", "min_score", "cnn_fallback", "cnn_upsample", "detect_max_side", "min_face",
-              "margin", "size", "max_roll_deg", "scale_factor", "min_neighbors")
+FACE_VERSION = (
+    2  # bump when photo_to_face changes its output for the same settings (new crop cache)
+)
+_PER_PHOTO = (
+    "detector",
+    "upsample",
+    "min_score",
+    "cnn_fallback",
+    "cnn_upsample",
+    "detect_max_side",
+    "min_face",
+    "margin",
+    "size",
+    "max_roll_deg",
+    "scale_factor",
+    "min_neighbors",
+)
 
 
 def face_settings(cfg: FacesConfig) -> dict[str, Any]:
@@ -69,10 +90,18 @@ def photo_to_face(rgb: np.ndarray, settings: dict[str, Any], box: Box | None = N
     if box is not None:
         boxes = [box]
     elif settings["detector"] == "haar":
-        boxes = detect_haar(rgb, settings["scale_factor"], settings["min_neighbors"], settings["min_face"])
+        boxes = detect_haar(
+            rgb, settings["scale_factor"], settings["min_neighbors"], settings["min_face"]
+        )
     else:
-        boxes, _ = detect_dlib(rgb, settings["upsample"], settings["cnn_fallback"], settings["cnn_upsample"],
-                               settings["detect_max_side"], settings["min_score"])
+        boxes, _ = detect_dlib(
+            rgb,
+            settings["upsample"],
+            settings["cnn_fallback"],
+            settings["cnn_upsample"],
+            settings["detect_max_side"],
+            settings["min_score"],
+        )
     face, reason = choose_face(boxes, settings["min_face"])
     if face is None:
         return FaceResult(None, None, reason)
@@ -80,9 +109,15 @@ def photo_to_face(rgb: np.ndarray, settings: dict[str, Any], box: Box | None = N
     roll = round(roll_degrees(shape), 1)
     clipped = _clip(face, rgb.shape)
     if box is None and abs(roll) > settings["max_roll_deg"]:
-        return FaceResult(None, clipped, f"face tilted {abs(roll):.1f}° > faces.max_roll_deg="
-                                         f"{_num(settings['max_roll_deg'])}", roll)
-    return FaceResult(face_chip(rgb, shape, settings["size"], settings["margin"]), clipped, None, roll)
+        return FaceResult(
+            None,
+            clipped,
+            f"face tilted {abs(roll):.1f}° > faces.max_roll_deg={_num(settings['max_roll_deg'])}",
+            roll,
+        )
+    return FaceResult(
+        face_chip(rgb, shape, settings["size"], settings["margin"]), clipped, None, roll
+    )
 
 
 def reason_kind(reason: str) -> str:
@@ -98,8 +133,9 @@ def faces_dir(cfg: FacesConfig) -> Path:
     return Path(data_root().removeprefix("file://")) / "faces" / key[:16]
 
 
-def crop_faces(manifest: pd.DataFrame, out_dir: Path, cfg: FacesConfig,
-               seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+def crop_faces(
+    manifest: pd.DataFrame, out_dir: Path, cfg: FacesConfig, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Manifest of the face chips (``source_path`` names the photo) and a report of rejected photos.
 
     Each photo's result is cached in ``out_dir`` by file hash (and given box), so a photo seen before
@@ -122,17 +158,33 @@ def crop_faces(manifest: pd.DataFrame, out_dir: Path, cfg: FacesConfig,
         result, hit = _cached_face(rec, given, out_dir, settings)
         cached += hit
         if result["reason"]:
-            rejected.append({"path": rec["path"], "label": rec.get("label"), "reason": result["reason"],
-                             "roll_deg": result["roll_deg"]})
+            rejected.append(
+                {
+                    "path": rec["path"],
+                    "label": rec.get("label"),
+                    "reason": result["reason"],
+                    "roll_deg": result["roll_deg"],
+                }
+            )
             stats["lost"][reason_kind(result["reason"])] += 1
             continue
         stats["kept"] += 1
         crop = inspect_image(result["chip"])
-        rows.append({**rec, **crop, "path": result["chip"], "source_path": rec["path"],
-                     "roll_deg": result["roll_deg"]})
+        rows.append(
+            {
+                **rec,
+                **crop,
+                "path": result["chip"],
+                "source_path": rec["path"],
+                "roll_deg": result["roll_deg"],
+            }
+        )
     frame = pd.DataFrame(rows, columns=[*manifest.columns, "source_path", "roll_deg"])
     report: dict[str, Any] = {
-        "photos": len(manifest), "faces": len(frame), "cached": cached, "settings": settings,
+        "photos": len(manifest),
+        "faces": len(frame),
+        "cached": cached,
+        "settings": settings,
         "rejected": rejected,
         "per_class": {k: {**v, "lost": dict(v["lost"])} for k, v in sorted(per_class.items())},
     }
@@ -140,8 +192,9 @@ def crop_faces(manifest: pd.DataFrame, out_dir: Path, cfg: FacesConfig,
     return frame.reset_index(drop=True), report
 
 
-def _cached_face(rec: dict[str, Any], given: Box | None, out_dir: Path,
-                 settings: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def _cached_face(
+    rec: dict[str, Any], given: Box | None, out_dir: Path, settings: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
     """``photo_to_face`` of one manifest row, through the per-photo cache (result JSON + chip PNG)."""
     stem = rec["sha256"][:32] + ("_" + "_".join(map(str, given)) if given else "")
     meta_file, chip_file = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
@@ -150,8 +203,12 @@ def _cached_face(rec: dict[str, Any], given: Box | None, out_dir: Path,
     with Image.open(rec["path"]) as img:
         rgb = np.asarray(img.convert("RGB"))
     face = photo_to_face(rgb, settings, box=given)
-    result = {"reason": face.reason, "box": list(face.box) if face.box else None, "roll_deg": face.roll_deg,
-              "chip": str(chip_file) if face.chip is not None else None}
+    result = {
+        "reason": face.reason,
+        "box": list(face.box) if face.box else None,
+        "roll_deg": face.roll_deg,
+        "chip": str(chip_file) if face.chip is not None else None,
+    }
     # Written under names of this process and renamed: a crash leaves no half file, and two workers
     # cropping the same photo at once each rename a complete file of the same content.
     part = f".{os.getpid()}-{threading.get_ident()}.part"
@@ -173,12 +230,19 @@ def check_class_losses(report: dict[str, Any], min_images: int) -> None:
         if c["kept"] >= min_images:
             continue
         lost = c["photos"] - c["kept"]
-        why = ", ".join(f"{n} {kind}" for kind, n in sorted(c["lost"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"{label}: {c['kept']} of {c['photos']} photos kept "
-                     + (f"({lost} lost: {why})" if lost else "(none lost)"))
+        why = ", ".join(
+            f"{n} {kind}" for kind, n in sorted(c["lost"].items(), key=lambda kv: -kv[1])
+        )
+        lines.append(
+            f"{label}: {c['kept']} of {c['photos']} photos kept "
+            + (f"({lost} lost: {why})" if lost else "(none lost)")
+        )
     if lines:
-        raise InputError("too few usable faces after detection: " + "; ".join(lines)
-                         + f"; validate.min_images_per_class={min_images}")
+        raise InputError(
+            "too few usable faces after detection: "
+            + "; ".join(lines)
+            + f"; validate.min_images_per_class={min_images}"
+        )
 
 
 def balance(frame: pd.DataFrame, how: str, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -190,8 +254,12 @@ def balance(frame: pd.DataFrame, how: str, seed: int) -> tuple[pd.DataFrame, dic
         return frame, {"method": how}
     if how == "weights":
         frame = frame.assign(weight=(len(frame) / (len(counts) * labels.map(counts))).to_numpy())
-        return frame, {"method": how, "class_weights": {k: round(len(frame) / (len(counts) * v), 4)
-                                                        for k, v in counts.items()}}
+        return frame, {
+            "method": how,
+            "class_weights": {
+                k: round(len(frame) / (len(counts) * v), 4) for k, v in counts.items()
+            },
+        }
     smallest = int(counts.min())
     kept = frame.groupby(labels, group_keys=False).sample(n=smallest, random_state=seed)
     kept = frame.loc[sorted(kept.index)]
@@ -204,7 +272,9 @@ def _as_rgb(img: np.ndarray) -> np.ndarray:
     elif img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, :3]  # RGBA: the alpha channel says nothing about faces
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise InputError(f"photo_to_face needs an RGB uint8 (H, W, 3) array, got {img.dtype} {img.shape}")
+        raise InputError(
+            f"photo_to_face needs an RGB uint8 (H, W, 3) array, got {img.dtype} {img.shape}"
+        )
     return np.ascontiguousarray(img)  # dlib reads the buffer directly
 
 

@@ -27,8 +27,8 @@ _PAIR_CHUNK = 200_000  # candidate pairs whose thumbnails are compared at once (
 class Duplicates:
     """Exact copies (same sha256): which rows are dropped, which file each copies, label conflicts."""
 
-    duplicate_of: list[str | None]   # per row: the kept file this row copies (dropped rows only)
-    conflict: list[str | None]       # per row: the other files and labels, when a copy has another label
+    duplicate_of: list[str | None]  # per row: the kept file this row copies (dropped rows only)
+    conflict: list[str | None]  # per row: the other files and labels, when a copy has another label
 
     @property
     def dropped(self) -> np.ndarray:
@@ -41,9 +41,14 @@ def find_duplicates(manifest: pd.DataFrame, split: np.ndarray | None = None) -> 
     n = len(manifest)
     duplicate_of: list[str | None] = [None] * n
     conflict: list[str | None] = [None] * n
-    frame = pd.DataFrame({"path": manifest["path"].astype(str).to_numpy(),
-                          "label": manifest["label"].to_numpy(), "sha": manifest["sha256"].to_numpy(),
-                          "pos": np.arange(n)})
+    frame = pd.DataFrame(
+        {
+            "path": manifest["path"].astype(str).to_numpy(),
+            "label": manifest["label"].to_numpy(),
+            "sha": manifest["sha256"].to_numpy(),
+            "pos": np.arange(n),
+        }
+    )
     frame["part"] = "" if split is None else np.asarray(split, dtype=object)
     frame = frame[frame["sha"].notna()]
     for _, same in frame[frame.duplicated("sha", keep=False)].groupby("sha", sort=False):
@@ -51,7 +56,9 @@ def find_duplicates(manifest: pd.DataFrame, split: np.ndarray | None = None) -> 
         labels = same["label"].astype("string").fillna("<none>")
         if labels.nunique() > 1:
             for pos, path, label in zip(same["pos"], same["path"], labels, strict=True):
-                others = [f"{p} ({lab})" for p, lab in zip(same["path"], labels, strict=True) if p != path]
+                others = [
+                    f"{p} ({lab})" for p, lab in zip(same["path"], labels, strict=True) if p != path
+                ]
                 conflict[pos] = f"labelled {label!r}; same content as " + ", ".join(others)
         # A user-given split keeps one copy per split: copies across splits are leakage, found later.
         for _, part in same.groupby("part", sort=False):
@@ -61,8 +68,9 @@ def find_duplicates(manifest: pd.DataFrame, split: np.ndarray | None = None) -> 
     return Duplicates(duplicate_of, conflict)
 
 
-def near_copy_pairs(dhash: pd.Series, thumb: pd.Series, max_bits: int,
-                    max_diff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def near_copy_pairs(
+    dhash: pd.Series, thumb: pd.Series, max_bits: int, max_diff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` (row positions) whose 64-bit dHash differ by at most ``max_bits`` bits and
     whose 16x16 grey thumbnails differ by at most ``max_diff`` (mean absolute, 0-255): (i, j, diff, bits).
 
@@ -81,7 +89,7 @@ def near_copy_pairs(dhash: pd.Series, thumb: pd.Series, max_bits: int,
     thumbs = np.stack([np.frombuffer(t, np.uint8) for t in thumb.to_numpy()[pos]]).astype(np.int16)
     found_i, found_j, found_bits = [], [], []
     for start in range(0, len(pos), _BLOCK):
-        block = hashes[start:start + _BLOCK]
+        block = hashes[start : start + _BLOCK]
         bits = np.bitwise_count(block[:, None] ^ hashes[None, :])
         rows, cols = np.nonzero(bits <= max_bits)
         rows = rows + start
@@ -92,8 +100,8 @@ def near_copy_pairs(dhash: pd.Series, thumb: pd.Series, max_bits: int,
     ci, cj, cbits = (np.concatenate(a) for a in (found_i, found_j, found_bits))
     diff = np.empty(len(ci))
     for s in range(0, len(ci), _PAIR_CHUNK):
-        a, b = ci[s:s + _PAIR_CHUNK], cj[s:s + _PAIR_CHUNK]
-        diff[s:s + _PAIR_CHUNK] = np.abs(thumbs[a] - thumbs[b]).mean(axis=1)
+        a, b = ci[s : s + _PAIR_CHUNK], cj[s : s + _PAIR_CHUNK]
+        diff[s : s + _PAIR_CHUNK] = np.abs(thumbs[a] - thumbs[b]).mean(axis=1)
     keep = diff <= max_diff
     return pos[ci[keep]], pos[cj[keep]], np.round(diff[keep], 3), cbits[keep].astype(np.int64)
 
@@ -104,7 +112,9 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def cut_components(n: int, i: np.ndarray, j: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, int]:
+def cut_components(
+    n: int, i: np.ndarray, j: np.ndarray, bound: np.ndarray
+) -> tuple[np.ndarray, int]:
     """Group id per node: connected components, each one larger than ``bound[node]`` (the smallest
     bound among its nodes applies) cut into contiguous pieces of at most that size along a
     depth-first traversal started at a node of lowest degree (the end of a chain). Returns the group

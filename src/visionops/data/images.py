@@ -15,7 +15,9 @@ def to_model_array(image: Image.Image | np.ndarray, size: int, channels: int) ->
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-            raise ValueError(f"expected an image of shape HxW or HxWxC (C in 1, 3, 4), got {arr.shape}")
+            raise ValueError(
+                f"expected an image of shape HxW or HxWxC (C in 1, 3, 4), got {arr.shape}"
+            )
         image = Image.fromarray(arr)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # PIL's convert("L") clips 16/32-bit values at 255; scale the range to 8 bits instead.

@@ -15,17 +15,36 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from visionops.config import DataConfig
+from visionops.core.config import DataConfig
+from visionops.core.storage import file_sha256, visionops_home
 from visionops.data.images import to_model_array
 from visionops.data.sources import Item, export_digits, list_csv, list_imagefolder
-from visionops.storage import file_sha256, visionops_home
 
-MANIFEST_COLUMNS = ["path", "label", "sha256", "size_bytes", "mtime_ns", "width", "height", "mode",
-                    "channels", "mean_intensity", "std_intensity", "dhash", "thumb", "box", "decode_error",
-                    "first_seen", "group", "split"]  # group, split: the source's own (csv), else null
+MANIFEST_COLUMNS = [
+    "path",
+    "label",
+    "sha256",
+    "size_bytes",
+    "mtime_ns",
+    "width",
+    "height",
+    "mode",
+    "channels",
+    "mean_intensity",
+    "std_intensity",
+    "dhash",
+    "thumb",
+    "box",
+    "decode_error",
+    "first_seen",
+    "group",
+    "split",
+]  # group, split: the source's own (csv), else null
 DEFAULT_MAX_PIXELS = 40_000_000
 _THUMB = 64  # side of the grey thumbnail the statistics and the perceptual hash are computed on
-THUMB_SIDE = 16  # side of the stored grey thumbnail that confirms a perceptual-hash match (256 bytes)
+THUMB_SIDE = (
+    16  # side of the stored grey thumbnail that confirms a perceptual-hash match (256 bytes)
+)
 
 
 def list_items(data: DataConfig) -> list[Item]:
@@ -65,9 +84,20 @@ def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, 
     The pixel count is checked from the header before any pixel is decoded, so a small file that
     claims enormous dimensions (a decompression bomb) costs nothing.
     """
-    record: dict[str, Any] = {"sha256": None, "size_bytes": None, "mtime_ns": None, "width": None,
-                              "height": None, "mode": None, "channels": None, "mean_intensity": None,
-                              "std_intensity": None, "dhash": None, "thumb": None, "decode_error": None}
+    record: dict[str, Any] = {
+        "sha256": None,
+        "size_bytes": None,
+        "mtime_ns": None,
+        "width": None,
+        "height": None,
+        "mode": None,
+        "channels": None,
+        "mean_intensity": None,
+        "std_intensity": None,
+        "dhash": None,
+        "thumb": None,
+        "decode_error": None,
+    }
     try:
         st = os.stat(path)
         record["size_bytes"], record["mtime_ns"] = st.st_size, st.st_mtime_ns
@@ -82,8 +112,10 @@ def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, 
                 record["width"], record["height"], record["mode"] = img.width, img.height, img.mode
                 record["channels"] = len(img.getbands())
                 if img.width * img.height > max_pixels:
-                    record["decode_error"] = (f"DecompressionBombError: {img.width}x{img.height} = "
-                                              f"{img.width * img.height} pixels > data.max_pixels={max_pixels}")
+                    record["decode_error"] = (
+                        f"DecompressionBombError: {img.width}x{img.height} = "
+                        f"{img.width * img.height} pixels > data.max_pixels={max_pixels}"
+                    )
                     return record
                 img.load()  # header-only checks miss truncated files
                 thumb = to_model_array(img, _THUMB, 1)[0]
@@ -97,35 +129,52 @@ def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, 
     return record
 
 
-def build_manifest(items: list[Item], previous: pd.DataFrame | None = None, *,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, now: float | None = None) -> pd.DataFrame:
+def build_manifest(
+    items: list[Item],
+    previous: pd.DataFrame | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    now: float | None = None,
+) -> pd.DataFrame:
     """One row per file with the columns of ``MANIFEST_COLUMNS``.
 
     Rows of ``previous`` (an earlier manifest of the same source) are reused for files whose path,
     size and mtime are unchanged; ``frame.attrs["reread"]`` counts the files actually read.
     """
     now = time.time() if now is None else now
-    known = {} if previous is None or previous.empty else {
-        row["path"]: row for row in previous.to_dict("records")}
+    known = (
+        {}
+        if previous is None or previous.empty
+        else {row["path"]: row for row in previous.to_dict("records")}
+    )
     rows, reread = [], 0
     for item in items:
         old = known.get(item.path)
         box = ",".join(str(v) for v in item.box) if getattr(item, "box", None) else None
         try:
             st = os.stat(item.path)
-            same = (old is not None and old.get("size_bytes") == st.st_size
-                    and old.get("mtime_ns") == st.st_mtime_ns)
+            same = (
+                old is not None
+                and old.get("size_bytes") == st.st_size
+                and old.get("mtime_ns") == st.st_mtime_ns
+            )
         except OSError:
             same = False
-        given = {"label": item.label, "box": box, "group": getattr(item, "group", None),
-                 "split": getattr(item, "split", None)}
+        given = {
+            "label": item.label,
+            "box": box,
+            "group": getattr(item, "group", None),
+            "split": getattr(item, "split", None),
+        }
         if same and not pd.isna(old.get("sha256")):
             rows.append({**old, **given})
             continue
         reread += 1
         record = inspect_image(item.path, max_pixels)
         # A touched file with the same content keeps the time it was first seen.
-        first_seen = old["first_seen"] if old is not None and old.get("sha256") == record["sha256"] else now
+        first_seen = (
+            old["first_seen"] if old is not None and old.get("sha256") == record["sha256"] else now
+        )
         rows.append({"path": item.path, **record, **given, "first_seen": first_seen})
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("size_bytes", "mtime_ns", "width", "height", "channels"):
@@ -140,7 +189,7 @@ def build_manifest(items: list[Item], previous: pd.DataFrame | None = None, *,
 
 def catalog_path(data: DataConfig) -> Path:
     """Where the last manifest of this source is kept for incremental re-ingest."""
-    from visionops.storage import fingerprint
+    from visionops.core.storage import fingerprint
 
     return visionops_home() / "catalog" / f"{fingerprint(data.source, data.path)[:16]}.parquet"
 
@@ -153,6 +202,8 @@ def load_catalog(data: DataConfig) -> pd.DataFrame | None:
 def save_catalog(data: DataConfig, manifest: pd.DataFrame) -> None:
     path = catalog_path(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # two ingests of one source never share it
+    tmp = path.with_name(
+        f"{path.stem}.{os.getpid()}.tmp"
+    )  # two ingests of one source never share it
     manifest.to_parquet(tmp, index=False)
     tmp.replace(path)

@@ -14,13 +14,23 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from visionops.config import PreprocessConfig, ValidateConfig
+from visionops.core.config import PreprocessConfig, ValidateConfig
 from visionops.data.drift import build_profile, write_profile
 from visionops.data.images import to_model_array
 from visionops.data.split import SPLITS, SplitPlan, plan_split, stratified_split
 
-__all__ = ["SPLITS", "stratified_split", "load_image", "load_images", "preprocess_to", "load_split",
-           "load_labels", "load_stats", "load_test_clean", "PreprocessResult"]
+__all__ = [
+    "SPLITS",
+    "stratified_split",
+    "load_image",
+    "load_images",
+    "preprocess_to",
+    "load_split",
+    "load_labels",
+    "load_stats",
+    "load_test_clean",
+    "PreprocessResult",
+]
 
 
 def load_image(path: str, size: int, channels: int) -> np.ndarray:
@@ -44,7 +54,7 @@ def load_images(paths: Sequence[str], size: int, channels: int, workers: int = 1
     if workers <= 1 or len(paths) < 2 * workers:
         return _load_chunk((paths, size, channels))
     step = max(1, -(-len(paths) // (workers * 4)))
-    chunks = [(paths[i:i + step], size, channels) for i in range(0, len(paths), step)]
+    chunks = [(paths[i : i + step], size, channels) for i in range(0, len(paths), step)]
     # fork: workers start in milliseconds and inherit the imported modules; nothing here holds locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return np.concatenate(list(pool.map(_load_chunk, chunks)))
@@ -58,9 +68,17 @@ class PreprocessResult:
     std: list[float]
 
 
-def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int, workers: int = 1,
-                  plan: SplitPlan | None = None, validate: ValidateConfig | None = None,
-                  **split_options: Any) -> PreprocessResult:
+def preprocess_to(
+    manifest: pd.DataFrame,
+    out: Path,
+    *,
+    size: int,
+    channels: int,
+    workers: int = 1,
+    plan: SplitPlan | None = None,
+    validate: ValidateConfig | None = None,
+    **split_options: Any,
+) -> PreprocessResult:
     """Write ``{split}_x.npy`` (uint8 N,C,H,W, memory-mappable), ``{split}_y.npy``, ``splits.parquet``
     (kept rows with split, group and near-copy flag), ``test_clean.npy`` (per test row: no near-copy in
     train), ``label_map.json``, ``stats.json`` and ``data_profile.json`` (train rows' feature histograms).
@@ -93,8 +111,14 @@ def preprocess_to(manifest: pd.DataFrame, out: Path, *, size: int, channels: int
         if name == "test":  # the clean subset evaluation reports beside the full figures
             np.save(out / "test_clean.npy", ~rows["near_copy_in_train"].to_numpy(dtype=bool))
     (out / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2))
-    stats = {"image_size": size, "channels": channels, "mean": mean, "std": std, "counts": counts,
-             "split_plan": plan.stats}
+    stats = {
+        "image_size": size,
+        "channels": channels,
+        "mean": mean,
+        "std": std,
+        "counts": counts,
+        "split_plan": plan.stats,
+    }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     write_profile(out, build_profile(manifest[kept & (plan.split == "train")], labels))
     return PreprocessResult(counts, labels, mean, std)
@@ -107,8 +131,10 @@ class Split:
 
 
 def load_split(folder: Path, name: str, mmap: bool = True) -> Split:
-    return Split(np.load(folder / f"{name}_x.npy", mmap_mode="r" if mmap else None),
-                 np.load(folder / f"{name}_y.npy"))
+    return Split(
+        np.load(folder / f"{name}_x.npy", mmap_mode="r" if mmap else None),
+        np.load(folder / f"{name}_y.npy"),
+    )
 
 
 def load_test_clean(folder: Path, n_test: int) -> np.ndarray:

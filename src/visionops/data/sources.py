@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from visionops.errors import InputError
+from visionops.core.constants import IMAGE_SUFFIXES
+from visionops.core.errors import InputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pgm", ".bmp")
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -24,9 +24,15 @@ class SourceError(InputError):
 class Item:
     path: str  # absolute
     label: str | None
-    box: tuple[int, int, int, int] | None = None  # face rectangle x1, y1, x2, y2 when the source gives one
-    group: str | None = None  # images of one group (a person's session, a burst) always share a split
-    split: str | None = None  # a user-given split (train/val/test): used as given, leakage is then an error
+    box: tuple[int, int, int, int] | None = (
+        None  # face rectangle x1, y1, x2, y2 when the source gives one
+    )
+    group: str | None = (
+        None  # images of one group (a person's session, a burst) always share a split
+    )
+    split: str | None = (
+        None  # a user-given split (train/val/test): used as given, leakage is then an error
+    )
 
 
 def export_digits(target: Path) -> Path:
@@ -69,14 +75,18 @@ def list_imagefolder(root: str | Path) -> list[Item]:
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(class_dir.iterdir()):
-            if not (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS):
+            if not (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
                 continue
             resolved = path.resolve()
             if not resolved.is_relative_to(base):  # a symlink pointing out of the source
-                raise SourceError(f"{path}: resolves to {resolved}, outside the image folder {base}")
+                raise SourceError(
+                    f"{path}: resolves to {resolved}, outside the image folder {base}"
+                )
             items.append(Item(str(resolved), class_dir.name))
     if not items:
-        raise SourceError(f"image folder {root} has no images in class sub-folders ({', '.join(IMAGE_EXTENSIONS)})")
+        raise SourceError(
+            f"image folder {root} has no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return items
 
 
@@ -99,20 +109,26 @@ def list_csv(manifest: str | Path) -> list[Item]:
         label_key = "name" if "label" not in fields and {"name", "int_label"} <= fields else "label"
         missing = {"path", label_key} - fields
         if missing:
-            raise SourceError(f"{manifest}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+            raise SourceError(
+                f"{manifest}: missing column(s) {sorted(missing)}; found {reader.fieldnames}"
+            )
         for row_no, row in enumerate(reader, start=2):
             raw = (row.get("path") or "").strip()
             if not raw:
                 raise SourceError(f"{manifest}:{row_no}: empty path")
             path = (base / raw).resolve()
             if not path.is_relative_to(base):
-                raise SourceError(f"{manifest}:{row_no}: path {raw!r} escapes the manifest folder {base}")
+                raise SourceError(
+                    f"{manifest}:{row_no}: path {raw!r} escapes the manifest folder {base}"
+                )
             label = (row.get(label_key) or "").strip() or None
             group = (row.get("group") or "").strip() or None
             split = (row.get("split") or "").strip().lower() or None
             if "split" in fields and split not in SPLIT_NAMES:
-                raise SourceError(f"{manifest}:{row_no}: split {row.get('split')!r} is not one of "
-                                  f"{list(SPLIT_NAMES)} (a split column must name the split of every row)")
+                raise SourceError(
+                    f"{manifest}:{row_no}: split {row.get('split')!r} is not one of "
+                    f"{list(SPLIT_NAMES)} (a split column must name the split of every row)"
+                )
             items.append(Item(str(path), label, group=group, split=split))
     if not items:
         raise SourceError(f"manifest {manifest} has no rows")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from visionops.config import PreprocessConfig, ValidateConfig
+from visionops.core.config import PreprocessConfig, ValidateConfig
 from visionops.data.grouping import components, cut_components, find_duplicates, near_copy_pairs
 
 SPLITS = ("train", "val", "test")
@@ -28,14 +28,14 @@ class SplitPlan:
     """Per manifest row: split (None = left out), group id (-1 = left out), the kept copy it
     duplicates, label conflict, and for held-out rows the closest near-copy in train."""
 
-    split: np.ndarray                 # object: "train" | "val" | "test" | None
-    group: np.ndarray                 # int64
+    split: np.ndarray  # object: "train" | "val" | "test" | None
+    group: np.ndarray  # int64
     duplicate_of: list[str | None]
     conflict: list[str | None]
-    leak_partner: np.ndarray          # int64 row position of the closest train near-copy, -1 if none
-    leak_diff: np.ndarray             # float, NaN if none
-    leak_bits: np.ndarray             # int64, -1 if none
-    forced: bool                      # the split came from the user (a `split` column)
+    leak_partner: np.ndarray  # int64 row position of the closest train near-copy, -1 if none
+    leak_diff: np.ndarray  # float, NaN if none
+    leak_bits: np.ndarray  # int64, -1 if none
+    forced: bool  # the split came from the user (a `split` column)
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,9 +53,13 @@ def _fold_layout(share: float, n_groups: int, largest_class: int) -> tuple[int, 
     class's few groups together, fine ones match the share; 0.002 per fold weighs the two. (sklearn
     refuses more folds than groups, or than images in the largest class.)"""
     top = min(_MAX_FOLDS, n_groups, largest_class)
-    options = [(abs(m / k - share) + 0.002 * k, k, m) for k in range(2, top + 1) for m in range(1, k)]
+    options = [
+        (abs(m / k - share) + 0.002 * k, k, m) for k in range(2, top + 1) for m in range(1, k)
+    ]
     if not options:
-        raise ValueError(f"{n_groups} group(s) of images are too few to split into train, val and test")
+        raise ValueError(
+            f"{n_groups} group(s) of images are too few to split into train, val and test"
+        )
     _, k, m = min(options)
     return k, m
 
@@ -71,7 +75,9 @@ def _hold_out(y: np.ndarray, g: np.ndarray, share: float, seed: int) -> np.ndarr
 
     k, m = _fold_layout(share, len(np.unique(g)), int(np.unique(y, return_counts=True)[1].max()))
     fold = np.empty(len(y), dtype=np.int64)
-    with warnings.catch_warnings():  # "least populated class has fewer members than n_splits": handled
+    with (
+        warnings.catch_warnings()
+    ):  # "least populated class has fewer members than n_splits": handled
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         for f, (_, idx) in enumerate(splitter.split(np.zeros(len(y)), y, g)):
@@ -87,8 +93,13 @@ def _hold_out(y: np.ndarray, g: np.ndarray, share: float, seed: int) -> np.ndarr
     return np.isin(fold, taken)
 
 
-def stratified_split(labels: Sequence[str], val_fraction: float, test_fraction: float, seed: int,
-                     groups: Sequence[int] | None = None) -> np.ndarray:
+def stratified_split(
+    labels: Sequence[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: Sequence[int] | None = None,
+) -> np.ndarray:
     """Split names per row, stratified by label, no group in two splits, reproducible for a seed.
 
     Like two train_test_split calls, with groups: test is held out of everything, then val out of the
@@ -140,13 +151,20 @@ def _forced_split(manifest: pd.DataFrame, split: Sequence[str] | None) -> np.nda
     given = np.asarray(split, dtype=object)
     bad = [i for i, s in enumerate(given) if s not in SPLITS]
     if bad:
-        raise ValueError(f"split column: row(s) {bad[:10]} are not one of {list(SPLITS)} "
-                         f"(e.g. {given[bad[0]]!r} for {manifest['path'].iloc[bad[0]]})")
+        raise ValueError(
+            f"split column: row(s) {bad[:10]} are not one of {list(SPLITS)} "
+            f"(e.g. {given[bad[0]]!r} for {manifest['path'].iloc[bad[0]]})"
+        )
     return given
 
 
-def plan_split(manifest: pd.DataFrame, preprocess: PreprocessConfig | None = None,
-               validate: ValidateConfig | None = None, *, split: Sequence[str] | None = None) -> SplitPlan:
+def plan_split(
+    manifest: pd.DataFrame,
+    preprocess: PreprocessConfig | None = None,
+    validate: ValidateConfig | None = None,
+    *,
+    split: Sequence[str] | None = None,
+) -> SplitPlan:
     """The one split of a manifest that validate checks and preprocess writes (see module doc).
 
     Raises ValueError when the kept images are too few to split.
@@ -159,8 +177,12 @@ def plan_split(manifest: pd.DataFrame, preprocess: PreprocessConfig | None = Non
     labels = manifest["label"].astype("string").fillna("").to_numpy(dtype=object)
     pi, pj, pdiff, pbits = (np.zeros(0, np.int64),) * 4
     if {"dhash", "thumb"} <= set(manifest.columns):
-        pi, pj, pdiff, pbits = near_copy_pairs(manifest["dhash"], manifest["thumb"],
-                                               val.near_duplicate_bits, val.near_duplicate_max_diff)
+        pi, pj, pdiff, pbits = near_copy_pairs(
+            manifest["dhash"],
+            manifest["thumb"],
+            val.near_duplicate_bits,
+            val.near_duplicate_max_diff,
+        )
         both = kept[pi] & kept[pj]
         pi, pj, pdiff, pbits = pi[both], pj[both], pdiff[both], pbits[both]
     # The bound: a group may hold at most this many images of its class, so that every class still
@@ -174,7 +196,9 @@ def plan_split(manifest: pd.DataFrame, preprocess: PreprocessConfig | None = Non
         # A user group is never cut: its rows are joined to each other and to their near-copy pieces.
         user = manifest["group"].astype("string").to_numpy(dtype=object)
         ei, ej = [np.arange(n)], [near_group_first(near_group)]
-        for _, rows in pd.Series(np.arange(n))[kept & pd.notna(user)].groupby(user[kept & pd.notna(user)]):
+        for _, rows in pd.Series(np.arange(n))[kept & pd.notna(user)].groupby(
+            user[kept & pd.notna(user)]
+        ):
             ei.append(rows.to_numpy()[:-1])
             ej.append(rows.to_numpy()[1:])
         group = components(n, np.concatenate(ei), np.concatenate(ej))
@@ -184,21 +208,36 @@ def plan_split(manifest: pd.DataFrame, preprocess: PreprocessConfig | None = Non
         out[pos] = forced[pos]
     elif len(pos):
         _, dense = np.unique(group[pos], return_inverse=True)
-        out[pos] = stratified_split(labels[pos], pre.val_fraction, pre.test_fraction, pre.seed, groups=dense)
+        out[pos] = stratified_split(
+            labels[pos], pre.val_fraction, pre.test_fraction, pre.seed, groups=dense
+        )
     else:
         raise ValueError("no usable images to split")
     partner, diff, bits = _train_partners(n, out, pi, pj, pdiff, pbits)
     cross = out[pi] != out[pj]
-    stats = {"forced_split": forced is not None, "n_kept": int(kept.sum()),
-             "n_duplicates_dropped": int(dups.dropped.sum()),
-             "n_label_conflicts": sum(c is not None for c in dups.conflict),
-             "n_near_copy_pairs": int(len(pi)), "n_cut_groups": int(n_cut),
-             "n_links_across_split": int(cross.sum()),
-             "n_held_out_with_train_copy": int((partner >= 0).sum()),
-             "max_group_fraction": float(fraction),
-             "split_counts": {s: int((out == s).sum()) for s in SPLITS}}
-    return SplitPlan(out, np.where(kept, group, -1).astype(np.int64), dups.duplicate_of, dups.conflict,
-                     partner, diff, bits, forced is not None, stats)
+    stats = {
+        "forced_split": forced is not None,
+        "n_kept": int(kept.sum()),
+        "n_duplicates_dropped": int(dups.dropped.sum()),
+        "n_label_conflicts": sum(c is not None for c in dups.conflict),
+        "n_near_copy_pairs": int(len(pi)),
+        "n_cut_groups": int(n_cut),
+        "n_links_across_split": int(cross.sum()),
+        "n_held_out_with_train_copy": int((partner >= 0).sum()),
+        "max_group_fraction": float(fraction),
+        "split_counts": {s: int((out == s).sum()) for s in SPLITS},
+    }
+    return SplitPlan(
+        out,
+        np.where(kept, group, -1).astype(np.int64),
+        dups.duplicate_of,
+        dups.conflict,
+        partner,
+        diff,
+        bits,
+        forced is not None,
+        stats,
+    )
 
 
 def near_group_first(group: np.ndarray) -> np.ndarray:
@@ -207,8 +246,9 @@ def near_group_first(group: np.ndarray) -> np.ndarray:
     return np.array([first.setdefault(int(gid), r) for r, gid in enumerate(group)], dtype=np.int64)
 
 
-def _train_partners(n: int, split: np.ndarray, pi: np.ndarray, pj: np.ndarray, pdiff: np.ndarray,
-                    pbits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _train_partners(
+    n: int, split: np.ndarray, pi: np.ndarray, pj: np.ndarray, pdiff: np.ndarray, pbits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each held-out row, its closest (smallest thumbnail difference) near-copy in train."""
     partner, diff, bits = np.full(n, -1, np.int64), np.full(n, np.nan), np.full(n, -1, np.int64)
     held = np.isin(split, ["val", "test"])

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from visionops.config import DataConfig
+from visionops.core.config import DataConfig
+from visionops.core.storage import data_root, fingerprint
 from visionops.data.sources import Item, SourceError
-from visionops.storage import data_root, fingerprint
 
 _BOX = ("x1", "y1", "x2", "y2")
 _BACKOFF_S = 0.2  # first retry waits this long, then twice as long each time
@@ -43,8 +43,14 @@ def download_dir(data: DataConfig) -> Path:
     """Downloads of one URL manifest live under ``<data_root>/downloads/<manifest key>/``."""
     root = data_root()
     if "://" in root and not root.startswith("file://"):
-        raise SourceError(f"URL ingest downloads to a local data root; VISIONOPS_DATA_ROOT is {root}")
-    return Path(root.removeprefix("file://")) / "downloads" / fingerprint(str(Path(data.path).resolve()))[:16]
+        raise SourceError(
+            f"URL ingest downloads to a local data root; VISIONOPS_DATA_ROOT is {root}"
+        )
+    return (
+        Path(root.removeprefix("file://"))
+        / "downloads"
+        / fingerprint(str(Path(data.path).resolve()))[:16]
+    )
 
 
 def read_url_manifest(path: str | Path) -> tuple[list[UrlRow], list[dict[str, Any]]]:
@@ -58,14 +64,20 @@ def read_url_manifest(path: str | Path) -> tuple[list[UrlRow], list[dict[str, An
         reader = csv.DictReader(fh)
         fields = set(reader.fieldnames or [])
         if not {"name", "url"} <= fields:
-            raise SourceError(f"{path}: a URL manifest needs columns name,url; found {reader.fieldnames}")
+            raise SourceError(
+                f"{path}: a URL manifest needs columns name,url; found {reader.fieldnames}"
+            )
         for row_no, rec in enumerate(reader, start=2):
             name, url = (rec.get("name") or "").strip(), (rec.get("url") or "").strip()
             reason = None
             if urlsplit(url).scheme not in ("http", "https"):
                 reason = f"scheme of {url!r} is not http or https"
             box = None
-            if reason is None and set(_BOX) <= fields and any((rec.get(k) or "").strip() for k in _BOX):
+            if (
+                reason is None
+                and set(_BOX) <= fields
+                and any((rec.get(k) or "").strip() for k in _BOX)
+            ):
                 try:
                     box = tuple(int(float(rec[k])) for k in _BOX)
                     if not (box[2] > box[0] >= 0 and box[3] > box[1] >= 0):
@@ -114,8 +126,10 @@ def _check_image(path: Path, min_side: int) -> str | None:
         with Image.open(path) as img:
             img.load()
             if min(img.size) < min_side:
-                return (f"tiny image {img.width}x{img.height} "
-                        f"(< data.min_download_side={min_side}): a placeholder")
+                return (
+                    f"tiny image {img.width}x{img.height} "
+                    f"(< data.min_download_side={min_side}): a placeholder"
+                )
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the answer
         return f"not an image: {type(exc).__name__}"
     return None
@@ -130,8 +144,13 @@ def ingest_urls(data: DataConfig, dest: Path) -> tuple[list[Item], dict[str, Any
         suffix = Path(urlsplit(row.url).path).suffix[:6]
         target = dest / (hashlib.sha256(row.url.encode()).hexdigest()[:20] + suffix)
         if not target.exists():  # downloaded by an earlier ingest: not fetched again
-            reason = fetch(row.url, target, timeout=data.download_timeout_s, retries=data.download_retries,
-                           max_bytes=data.max_download_bytes)
+            reason = fetch(
+                row.url,
+                target,
+                timeout=data.download_timeout_s,
+                retries=data.download_retries,
+                max_bytes=data.max_download_bytes,
+            )
             if reason:
                 return row, target, reason
         digest = hashlib.md5(target.read_bytes()).hexdigest()  # noqa: S324 - the manifest's checksum
@@ -143,8 +162,11 @@ def ingest_urls(data: DataConfig, dest: Path) -> tuple[list[Item], dict[str, Any
     with ThreadPoolExecutor(data.download_workers) as pool:
         results = list(pool.map(one, rows))
     ok = [(row, target) for row, target, reason in results if reason is None]
-    rejected += [{"row": r.row, "name": r.name, "url": r.url, "reason": reason}
-                 for r, _, reason in results if reason is not None]
+    rejected += [
+        {"row": r.row, "name": r.name, "url": r.url, "reason": reason}
+        for r, _, reason in results
+        if reason is not None
+    ]
     # The same bytes behind many URLs: a stock "no photo" answer, not the person.
     content = {target: hashlib.sha256(target.read_bytes()).hexdigest() for _, target in ok}
     shared = Counter(content.values())
@@ -152,16 +174,31 @@ def ingest_urls(data: DataConfig, dest: Path) -> tuple[list[Item], dict[str, Any
     for row, target in ok:
         n = shared[content[target]]
         if n >= data.placeholder_repeats:
-            rejected.append({"row": row.row, "name": row.name, "url": row.url,
-                             "reason": f"placeholder: the same content is served for {n} URLs"})
+            rejected.append(
+                {
+                    "row": row.row,
+                    "name": row.name,
+                    "url": row.url,
+                    "reason": f"placeholder: the same content is served for {n} URLs",
+                }
+            )
         else:
             items.append(Item(str(target.resolve()), row.name or None, row.box))
-    total = len(rows) + sum(1 for r in rejected if r["reason"].startswith(("scheme", "face rectangle")))
+    total = len(rows) + sum(
+        1 for r in rejected if r["reason"].startswith(("scheme", "face rectangle"))
+    )
     fraction = len(rejected) / total if total else 1.0
-    report = {"rows": total, "downloaded": len(items), "rejected": sorted(rejected, key=lambda r: r["row"]),
-              "rejected_fraction": round(fraction, 4), "max_rejected_fraction": data.max_rejected_fraction}
+    report = {
+        "rows": total,
+        "downloaded": len(items),
+        "rejected": sorted(rejected, key=lambda r: r["row"]),
+        "rejected_fraction": round(fraction, 4),
+        "max_rejected_fraction": data.max_rejected_fraction,
+    }
     if fraction > data.max_rejected_fraction or not items:
         shown = "; ".join(f"row {r['row']}: {r['reason']}" for r in report["rejected"][:5])
-        raise SourceError(f"{data.path}: {len(rejected)} of {total} URL rows rejected ({fraction:.0%} > "
-                          f"data.max_rejected_fraction={data.max_rejected_fraction:.0%}); first: {shown}")
+        raise SourceError(
+            f"{data.path}: {len(rejected)} of {total} URL rows rejected ({fraction:.0%} > "
+            f"data.max_rejected_fraction={data.max_rejected_fraction:.0%}); first: {shown}"
+        )
     return items, report

@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visionops.config import ValidateConfig
-from visionops.data.validation_report import (MAX_OFFENDING, DataValidationError, ValidationIssue,
-                                              ValidationReport)
+from visionops.core.config import ValidateConfig
+from visionops.data.validation_report import (
+    MAX_OFFENDING,
+    DataValidationError,
+    ValidationIssue,
+    ValidationReport,
+)
 
 if TYPE_CHECKING:  # pandas and great_expectations are imported lazily: GX alone takes ~3 s
     import pandas as pd
@@ -27,6 +31,7 @@ __all__ = ["DataValidationError", "ValidationIssue", "ValidationReport", "valida
 
 REQUIRED_COLUMNS = ("path", "label", "sha256", "decode_error")
 _SITE_NAME = "visionops"
+
 
 def _plain(value: Any) -> Any:
     """Turn numpy/pandas scalars and missing markers into JSON-friendly Python values."""
@@ -41,10 +46,12 @@ def _plain(value: Any) -> Any:
     return None if value is pd.NA or value is pd.NaT else value
 
 
-def _issue_from_result(result: Any, index_columns: list[str], severity: str, min_per_class: int,
-                       cfg: ValidateConfig) -> ValidationIssue:
+def _issue_from_result(
+    result: Any, index_columns: list[str], severity: str, min_per_class: int, cfg: ValidateConfig
+) -> ValidationIssue:
     """Build an issue from one failed GX ExpectationValidationResult."""
     from visionops.data.checks import ADVICE
+
     config = result.expectation_config
     etype: str = config.type
     column: str = config.kwargs.get("column") or ""
@@ -109,7 +116,9 @@ def _run(context: Any, name: str, table: Table) -> Any:
 
     for expectation, severity in table.expectations:
         # Recorded in the suite too, so the Data Docs show which failures stop the run.
-        expectation.severity = FailureSeverity.CRITICAL if severity == "error" else FailureSeverity.WARNING
+        expectation.severity = (
+            FailureSeverity.CRITICAL if severity == "error" else FailureSeverity.WARNING
+        )
     batch = context.data_sources.add_pandas(name).add_dataframe_asset(name)
     batch_definition = batch.add_batch_definition_whole_dataframe(name)
     expectations = [e for e, _ in table.expectations]
@@ -144,19 +153,24 @@ def validate_manifest(
     a ``duplicate_severity`` issue; another label: an error naming both), and, with ``plan`` (the
     split preprocess will write, ``split.plan_split``), held-out images that are near-copies of a
     training image: an error (``leakage_severity``) when the split is user-given (``splits``, one
-    split name per row, or a ``split`` column), a warning listing the cut links otherwise. Per class: at least ``min_images_per_class`` images and
-    an imbalance within limits. Against ``reference`` (the champion's ``labels`` and ``profile``, see
-    ``drift.champion_reference``): classes added or removed, and drift per feature (PSI).
+    split name per row, or a ``split`` column), a warning listing the cut links otherwise. Per class:
+    at least ``min_images_per_class`` images and an imbalance within limits. Against ``reference``
+    (the champion's ``labels`` and ``profile``, see ``release.lineage.champion_reference``): classes
+    added or removed, and drift per feature (PSI).
     Returns the report; ``success`` is False only when an error-severity check failed.
     """
     from visionops.data.checks import class_table, drift_table_for, file_table, schema_table
 
     cfg = config or ValidateConfig()
-    min_per_class = cfg.min_images_per_class if min_images_per_class is None else min_images_per_class
+    min_per_class = (
+        cfg.min_images_per_class if min_images_per_class is None else min_images_per_class
+    )
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
-        raise ValueError(f"manifest is missing required column(s) {missing}; "
-                         f"expected at least {list(REQUIRED_COLUMNS)}")
+        raise ValueError(
+            f"manifest is missing required column(s) {missing}; "
+            f"expected at least {list(REQUIRED_COLUMNS)}"
+        )
     if min_per_class < 0:
         raise ValueError(f"min_images_per_class must be >= 0, got {min_per_class}")
     if splits is not None and len(splits) != len(manifest):
@@ -183,7 +197,9 @@ def validate_manifest(
                 tables.append(drift)
         context = _new_context(docs_dir)
         names = {"files": suite_name}
-        results = [(t, _run(context, names.get(t.name, f"{suite_name}_{t.name}"), t)) for t in tables]
+        results = [
+            (t, _run(context, names.get(t.name, f"{suite_name}_{t.name}"), t)) for t in tables
+        ]
         built = context.build_data_docs(site_names=[_SITE_NAME])
     finally:
         gx_logger.setLevel(previous_level)
@@ -192,7 +208,9 @@ def validate_manifest(
     for table, outcome in results:
         for r, (_, severity) in zip(outcome.results, table.expectations, strict=True):
             if not r.success:
-                issues.append(_issue_from_result(r, table.index_columns, severity, min_per_class, cfg))
+                issues.append(
+                    _issue_from_result(r, table.index_columns, severity, min_per_class, cfg)
+                )
     counts = tables[1].frame
     index = docs_dir / "index.html"
     statistics: dict[str, Any] = {
@@ -206,7 +224,9 @@ def validate_manifest(
     if plan is not None:
         statistics["split_plan"] = plan.stats
     else:
-        statistics["split_plan"] = {"n_duplicates_dropped": int(tables[0].frame["duplicate_of"].notna().sum())}
+        statistics["split_plan"] = {
+            "n_duplicates_dropped": int(tables[0].frame["duplicate_of"].notna().sum())
+        }
     for table in tables[2:]:
         statistics[table.name] = table.frame.to_dict("records")
     if reference:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visionops.errors import InputError
+from visionops.core.errors import InputError
 
 MAX_OFFENDING = 20  # offending rows kept per issue (the Data Docs list them all)
 
@@ -42,12 +42,17 @@ class ValidationReport:
         )
         lines = [f"Data validation {'passed' if self.success else 'FAILED'}: {head}."]
         for issue in sorted(self.issues, key=lambda i: i.severity != "error"):
-            lines.append(f"- {issue.severity.upper()} {issue.expectation} on '{issue.column}': "
-                         f"{issue.description}.")
+            lines.append(
+                f"- {issue.severity.upper()} {issue.expectation} on '{issue.column}': "
+                f"{issue.description}."
+            )
             for row in issue.offending:
                 name = row.get("path", row.get("label", row.get("feature")))
-                extra = "".join(f", {k}: {v}" for k, v in row.items()
-                                if k not in ("path", "label", "feature", "observed") and v is not None)
+                extra = "".join(
+                    f", {k}: {v}"
+                    for k, v in row.items()
+                    if k not in ("path", "label", "feature", "observed") and v is not None
+                )
                 lines.append(f"    {name}  (observed: {row.get('observed')!r}{extra})")
             if len(issue.offending) >= MAX_OFFENDING:
                 lines.append(f"    (first {MAX_OFFENDING} shown; the Data Docs list all)")

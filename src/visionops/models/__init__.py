@@ -1,4 +1,4 @@
-"""Model zoo: a registry of architecture names, each a builder adapting to channels and image size.
+"""Models: one builder per architecture (the names are the config catalog's), adapting to channels and image size.
 
 The registry itself imports no torch, so that config validation stays light.
 """
@@ -7,6 +7,17 @@ from __future__ import annotations
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from visionops.core.config.catalog import FEATURE_MODELS, MODEL_NAMES, TRANSFER_MODELS
+
+__all__ = [
+    "FEATURE_MODELS",
+    "TRANSFER_MODELS",
+    "available_models",
+    "build_from_config",
+    "build_model",
+    "is_feature_model",
+]
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,12 +35,10 @@ _BUILDERS: dict[str, str] = {
     "face_embedding": "visionops.models.embedding:build_face_embedding",
 }
 
-# Models whose builders take pretrained weights from a local file (transfer learning).
-TRANSFER_MODELS = frozenset({"resnet18"})
-
-# Models trained on frozen features instead of images: name -> the encoder computing the features
-# (``visionops.data.embeddings``). They take (N, dim) float features, not uint8 images.
-FEATURE_MODELS: dict[str, str] = {"face_embedding": "dlib_face_v1"}
+if set(_BUILDERS) != set(MODEL_NAMES):  # one list of names: the config's catalog
+    raise ImportError(
+        f"visionops.models builds {sorted(_BUILDERS)} but the config catalog names {sorted(MODEL_NAMES)}"
+    )
 
 
 def is_feature_model(name: str) -> bool:
@@ -40,8 +49,15 @@ def available_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(name: str, *, in_channels: int, image_size: int | tuple[int, int], num_classes: int,
-                dropout: float, **options: Any) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    in_channels: int,
+    image_size: int | tuple[int, int],
+    num_classes: int,
+    dropout: float,
+    **options: Any,
+) -> nn.Module:
     """Instantiate the architecture ``name`` for the given input shape and class count.
 
     ``image_size`` is a side length or ``(height, width)``. ``options`` are the architecture's own
@@ -52,14 +68,25 @@ def build_model(name: str, *, in_channels: int, image_size: int | tuple[int, int
         raise ValueError(f"unknown model {name!r}; choose one of {available_models()}")
     module, func = _BUILDERS[name].split(":")
     return getattr(import_module(module), func)(
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes, dropout=dropout, **options
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        dropout=dropout,
+        **options,
     )
 
 
-def build_from_config(model_cfg: Any, *, in_channels: int, image_size: int | tuple[int, int],
-                      num_classes: int) -> nn.Module:
+def build_from_config(
+    model_cfg: Any, *, in_channels: int, image_size: int | tuple[int, int], num_classes: int
+) -> nn.Module:
     """Build from a ``ModelConfig`` section (name, dropout and the architecture options)."""
     opts = model_cfg.model_dump()
     name, dropout = opts.pop("name"), opts.pop("dropout")
-    return build_model(name, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                       dropout=dropout, **opts)
+    return build_model(
+        name,
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        dropout=dropout,
+        **opts,
+    )

@@ -34,8 +34,15 @@ class EmbeddingHead(nn.Module):
         return self.classifier(nn.functional.normalize(x, dim=1) * 8.0)
 
 
-def build_face_embedding(*, in_channels: int, image_size: Any, num_classes: int, dropout: float,
-                         hidden_units: int = 128, **_: Any) -> nn.Module:
+def build_face_embedding(
+    *,
+    in_channels: int,
+    image_size: Any,
+    num_classes: int,
+    dropout: float,
+    hidden_units: int = 128,
+    **_: Any,
+) -> nn.Module:
     """The head; ``in_channels`` is the feature dimension here (128), ``image_size`` is unused."""
     dim = in_channels if in_channels > 3 else EMBEDDING_DIM
     return EmbeddingHead(dim, num_classes, hidden_units, dropout)

@@ -54,9 +54,13 @@ class ScaledResNet18(ResNet):
         self.width = width  # read by _make_layer, which ResNet.__init__ calls
         super().__init__(BasicBlock, [2, 2, 2, 2])
         stem = scaled(64, width)
-        if stem != self.conv1.out_channels:  # torchvision hard-codes a 64-channel stem and a 512-input head
+        if (
+            stem != self.conv1.out_channels
+        ):  # torchvision hard-codes a 64-channel stem and a 512-input head
             self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # as ResNet's
+            nn.init.kaiming_normal_(
+                self.conv1.weight, mode="fan_out", nonlinearity="relu"
+            )  # as ResNet's
             self.bn1 = nn.BatchNorm2d(stem)
             self.fc = nn.Linear(self.inplanes, self.fc.out_features)
 
@@ -69,7 +73,9 @@ class ScaledResNet18(ResNet):
 def _load_weights(net: nn.Module, weights_path: str) -> None:
     path = Path(weights_path)
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights_path {weights_path}: no such file (weights are never downloaded)")
+        raise FileNotFoundError(
+            f"model.weights_path {weights_path}: no such file (weights are never downloaded)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -77,28 +83,45 @@ def _load_weights(net: nn.Module, weights_path: str) -> None:
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"model.weights_path {weights_path} is not a resnet18 state dict: "
-                         f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+        raise ValueError(
+            f"model.weights_path {weights_path} is not a resnet18 state dict: "
+            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
 
 
-def build_resnet18(*, in_channels: int, image_size: int | tuple[int, int], num_classes: int, dropout: float,
-                   transfer_mode: str = "scratch", weights_path: str | None = None, finetune_blocks: int = 1,
-                   width: float = 1.0, **_: Any) -> nn.Module:
+def build_resnet18(
+    *,
+    in_channels: int,
+    image_size: int | tuple[int, int],
+    num_classes: int,
+    dropout: float,
+    transfer_mode: str = "scratch",
+    weights_path: str | None = None,
+    finetune_blocks: int = 1,
+    width: float = 1.0,
+    **_: Any,
+) -> nn.Module:
     """ResNet-18 for ``in_channels`` and ``image_size``, its channels scaled by ``width`` (from scratch only)."""
     if transfer_mode not in TRANSFER_MODES:
-        raise ValueError(f"model.transfer_mode must be one of {TRANSFER_MODES}, got {transfer_mode!r}")
+        raise ValueError(
+            f"model.transfer_mode must be one of {TRANSFER_MODES}, got {transfer_mode!r}"
+        )
     if transfer_mode != "scratch" and not weights_path:
-        raise ValueError(f"model.transfer_mode {transfer_mode!r} needs pretrained weights: set model.weights_path "
-                         "to a local resnet18 state dict file (nothing is downloaded)")
+        raise ValueError(
+            f"model.transfer_mode {transfer_mode!r} needs pretrained weights: set model.weights_path "
+            "to a local resnet18 state dict file (nothing is downloaded)"
+        )
     if not 1 <= finetune_blocks <= 4:
         raise ValueError(f"model.finetune_blocks must be 1..4, got {finetune_blocks}")
     if width <= 0:
         raise ValueError(f"model.width must be > 0, got {width}")
     if weights_path and width != 1.0:
-        raise ValueError(f"model.width {width} cannot be used with pretrained weights (model.transfer_mode "
-                         f"{transfer_mode!r}, model.weights_path {weights_path}): the weights fix resnet18's "
-                         "channel widths; set model.width to 1.0 (and leave tune.width null), or train from "
-                         "scratch without model.weights_path")
+        raise ValueError(
+            f"model.width {width} cannot be used with pretrained weights (model.transfer_mode "
+            f"{transfer_mode!r}, model.weights_path {weights_path}): the weights fix resnet18's "
+            "channel widths; set model.width to 1.0 (and leave tune.width null), or train from "
+            "scratch without model.weights_path"
+        )
     net = ScaledResNet18(width)
     if weights_path:
         _load_weights(net, weights_path)
@@ -107,7 +130,9 @@ def build_resnet18(*, in_channels: int, image_size: int | tuple[int, int], num_c
         old = net.conv1
         net.conv1 = nn.Conv2d(in_channels, old.out_channels, 7, stride=2, padding=3, bias=False)
         with torch.no_grad():
-            net.conv1.weight.copy_(old.weight.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+            net.conv1.weight.copy_(
+                old.weight.sum(1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+            )
     if min(hw(image_size)) < 64:
         # Small images keep their resolution (the CIFAR recipe): no stride in the stem, no max pool.
         net.conv1.stride = (1, 1)

@@ -18,13 +18,45 @@ CONFIGS: dict[str, list[int | str]] = {
     "A": [64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
     "B": [64, 64, M, 128, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
     "D": [64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M],
-    "E": [64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M],
+    "E": [
+        64,
+        64,
+        M,
+        128,
+        128,
+        M,
+        256,
+        256,
+        256,
+        256,
+        M,
+        512,
+        512,
+        512,
+        512,
+        M,
+        512,
+        512,
+        512,
+        512,
+        M,
+    ],
 }
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg: list[int | str], *, in_channels: int, image_size: int | tuple[int, int],
-                 num_classes: int, dropout: float, width: float, batch_norm: bool, init: str) -> None:
+    def __init__(
+        self,
+        cfg: list[int | str],
+        *,
+        in_channels: int,
+        image_size: int | tuple[int, int],
+        num_classes: int,
+        dropout: float,
+        width: float,
+        batch_norm: bool,
+        init: str,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in, (h, w) = in_channels, hw(image_size)
@@ -45,8 +77,14 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d((min(7, h), min(7, w)))
         hidden = scaled(4096, width, 16)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c_in * min(7, h) * min(7, w), hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Linear(c_in * min(7, h) * min(7, w), hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
         self._init(init)
 
@@ -68,12 +106,30 @@ class VGG(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-def _vgg(config: str, *, in_channels: int, image_size: int | tuple[int, int], num_classes: int, dropout: float,
-         width: float = 1.0, batch_norm: bool = False, init: str = "default", **_: Any) -> VGG:
+def _vgg(
+    config: str,
+    *,
+    in_channels: int,
+    image_size: int | tuple[int, int],
+    num_classes: int,
+    dropout: float,
+    width: float = 1.0,
+    batch_norm: bool = False,
+    init: str = "default",
+    **_: Any,
+) -> VGG:
     if init not in ("default", "paper"):
         raise ValueError(f"model.init must be 'default' or 'paper', got {init!r}")
-    return VGG(CONFIGS[config], in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-               dropout=dropout, width=width, batch_norm=batch_norm, init=init)
+    return VGG(
+        CONFIGS[config],
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        dropout=dropout,
+        width=width,
+        batch_norm=batch_norm,
+        init=init,
+    )
 
 
 def build_vgg11(**kw: Any) -> VGG:

@@ -15,8 +15,18 @@ from visionops.models.cnn import hw
 
 
 class ViT(nn.Module):
-    def __init__(self, *, in_channels: int, image_size: int | tuple[int, int], num_classes: int, dropout: float,
-                 patch_size: int, dim: int, depth: int, heads: int) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        image_size: int | tuple[int, int],
+        num_classes: int,
+        dropout: float,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+    ) -> None:
         super().__init__()
         h, w = hw(image_size)
         if patch_size > min(h, w):
@@ -27,8 +37,15 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            heads,
+            dim_feedforward=4 * dim,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -36,19 +53,38 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch(x).flatten(2).transpose(1, 2)  # (N, patches, dim)
         if tokens.shape[1] != self.pos_embed.shape[1] - 1:
-            raise ValueError(f"input {tuple(x.shape[-2:])} gives {tokens.shape[1]} patches; the model was "
-                             f"built for a {self.grid[0]}x{self.grid[1]} grid")
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} gives {tokens.shape[1]} patches; the model was "
+                f"built for a {self.grid[0]}x{self.grid[1]} grid"
+            )
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
-def build_vit_tiny(*, in_channels: int, image_size: int | tuple[int, int], num_classes: int, dropout: float,
-                   width: float = 1.0, patch_size: int | None = None, depth: int = 12, **_: Any) -> ViT:
+def build_vit_tiny(
+    *,
+    in_channels: int,
+    image_size: int | tuple[int, int],
+    num_classes: int,
+    dropout: float,
+    width: float = 1.0,
+    patch_size: int | None = None,
+    depth: int = 12,
+    **_: Any,
+) -> ViT:
     """ViT-Ti (dim 192 = 3 heads x 64, 12 blocks) times ``width``; by default about an 8x8 patch grid."""
     heads = 3
     dim = heads * max(8, int(round(64 * width)))
     if patch_size is None:
         patch_size = max(2, round(min(hw(image_size)) / 8))
-    return ViT(in_channels=in_channels, image_size=image_size, num_classes=num_classes, dropout=dropout,
-               patch_size=patch_size, dim=dim, depth=depth, heads=heads)
+    return ViT(
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        dropout=dropout,
+        patch_size=patch_size,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+    )

@@ -1,1 +1,1 @@
-"""Training: the loop (engine) and the train stage."""
+"""Training: the loop (engine), losses, optimisers, precision, checkpoints, packaging, and the train stage."""

@@ -6,22 +6,13 @@ to give every image its own flip, crop, jitter and erasing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torchvision.transforms import v2
 
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    strength: float = 0.0          # 0 turns augmentation off; 1 is the strongest setting
-    hflip: bool = False            # wrong for digits and text, right for faces and objects
-    crop: str = "pad"              # pad | resized | none
-    jitter: bool = True
-    erasing: bool = True
+from visionops.core.config import AugmentConfig
 
 
-def build_augment(spec: AugmentSpec, channels: int, height: int, width: int) -> v2.Compose | None:
+def build_augment(spec: AugmentConfig, channels: int, height: int, width: int) -> v2.Compose | None:
     """The per-image pipeline for ``spec``, or None when the strength is 0."""
     s = spec.strength
     if s <= 0:
@@ -33,13 +24,21 @@ def build_augment(spec: AugmentSpec, channels: int, height: int, width: int) -> 
         pad = max(1, round(s * min(height, width) / 8))
         ops.append(v2.RandomCrop((height, width), padding=pad, padding_mode="reflect"))
     elif spec.crop == "resized":
-        ops.append(v2.RandomResizedCrop((height, width), scale=(1.0 - 0.6 * s, 1.0), antialias=True))
+        ops.append(
+            v2.RandomResizedCrop((height, width), scale=(1.0 - 0.6 * s, 1.0), antialias=True)
+        )
     elif spec.crop != "none":
         raise ValueError(f"train.augment.crop must be pad, resized or none, got {spec.crop!r}")
     if spec.jitter:
         colour = channels == 3  # saturation and hue mean nothing on grey images
-        ops.append(v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s,
-                                  saturation=0.4 * s if colour else None, hue=0.1 * s if colour else None))
+        ops.append(
+            v2.ColorJitter(
+                brightness=0.4 * s,
+                contrast=0.4 * s,
+                saturation=0.4 * s if colour else None,
+                hue=0.1 * s if colour else None,
+            )
+        )
     if spec.erasing:
         ops.append(v2.RandomErasing(p=0.5 * s, scale=(0.02, 0.02 + 0.2 * s), value=0))
     return v2.Compose(ops) if ops else None

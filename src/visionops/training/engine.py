@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionops.core.config import TrainConfig
 from visionops.data.preprocess import Split
-from visionops.training.augment import AugmentSpec, augment_batch, build_augment
-from visionops.training.checkpoint import (load_checkpoint, restore_rng, restore_scaler, rng_state,
-                                             save_checkpoint)
+from visionops.training.augment import augment_batch, build_augment
+from visionops.training.checkpoint import (
+    load_checkpoint,
+    restore_rng,
+    restore_scaler,
+    rng_state,
+    save_checkpoint,
+)
 from visionops.training.losses import balanced_class_weights, make_loss
 from visionops.training.optim import make_optimizer, make_scheduler, scheduler_step
 from visionops.training.precision import Precision, autocast, grad_scaler, resolve_precision
@@ -42,33 +48,23 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        os.environ.setdefault(
+            "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+        )  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Everything about the loop beyond the classic hyperparameters; the defaults are plain AdamW."""
+    """How the loop runs: the ``train`` section of the config (optimiser, schedule, loss, augmentation,
+    precision, ...; its defaults are plain AdamW), plus what is decided outside it."""
 
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    nesterov: bool = False
-    scheduler: str = "plateau"
-    step_size: int = 10
-    gamma: float = 0.1
-    loss: str = "cross_entropy"
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    class_weights: str = "none"       # none | balanced
-    sampling: str = "uniform"         # uniform | balanced (each class drawn equally often)
-    augment: AugmentSpec = AugmentSpec()
-    accumulate_steps: int = 1
-    amp: bool = True                  # mixed precision, CUDA only: bf16, or fp16 + loss scaling
-    precision: str = "auto"           # auto (from amp and the device) | bf16 | fp16 | fp32: forced (tests)
-    channels_last: bool = True        # CUDA only
-    compile: bool = False
-    deterministic: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: str = "uniform"  # uniform | balanced (each class drawn equally often)
+    precision: str = (
+        "auto"  # auto (from train.amp and the device) | bf16 | fp16 | fp32: forced (tests)
+    )
 
 
 @dataclass
@@ -100,8 +96,9 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
-def training_batches(y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                     sampling: str = "uniform") -> list[torch.Tensor]:
+def training_batches(
+    y: torch.Tensor, batch_size: int, generator: torch.Generator, sampling: str = "uniform"
+) -> list[torch.Tensor]:
     """An epoch's batches: a shuffled pass, or ``balanced`` weighted sampling with replacement.
 
     Balanced sampling draws every class equally often in expectation (weight 1/class size per
@@ -115,10 +112,19 @@ def training_batches(y: torch.Tensor, batch_size: int, generator: torch.Generato
     return list(order.split(batch_size))
 
 
-def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-                  loss_fn: nn.Module, batch_size: int, generator: torch.Generator, *,
-                  options: FitOptions = FitOptions(), transform=None,
-                  scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+def fit_one_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    options: FitOptions = FitOptions(),
+    transform=None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[float, float]:
     """One pass over the training data; returns (mean loss, accuracy).
 
     ``scaler`` carries the fp16 loss scale from epoch to epoch (``fit`` passes its own); without
@@ -126,15 +132,18 @@ def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
     """
     model.train()
     device = x.device
-    precision = resolve_precision(device, options.amp, options.precision)
+    precision = resolve_precision(device, options.train.amp, options.precision)
     scaler = scaler if scaler is not None else grad_scaler(device, precision)
     # channels_last is a layout of 4-d image batches; feature batches (N, D) keep theirs.
-    memory = (torch.channels_last if options.channels_last and device.type == "cuda" and x.ndim == 4
-              else torch.contiguous_format)
+    memory = (
+        torch.channels_last
+        if options.train.channels_last and device.type == "cuda" and x.ndim == 4
+        else torch.contiguous_format
+    )
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     batches = training_batches(y, batch_size, generator, options.sampling)
-    accumulate = max(1, options.accumulate_steps)
+    accumulate = max(1, options.train.accumulate_steps)
     optimizer.zero_grad(set_to_none=True)
     for i, idx in enumerate(batches):
         xb, yb = augment_batch(transform, x[idx]).contiguous(memory_format=memory), y[idx]
@@ -155,8 +164,14 @@ def fit_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer:
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
-                   batch_size: int, precision: str = "fp32") -> tuple[float, float]:
+def evaluate_split(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    batch_size: int,
+    precision: str = "fp32",
+) -> tuple[float, float]:
     model.eval()
     total_loss, correct = 0.0, 0
     for idx in _batches(len(y), batch_size, None):
@@ -167,10 +182,22 @@ def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     return total_loss / len(y), correct / len(y)
 
 
-def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_size: int,
-        learning_rate: float, weight_decay: float, patience: int, seed: int, device: torch.device,
-        on_epoch: Callable[[EpochMetrics], None] | None = None, options: FitOptions | None = None,
-        checkpoint: Path | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    *,
+    max_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    patience: int,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    options: FitOptions | None = None,
+    checkpoint: Path | None = None,
+) -> FitResult:
     """Train, step the schedule on validation accuracy, stop early; checkpoint each epoch if asked.
 
     Returns the model with the weights of its best validation epoch. ``on_epoch`` may raise to
@@ -178,35 +205,67 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
     continues after its last epoch, with the same RNG states, so the result is as if uninterrupted.
     """
     opts = options or FitOptions()
-    seed_everything(seed, opts.deterministic)
-    if device.type == "cuda" and not opts.deterministic:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    seed_everything(seed, opts.train.deterministic)
+    if device.type == "cuda" and not opts.train.deterministic:
+        torch.backends.cudnn.benchmark = (
+            True  # fixed input shapes: let cuDNN pick the fastest kernels
+        )
     model = model.to(device)
-    if opts.channels_last and device.type == "cuda" and np.asarray(train.x).ndim == 4:
+    if opts.train.channels_last and device.type == "cuda" and np.asarray(train.x).ndim == 4:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if opts.compile else model  # state dicts stay on `model`
+    step_model = (
+        torch.compile(model) if opts.train.compile else model
+    )  # state dicts stay on `model`
     # np.array copies the memory-mapped splits into writable memory that torch can share.
-    xt, yt = torch.from_numpy(np.array(train.x)).to(device), torch.from_numpy(np.array(train.y)).to(device)
-    xv, yv = torch.from_numpy(np.array(val.x)).to(device), torch.from_numpy(np.array(val.y)).to(device)
-    optimizer = make_optimizer(model, opts.optimizer, lr=learning_rate, weight_decay=weight_decay,
-                               momentum=opts.momentum, nesterov=opts.nesterov)
-    scheduler = make_scheduler(optimizer, opts.scheduler, max_epochs=max_epochs, patience=patience,
-                               step_size=opts.step_size, gamma=opts.gamma)
+    xt, yt = (
+        torch.from_numpy(np.array(train.x)).to(device),
+        torch.from_numpy(np.array(train.y)).to(device),
+    )
+    xv, yv = (
+        torch.from_numpy(np.array(val.x)).to(device),
+        torch.from_numpy(np.array(val.y)).to(device),
+    )
+    optimizer = make_optimizer(
+        model,
+        opts.train.optimizer,
+        lr=learning_rate,
+        weight_decay=weight_decay,
+        momentum=opts.train.momentum,
+        nesterov=opts.train.nesterov,
+    )
+    scheduler = make_scheduler(
+        optimizer,
+        opts.train.scheduler,
+        max_epochs=max_epochs,
+        patience=patience,
+        step_size=opts.train.step_size,
+        gamma=opts.train.gamma,
+    )
     n_classes = int(max(int(yt.max()), int(yv.max())) + 1) if len(yt) else 1
-    weight = balanced_class_weights(np.asarray(train.y), n_classes).to(device) if opts.class_weights == "balanced" else None
-    loss_fn = make_loss(opts.loss, label_smoothing=opts.label_smoothing, focal_gamma=opts.focal_gamma,
-                        weight=weight).to(device)
+    weight = (
+        balanced_class_weights(np.asarray(train.y), n_classes).to(device)
+        if opts.train.class_weights == "balanced"
+        else None
+    )
+    loss_fn = make_loss(
+        opts.train.loss,
+        label_smoothing=opts.train.label_smoothing,
+        focal_gamma=opts.train.focal_gamma,
+        weight=weight,
+    ).to(device)
     eval_loss = nn.CrossEntropyLoss()  # validation loss stays comparable across loss settings
     if xt.ndim == 4:
-        transform = build_augment(opts.augment, xt.shape[1], xt.shape[2], xt.shape[3])
-    elif opts.augment.strength > 0:
+        transform = build_augment(opts.train.augment, xt.shape[1], xt.shape[2], xt.shape[3])
+    elif opts.train.augment.strength > 0:
         # Features (N, D) of a frozen encoder are not images: flips and crops mean nothing there.
-        raise ValueError("train.augment.strength must be 0 for a model trained on features (N, D), "
-                         f"got {opts.augment.strength}")
+        raise ValueError(
+            "train.augment.strength must be 0 for a model trained on features (N, D), "
+            f"got {opts.train.augment.strength}"
+        )
     else:
         transform = None
     generator = torch.Generator().manual_seed(seed)
-    precision = resolve_precision(device, opts.amp, opts.precision)
+    precision = resolve_precision(device, opts.train.amp, opts.precision)
     scaler = grad_scaler(device, precision)
     result = FitResult(model=model, precision=precision)
     best_state, since_best, start_epoch = copy.deepcopy(model.state_dict()), 0, 1
@@ -219,8 +278,13 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
         restore_rng(saved["rng"], generator)
         restore_scaler(scaler, saved.get("scaler"))
         result.history = [EpochMetrics(**m) for m in saved["history"]]
-        result.best_epoch, result.best_val_accuracy = saved["best_epoch"], saved["best_val_accuracy"]
-        result.best_val_loss = saved.get("best_val_loss", float("inf"))  # absent in older checkpoints
+        result.best_epoch, result.best_val_accuracy = (
+            saved["best_epoch"],
+            saved["best_val_accuracy"],
+        )
+        result.best_val_loss = saved.get(
+            "best_val_loss", float("inf")
+        )  # absent in older checkpoints
         best_state, since_best = saved["best_state"], saved["since_best"]
         start_epoch = result.resumed_from = saved["epoch"] + 1
         result.stopped_early = saved["stopped_early"]
@@ -229,34 +293,60 @@ def fit(model: nn.Module, train: Split, val: Split, *, max_epochs: int, batch_si
             break
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        tr_loss, tr_acc = fit_one_epoch(step_model, xt, yt, optimizer, loss_fn, batch_size, generator,
-                                        options=opts, transform=transform, scaler=scaler)
+        tr_loss, tr_acc = fit_one_epoch(
+            step_model,
+            xt,
+            yt,
+            optimizer,
+            loss_fn,
+            batch_size,
+            generator,
+            options=opts,
+            transform=transform,
+            scaler=scaler,
+        )
         va_loss, va_acc = evaluate_split(step_model, xv, yv, eval_loss, batch_size * 4, precision)
         seconds = time.perf_counter() - start
-        metrics = EpochMetrics(epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, len(yt) / seconds)
+        metrics = EpochMetrics(
+            epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, len(yt) / seconds
+        )
         result.history.append(metrics)
         scheduler_step(scheduler, va_acc)
         # Ties on accuracy go to the lower validation loss: on a small or easy validation split the
         # accuracy saturates early (every face right by epoch 5), and the epochs after it still
         # widen the margins; keeping the first saturated epoch kept an under-trained model.
-        better = va_acc > result.best_val_accuracy or (va_acc == result.best_val_accuracy
-                                                        and va_loss < result.best_val_loss)
+        better = va_acc > result.best_val_accuracy or (
+            va_acc == result.best_val_accuracy and va_loss < result.best_val_loss
+        )
         if better or epoch == 1:
-            result.best_epoch, result.best_val_accuracy, result.best_val_loss = epoch, va_acc, va_loss
+            result.best_epoch, result.best_val_accuracy, result.best_val_loss = (
+                epoch,
+                va_acc,
+                va_loss,
+            )
             best_state, since_best = copy.deepcopy(model.state_dict()), 0
         else:
             since_best += 1
         result.stopped_early = since_best >= patience
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(),  # {} unless fp16: the loss scale a resumed run goes on with
-                "rng": rng_state(generator), "history": [asdict(m) for m in result.history],
-                "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                "best_val_loss": result.best_val_loss,
-                "best_state": best_state, "since_best": since_best, "stopped_early": result.stopped_early,
-            })
+            save_checkpoint(
+                checkpoint,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(),  # {} unless fp16: the loss scale a resumed run goes on with
+                    "rng": rng_state(generator),
+                    "history": [asdict(m) for m in result.history],
+                    "best_epoch": result.best_epoch,
+                    "best_val_accuracy": result.best_val_accuracy,
+                    "best_val_loss": result.best_val_loss,
+                    "best_state": best_state,
+                    "since_best": since_best,
+                    "stopped_early": result.stopped_early,
+                },
+            )
         if on_epoch is not None:
             on_epoch(metrics)
     model.load_state_dict(best_state)

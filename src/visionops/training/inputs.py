@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from visionops.config import ConfigError, PipelineConfig
+from visionops.core.config import ConfigError, PipelineConfig
+from visionops.core.storage import StageOutput
 from visionops.models import FEATURE_MODELS, build_from_config, is_feature_model
 from visionops.models.wrappers import NormalizedNet
-from visionops.storage import StageOutput
 
 
 def check_feature_options(cfg: PipelineConfig) -> None:
@@ -26,20 +26,30 @@ def check_feature_options(cfg: PipelineConfig) -> None:
 
     name, problems = cfg.model.name, []
     if cfg.data.image_size != CHIP_SIZE or cfg.data.channels != 3:
-        problems.append(f"data.image_size/data.channels: {name} embeds aligned {CHIP_SIZE}x{CHIP_SIZE} RGB face "
-                        f"chips: set data.image_size: {CHIP_SIZE}, data.channels: 3 (got "
-                        f"{cfg.data.image_size}, {cfg.data.channels})")
+        problems.append(
+            f"data.image_size/data.channels: {name} embeds aligned {CHIP_SIZE}x{CHIP_SIZE} RGB face "
+            f"chips: set data.image_size: {CHIP_SIZE}, data.channels: 3 (got "
+            f"{cfg.data.image_size}, {cfg.data.channels})"
+        )
     if cfg.train.augment.strength > 0:
-        problems.append(f"train.augment.strength: must be 0 for {name} (it trains on embeddings, not images)")
+        problems.append(
+            f"train.augment.strength: must be 0 for {name} (it trains on embeddings, not images)"
+        )
     if cfg.train.tta:
-        problems.append(f"train.tta: must be none for {name} (test-time views are of images, not embeddings)")
+        problems.append(
+            f"train.tta: must be none for {name} (test-time views are of images, not embeddings)"
+        )
     if cfg.tune.n_trials > 0:
         for key in ("augment_strength", "width"):
             if getattr(cfg.tune, key) is not None:
-                problems.append(f"tune.{key}: must be null for {name} (searched: learning_rate, weight_decay, "
-                                "dropout, batch_size, optimizer, label_smoothing)")
+                problems.append(
+                    f"tune.{key}: must be null for {name} (searched: learning_rate, weight_decay, "
+                    "dropout, batch_size, optimizer, label_smoothing)"
+                )
     if problems:
-        raise ConfigError("invalid configuration for model.name " + repr(name) + ":\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            "invalid configuration for model.name " + repr(name) + ":\n  " + "\n  ".join(problems)
+        )
 
 
 def training_output(ctx: Any, cfg: PipelineConfig, preprocessed: StageOutput) -> StageOutput:
@@ -57,9 +67,15 @@ def build_network(cfg: PipelineConfig, num_classes: int, stats: dict[str, Any]) 
     if is_feature_model(cfg.model.name):
         from visionops.data.embeddings import EMBEDDING_DIM
 
-        return build_from_config(cfg.model, in_channels=EMBEDDING_DIM, image_size=1, num_classes=num_classes)
-    net = build_from_config(cfg.model, in_channels=cfg.data.channels, image_size=cfg.data.image_size,
-                            num_classes=num_classes)
+        return build_from_config(
+            cfg.model, in_channels=EMBEDDING_DIM, image_size=1, num_classes=num_classes
+        )
+    net = build_from_config(
+        cfg.model,
+        in_channels=cfg.data.channels,
+        image_size=cfg.data.image_size,
+        num_classes=num_classes,
+    )
     return NormalizedNet(net, stats["mean"], stats["std"])
 
 

@@ -1,5 +1,5 @@
 """What travels with a trained model besides the network: the unknown threshold, enrolled embeddings,
-face settings (see ``visionops.inference`` for how ``predict`` uses them)."""
+face settings (see ``visionops.serving.model`` for how ``predict`` uses them)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionops.config import PipelineConfig
+from visionops.core.config import PipelineConfig
 from visionops.data.preprocess import Split
-from visionops.tta import predict_proba
-from visionops.unknown import choose_threshold, distance_scores
+from visionops.serving.tta import predict_proba
+from visionops.serving.unknown import choose_threshold, distance_scores
 
 log = logging.getLogger("visionops")
 
 
-def _val_probabilities(model: torch.nn.Module, val: Split, tta: list[str], batch_size: int = 256) -> np.ndarray:
+def _val_probabilities(
+    model: torch.nn.Module, val: Split, tta: list[str], batch_size: int = 256
+) -> np.ndarray:
     model = model.cpu().eval()
-    parts = [predict_proba(model, torch.from_numpy(np.array(val.x[s:s + batch_size])), tta).numpy()
-             for s in range(0, len(val.y), batch_size)]
+    parts = [
+        predict_proba(model, torch.from_numpy(np.array(val.x[s : s + batch_size])), tta).numpy()
+        for s in range(0, len(val.y), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
@@ -33,8 +37,9 @@ def face_settings_for(cfg: PipelineConfig) -> dict[str, Any] | None:
     return face_settings(cfg.faces)
 
 
-def served_extras(cfg: PipelineConfig, model: torch.nn.Module, train: Split, val: Split,
-                  encoder: str | None) -> dict[str, Any]:
+def served_extras(
+    cfg: PipelineConfig, model: torch.nn.Module, train: Split, val: Split, encoder: str | None
+) -> dict[str, Any]:
     """``log_classifier`` keyword arguments beyond the network: unknown threshold, enrolled set, faces.
 
     ``train`` and ``val`` are what the model trained on (embeddings for an encoder model).
@@ -54,12 +59,23 @@ def served_extras(cfg: PipelineConfig, model: torch.nn.Module, train: Split, val
     else:
         probs = _val_probabilities(model, val, list(cfg.train.tta))
         right = probs.argmax(axis=1) == np.asarray(val.y) if len(probs) else np.zeros(0, bool)
-        scores = probs.max(axis=1)[right] if right.any() else (probs.max(axis=1) if len(probs) else None)
+        scores = (
+            probs.max(axis=1)[right] if right.any() else (probs.max(axis=1) if len(probs) else None)
+        )
         kind = "probability"
     threshold = choose_threshold(s.unknown_threshold, s.unknown_quantile, scores, kind)
-    extras["unknown"] = {"score": kind, "threshold": threshold, "setting": s.unknown_threshold,
-                         "quantile": s.unknown_quantile,
-                         "n_validation": int(0 if scores is None else len(scores))}
-    log.info("unknown: %s threshold %s (serving.unknown_threshold=%s, quantile %s)", kind, threshold,
-             s.unknown_threshold, s.unknown_quantile)
+    extras["unknown"] = {
+        "score": kind,
+        "threshold": threshold,
+        "setting": s.unknown_threshold,
+        "quantile": s.unknown_quantile,
+        "n_validation": int(0 if scores is None else len(scores)),
+    }
+    log.info(
+        "unknown: %s threshold %s (serving.unknown_threshold=%s, quantile %s)",
+        kind,
+        threshold,
+        s.unknown_threshold,
+        s.unknown_quantile,
+    )
     return extras

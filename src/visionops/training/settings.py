@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from visionops.config import PipelineConfig, build_config
-from visionops.training.augment import AugmentSpec
+from visionops.core.config import PipelineConfig, build_config
 from visionops.training.engine import FitOptions
 
 # Tunable parameter -> the config key it sets.
@@ -37,17 +36,12 @@ def apply_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     unknown = sorted(set(params) - set(PARAM_KEYS))
     if unknown:
         raise ValueError(f"unknown tuned parameters {unknown}; known: {sorted(PARAM_KEYS)}")
-    return build_config(cfg.to_dict(), {PARAM_KEYS[k]: v for k, v in params.items()}, source="tuned parameters")
+    return build_config(
+        cfg.to_dict(), {PARAM_KEYS[k]: v for k, v in params.items()}, source="tuned parameters"
+    )
 
 
 def fit_options(cfg: PipelineConfig) -> FitOptions:
-    t = cfg.train
     # faces.balance=weights keeps every photo and samples so that each person is seen equally often.
     sampling = "balanced" if cfg.faces.enabled and cfg.faces.balance == "weights" else "uniform"
-    return FitOptions(
-        optimizer=t.optimizer, momentum=t.momentum, nesterov=t.nesterov, scheduler=t.scheduler,
-        step_size=t.step_size, gamma=t.gamma, loss=t.loss, label_smoothing=t.label_smoothing,
-        focal_gamma=t.focal_gamma, class_weights=t.class_weights, sampling=sampling, augment=AugmentSpec(**t.augment.model_dump()),
-        accumulate_steps=t.accumulate_steps, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
-        deterministic=t.deterministic,
-    )
+    return FitOptions(train=cfg.train, sampling=sampling)

@@ -13,24 +13,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 
-from visionops import tracking
+import mlflow
+from visionops.core import tracking
+from visionops.core.constants import TAG_PREFIX as T
+from visionops.core.context import RunContext
+from visionops.core.contracts import Trained
+from visionops.core.storage import StageOutput, fingerprint, visionops_home
 from visionops.data.preprocess import load_labels, load_split, load_stats
-from visionops.inference import log_classifier, tta_label
-from visionops.training.inputs import build_network, encoder_of, training_output
-from visionops.training.packaging import served_extras
-from visionops.runs import RunContext
-from visionops.storage import StageOutput, fingerprint, visionops_home
+from visionops.serving.model import log_classifier, tta_label
 from visionops.training.checkpoint import load_checkpoint
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
+from visionops.training.inputs import build_network, encoder_of, training_output
+from visionops.training.packaging import served_extras
 from visionops.training.precision import resolve_precision
 from visionops.training.settings import apply_params, fit_options
 
 log = logging.getLogger("visionops")
-T = tracking.TAG_PREFIX
 
 
 def _save_learning_curves(history: list[EpochMetrics], path: Path) -> None:
@@ -56,15 +57,26 @@ def _save_learning_curves(history: list[EpochMetrics], path: Path) -> None:
 
 
 def epoch_metrics(m: EpochMetrics) -> dict[str, float]:
-    return {"train_loss": m.train_loss, "train_accuracy": m.train_accuracy, "val_loss": m.val_loss,
-            "val_accuracy": m.val_accuracy, "learning_rate": m.learning_rate, "epoch_seconds": m.seconds,
-            "images_per_second": m.images_per_second}
+    return {
+        "train_loss": m.train_loss,
+        "train_accuracy": m.train_accuracy,
+        "val_loss": m.val_loss,
+        "val_accuracy": m.val_accuracy,
+        "learning_rate": m.learning_rate,
+        "epoch_seconds": m.seconds,
+        "images_per_second": m.images_per_second,
+    }
 
 
 def device_tags(device: torch.device, precision: str) -> dict[str, str]:
     """Where and how the run trained; ``precision`` is bf16, fp16 (with loss scaling) or fp32."""
-    tags = {f"{T}device": str(device), f"{T}precision": precision, "torch_version": torch.__version__,
-            "cuda_version": str(torch.version.cuda), "python_version": platform.python_version()}
+    tags = {
+        f"{T}device": str(device),
+        f"{T}precision": precision,
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda),
+        "python_version": platform.python_version(),
+    }
     if device.type == "cuda":
         tags["gpu_name"] = torch.cuda.get_device_name(device)
         tags["cudnn_version"] = str(torch.backends.cudnn.version())
@@ -80,18 +92,20 @@ def checkpoint_path(ctx: RunContext, fp: str) -> Path:
     return visionops_home() / "checkpoints" / ctx.run_key / f"{fp[:16]}.pt"
 
 
-def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, Any]) -> dict[str, Any]:
+def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, Any]) -> Trained:
     """Train with ``params`` (tuned or configured), log metrics and the model; reuse a finished run's model."""
     cfg = apply_params(ctx.config(), params)
     tracking.configure()
-    fp = fingerprint("train", preprocessed.fingerprint, params, cfg.model.model_dump(), cfg.train.model_dump())
+    fp = fingerprint(
+        "train", preprocessed.fingerprint, params, cfg.model.model_dump(), cfg.train.model_dump()
+    )
     store = ctx.store()
     with tracking.stage_run(ctx.parent_run_id, "train") as run_id:
         done = store.find("train", fp)
         if done is not None and done.meta.get("run_key") == ctx.run_key:
             # A retried task: the model of this run is already logged.
             mlflow.set_tag(f"{T}reused_output", "true")
-            return done.meta
+            return Trained.model_validate(done.meta)
         folder = preprocessed.local_path()
         stats, labels = load_stats(folder), load_labels(folder)
         # Images, or for a feature model (face_embedding) their cached embeddings.
@@ -101,16 +115,30 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         device = select_device(cfg.train.device)
         t = cfg.train
         mlflow.set_tags(device_tags(device, resolve_precision(device, t.amp)))
-        mlflow.log_params({**params, "model": cfg.model.name, "max_epochs": t.max_epochs,
-                           "batch_size": t.batch_size, "patience": t.patience, "optimizer": t.optimizer,
-                           "scheduler": t.scheduler, "loss": t.loss, "label_smoothing": t.label_smoothing,
-                           "augment_strength": t.augment.strength, "accumulate_steps": t.accumulate_steps,
-                           "model_width": cfg.model.width, "transfer_mode": cfg.model.transfer_mode,
-                           "tta": tta_label(t.tta)})
+        mlflow.log_params(
+            {
+                **params,
+                "model": cfg.model.name,
+                "max_epochs": t.max_epochs,
+                "batch_size": t.batch_size,
+                "patience": t.patience,
+                "optimizer": t.optimizer,
+                "scheduler": t.scheduler,
+                "loss": t.loss,
+                "label_smoothing": t.label_smoothing,
+                "augment_strength": t.augment.strength,
+                "accumulate_steps": t.accumulate_steps,
+                "model_width": cfg.model.width,
+                "transfer_mode": cfg.model.transfer_mode,
+                "tta": tta_label(t.tta),
+            }
+        )
         seed_everything(t.seed)  # the initial weights come from the seed too
         net = build_network(cfg, len(labels), stats)
         mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
-        mlflow.log_metric("n_trainable_parameters", sum(p.numel() for p in net.parameters() if p.requires_grad))
+        mlflow.log_metric(
+            "n_trainable_parameters", sum(p.numel() for p in net.parameters() if p.requires_grad)
+        )
         ckpt = checkpoint_path(ctx, fp) if t.checkpoint else None
         earlier = load_checkpoint(ckpt) if ckpt is not None else None
         if earlier is not None:
@@ -122,14 +150,36 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
 
         def on_epoch(m: EpochMetrics) -> None:
             mlflow.log_metrics(epoch_metrics(m), step=m.epoch)
-            log.info("epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)", m.epoch, m.train_loss,
-                     m.val_accuracy, m.seconds)
+            log.info(
+                "epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)",
+                m.epoch,
+                m.train_loss,
+                m.val_accuracy,
+                m.seconds,
+            )
 
-        result = fit(net, train, val, max_epochs=t.max_epochs, batch_size=t.batch_size,
-                     learning_rate=t.learning_rate, weight_decay=t.weight_decay, patience=t.patience,
-                     seed=t.seed, device=device, on_epoch=on_epoch, options=fit_options(cfg), checkpoint=ckpt)
-        mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
-                            "epochs_trained": len(result.history)})
+        result = fit(
+            net,
+            train,
+            val,
+            max_epochs=t.max_epochs,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay,
+            patience=t.patience,
+            seed=t.seed,
+            device=device,
+            on_epoch=on_epoch,
+            options=fit_options(cfg),
+            checkpoint=ckpt,
+        )
+        mlflow.log_metrics(
+            {
+                "best_val_accuracy": result.best_val_accuracy,
+                "best_epoch": result.best_epoch,
+                "epochs_trained": len(result.history),
+            }
+        )
         result.model.to("cpu")
         extras = served_extras(cfg, result.model, train, val, encoder_of(cfg))
         if extras["unknown"]["threshold"] is not None:
@@ -138,17 +188,36 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             curves = Path(tmp) / "learning_curves.png"
             _save_learning_curves(result.history, curves)
             mlflow.log_artifact(str(curves))
-            uris = log_classifier(result.model, labels=labels, image_size=cfg.data.image_size,
-                                  channels=cfg.data.channels, example=np.array(test.x[:2]), workdir=Path(tmp),
-                                  data_profile=folder / "data_profile.json", tta=t.tta, **extras)
-        meta = {**uris, "train_run_id": run_id, "run_key": ctx.run_key,
-                "best_val_accuracy": result.best_val_accuracy, "epochs_trained": len(result.history),
-                "resumed_from_epoch": result.resumed_from, "params": params}
+            uris = log_classifier(
+                result.model,
+                labels=labels,
+                image_size=cfg.data.image_size,
+                channels=cfg.data.channels,
+                example=np.array(test.x[:2]),
+                workdir=Path(tmp),
+                data_profile=folder / "data_profile.json",
+                tta=t.tta,
+                **extras,
+            )
+        meta = {
+            **uris,
+            "train_run_id": run_id,
+            "run_key": ctx.run_key,
+            "best_val_accuracy": result.best_val_accuracy,
+            "epochs_trained": len(result.history),
+            "resumed_from_epoch": result.resumed_from,
+            "params": params,
+        }
         with store.writing("train", fp) as pending:
             (pending.path / "train.json").write_text(json.dumps(meta, indent=2))
             pending.meta = meta
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)  # the committed output now answers any retry
-    log.info("train: best val_accuracy %.4f at epoch %d of %d; model %s", result.best_val_accuracy,
-             result.best_epoch, len(result.history), uris["model_uri"])
-    return meta
+    log.info(
+        "train: best val_accuracy %.4f at epoch %d of %d; model %s",
+        result.best_val_accuracy,
+        result.best_epoch,
+        len(result.history),
+        uris["model_uri"],
+    )
+    return Trained.model_validate(meta)

@@ -4,7 +4,7 @@ Each trial is a nested MLflow run of the tuning run; storage is a journal file o
 or PostgreSQL (RDBStorage) when ``tune.storage_url`` is set.
 """
 
-from visionops.tuning.report import champion_params, warm_start, write_plots
+from visionops.tuning.report import warm_start, write_plots
 from visionops.tuning.space import distributions, in_space, suggest
 from visionops.tuning.study import (
     TuneResult,
@@ -18,6 +18,19 @@ from visionops.tuning.study import (
     summarize,
 )
 
-__all__ = ["TuneResult", "champion_params", "distributions", "in_space", "journal_storage", "make_pruner",
-           "make_storage", "n_finished", "open_study", "run_study", "run_worker", "summarize", "suggest",
-           "warm_start", "write_plots"]
+__all__ = [
+    "TuneResult",
+    "distributions",
+    "in_space",
+    "journal_storage",
+    "make_pruner",
+    "make_storage",
+    "n_finished",
+    "open_study",
+    "run_study",
+    "run_worker",
+    "summarize",
+    "suggest",
+    "warm_start",
+    "write_plots",
+]

@@ -8,29 +8,22 @@ from typing import Any
 
 import optuna
 
-from visionops.config import PipelineConfig
+from visionops.core.config import PipelineConfig
 from visionops.tuning.space import in_space
 
 log = logging.getLogger(__name__)
 
 
-def champion_params(model_name: str) -> dict[str, str]:
-    """The parameters logged by the champion's training run, or {} when there is no champion."""
-    from mlflow.tracking import MlflowClient
+def warm_start(
+    study: optuna.Study, cfg: PipelineConfig, champion_params: dict[str, Any]
+) -> dict[str, Any]:
+    """Enqueue the champion's parameters (those inside the space) as the next trial; returns them.
 
-    from visionops.registry import get_alias
-
-    version = get_alias(model_name)
-    if version is None or not version.run_id:
-        return {}
-    return dict(MlflowClient().get_run(version.run_id).data.params)
-
-
-def warm_start(study: optuna.Study, cfg: PipelineConfig) -> dict[str, Any]:
-    """Enqueue the champion's parameters (those inside the space) as the next trial; returns them."""
+    ``champion_params`` are the params its training run logged (``release.lineage.champion_params``).
+    """
     if not cfg.tune.warm_start or study.get_trials(deepcopy=False):
         return {}  # only into a fresh study: a resumed one already had its chance
-    params = in_space(champion_params(cfg.registry.model_name), cfg.tune)
+    params = in_space(champion_params, cfg.tune)
     if params:
         study.enqueue_trial(params, user_attrs={"warm_start": "champion"}, skip_if_exists=True)
         log.info("tune: warm start from the champion's parameters %s", params)
@@ -45,9 +38,11 @@ def write_plots(study: optuna.Study, path: Path) -> list[str]:
     """
     from optuna import visualization as vis
 
-    makers = {"optimization_history": vis.plot_optimization_history,
-              "param_importances": vis.plot_param_importances,
-              "parallel_coordinate": vis.plot_parallel_coordinate}
+    makers = {
+        "optimization_history": vis.plot_optimization_history,
+        "param_importances": vis.plot_param_importances,
+        "parallel_coordinate": vis.plot_parallel_coordinate,
+    }
     parts, done = [], []
     for name, make in makers.items():
         try:
@@ -56,9 +51,15 @@ def write_plots(study: optuna.Study, path: Path) -> list[str]:
             log.info("tune: no %s plot (%s)", name, exc)
             continue
         # plotly.js is embedded once, so the file opens offline (the MLflow UI shows it as is).
-        parts.append(f"<h2>{name.replace('_', ' ')}</h2>" + fig.to_html(full_html=False, include_plotlyjs=not parts))
+        parts.append(
+            f"<h2>{name.replace('_', ' ')}</h2>"
+            + fig.to_html(full_html=False, include_plotlyjs=not parts)
+        )
         done.append(name)
     if parts:
-        path.write_text(f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
-                        + "".join(parts) + "</body></html>")
+        path.write_text(
+            f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
+            + "".join(parts)
+            + "</body></html>"
+        )
     return done

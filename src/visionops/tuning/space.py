@@ -7,10 +7,17 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from visionops.config import TuneConfig
+from visionops.core.config import TuneConfig
 
 LOG_SCALE = ("learning_rate", "weight_decay", "width")
-RANGES = ("learning_rate", "weight_decay", "dropout", "width", "augment_strength", "label_smoothing")
+RANGES = (
+    "learning_rate",
+    "weight_decay",
+    "dropout",
+    "width",
+    "augment_strength",
+    "label_smoothing",
+)
 CHOICES = ("batch_size", "optimizer")
 
 

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from visionops.config import PipelineConfig, TuneConfig
+import mlflow
+from visionops.core.config import PipelineConfig, TuneConfig
 from visionops.data.preprocess import Split
-from visionops.training.inputs import build_network
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
+from visionops.training.inputs import build_network
 from visionops.training.settings import apply_params, fit_options
 from visionops.tuning.space import suggest
 
@@ -52,25 +52,39 @@ def make_storage(tune: TuneConfig, journal_path: Path) -> BaseStorage:
 def make_pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
     """Optuna's pruner named by ``tune.pruner``, with the ``tune.pruner_*`` settings; steps are epochs (from 1)."""
     if tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
-                                           n_warmup_steps=tune.pruner_warmup_epochs)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_epochs
+        )
     if tune.pruner == "percentile":
-        return optuna.pruners.PercentilePruner(tune.pruner_percentile, n_startup_trials=tune.pruner_startup_trials,
-                                               n_warmup_steps=tune.pruner_warmup_epochs)
+        return optuna.pruners.PercentilePruner(
+            tune.pruner_percentile,
+            n_startup_trials=tune.pruner_startup_trials,
+            n_warmup_steps=tune.pruner_warmup_epochs,
+        )
     if tune.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=tune.pruner_min_epochs,
-                                                      reduction_factor=tune.pruner_reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=tune.pruner_min_epochs, reduction_factor=tune.pruner_reduction_factor
+        )
     if tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=tune.pruner_min_epochs, max_resource=tune.epochs_per_trial,
-                                              reduction_factor=tune.pruner_reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=tune.pruner_min_epochs,
+            max_resource=tune.epochs_per_trial,
+            reduction_factor=tune.pruner_reduction_factor,
+        )
     return optuna.pruners.NopPruner()
 
 
-def open_study(tune: TuneConfig, storage: BaseStorage | str, study_name: str, worker: int = 0) -> optuna.Study:
+def open_study(
+    tune: TuneConfig, storage: BaseStorage | str, study_name: str, worker: int = 0
+) -> optuna.Study:
     """Create or load the study; each worker seeds its sampler differently so they do not propose twins."""
     return optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=tune.seed + worker), pruner=make_pruner(tune),
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=tune.seed + worker),
+        pruner=make_pruner(tune),
     )
 
 
@@ -78,8 +92,17 @@ def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float], std: list[float],
-               num_classes: int, tuning_run_id: str | None, worker: int, ran: list[int]):
+def _objective(
+    cfg: PipelineConfig,
+    train: Split,
+    val: Split,
+    mean: list[float],
+    std: list[float],
+    num_classes: int,
+    tuning_run_id: str | None,
+    worker: int,
+    ran: list[int],
+):
     device = select_device(cfg.train.device)
     experiment_id = mlflow.get_run(tuning_run_id).info.experiment_id if tuning_run_id else None
 
@@ -89,10 +112,18 @@ def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float],
         ran.append(trial.number)
         run = None
         if tuning_run_id:
-            run = mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=experiment_id,
-                                   parent_run_id=tuning_run_id, nested=True,
-                                   tags={"visionops.stage": "tune.trial", "optuna.trial": str(trial.number),
-                                         "optuna.study": trial.study.study_name, "optuna.worker": str(worker)})
+            run = mlflow.start_run(
+                run_name=f"trial-{trial.number}",
+                experiment_id=experiment_id,
+                parent_run_id=tuning_run_id,
+                nested=True,
+                tags={
+                    "visionops.stage": "tune.trial",
+                    "optuna.trial": str(trial.number),
+                    "optuna.study": trial.study.study_name,
+                    "optuna.worker": str(worker),
+                },
+            )
             mlflow.log_params(params)
 
         epochs = [0]
@@ -100,12 +131,20 @@ def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float],
         def report(m: EpochMetrics) -> None:
             epochs[0] = m.epoch
             if run is not None:
-                mlflow.log_metrics({"val_accuracy": m.val_accuracy, "train_loss": m.train_loss,
-                                    "val_loss": m.val_loss}, step=m.epoch)
+                mlflow.log_metrics(
+                    {
+                        "val_accuracy": m.val_accuracy,
+                        "train_loss": m.train_loss,
+                        "val_loss": m.val_loss,
+                    },
+                    step=m.epoch,
+                )
             trial.report(m.val_accuracy, m.epoch)
             # After the last epoch there is nothing left to save: the trial completes with its result.
             if m.epoch < cfg.tune.epochs_per_trial and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (val_accuracy {m.val_accuracy:.4f})")
+                raise optuna.TrialPruned(
+                    f"pruned at epoch {m.epoch} (val_accuracy {m.val_accuracy:.4f})"
+                )
 
         try:
             trial_cfg = apply_params(cfg, params)
@@ -113,10 +152,20 @@ def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float],
             seed_everything(seed)
             net = build_network(trial_cfg, num_classes, {"mean": mean, "std": std})
             t = trial_cfg.train
-            result = fit(net, train, val, max_epochs=cfg.tune.epochs_per_trial, batch_size=t.batch_size,
-                         learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-                         patience=cfg.tune.epochs_per_trial, seed=seed, device=device, on_epoch=report,
-                         options=fit_options(trial_cfg))
+            result = fit(
+                net,
+                train,
+                val,
+                max_epochs=cfg.tune.epochs_per_trial,
+                batch_size=t.batch_size,
+                learning_rate=t.learning_rate,
+                weight_decay=t.weight_decay,
+                patience=cfg.tune.epochs_per_trial,
+                seed=seed,
+                device=device,
+                on_epoch=report,
+                options=fit_options(trial_cfg),
+            )
             trial.set_user_attr("epochs", len(result.history))
         except optuna.TrialPruned:
             trial.set_user_attr("epochs", epochs[0])
@@ -133,15 +182,31 @@ def _objective(cfg: PipelineConfig, train: Split, val: Split, mean: list[float],
             mlflow.set_tag("optuna.state", "COMPLETE")
             mlflow.log_metric("best_val_accuracy", result.best_val_accuracy)
             mlflow.end_run()
-        log.info("trial %d (worker %d): %s -> %.4f", trial.number, worker, params, result.best_val_accuracy)
+        log.info(
+            "trial %d (worker %d): %s -> %.4f",
+            trial.number,
+            worker,
+            params,
+            result.best_val_accuracy,
+        )
         return result.best_val_accuracy
 
     return objective
 
 
-def run_worker(cfg: PipelineConfig, train: Split, val: Split, *, mean: list[float], std: list[float],
-               num_classes: int, storage: BaseStorage | str, study_name: str, tuning_run_id: str | None,
-               worker: int = 0) -> int:
+def run_worker(
+    cfg: PipelineConfig,
+    train: Split,
+    val: Split,
+    *,
+    mean: list[float],
+    std: list[float],
+    num_classes: int,
+    storage: BaseStorage | str,
+    study_name: str,
+    tuning_run_id: str | None,
+    worker: int = 0,
+) -> int:
     """Run trials of the shared study until ``tune.n_trials`` have finished (by any worker).
 
     Returns the number of trials this worker ran. A retried worker resumes the same study.
@@ -153,7 +218,9 @@ def run_worker(cfg: PipelineConfig, train: Split, val: Split, *, mean: list[floa
     ran: list[int] = []  # counted here: an enqueued (warm-start) trial predates this worker
     stop = optuna.study.MaxTrialsCallback(cfg.tune.n_trials, states=FINISHED)
     objective = _objective(cfg, train, val, mean, std, num_classes, tuning_run_id, worker, ran)
-    study.optimize(objective, n_trials=remaining, callbacks=[stop], catch=(RuntimeError, ValueError))
+    study.optimize(
+        objective, n_trials=remaining, callbacks=[stop], catch=(RuntimeError, ValueError)
+    )
     return len(ran)
 
 
@@ -162,16 +229,42 @@ def summarize(study: optuna.Study) -> TuneResult:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     n_complete = states.count(TrialState.COMPLETE)
     if not n_complete:
-        raise RuntimeError(f"tuning study {study.study_name}: no trial completed "
-                           f"({states.count(TrialState.FAIL)} failed, {states.count(TrialState.PRUNED)} pruned)")
-    return TuneResult(best_params=dict(study.best_params), best_value=study.best_value, n_complete=n_complete,
-                      n_pruned=states.count(TrialState.PRUNED), n_failed=states.count(TrialState.FAIL),
-                      study_name=study.study_name)
+        raise RuntimeError(
+            f"tuning study {study.study_name}: no trial completed "
+            f"({states.count(TrialState.FAIL)} failed, {states.count(TrialState.PRUNED)} pruned)"
+        )
+    return TuneResult(
+        best_params=dict(study.best_params),
+        best_value=study.best_value,
+        n_complete=n_complete,
+        n_pruned=states.count(TrialState.PRUNED),
+        n_failed=states.count(TrialState.FAIL),
+        study_name=study.study_name,
+    )
 
 
-def run_study(cfg: PipelineConfig, train: Split, val: Split, *, mean: list[float], std: list[float],
-              num_classes: int, storage: Any, study_name: str, tuning_run_id: str | None) -> TuneResult:
+def run_study(
+    cfg: PipelineConfig,
+    train: Split,
+    val: Split,
+    *,
+    mean: list[float],
+    std: list[float],
+    num_classes: int,
+    storage: Any,
+    study_name: str,
+    tuning_run_id: str | None,
+) -> TuneResult:
     """One worker, then the summary: tuning in a single process."""
-    run_worker(cfg, train, val, mean=mean, std=std, num_classes=num_classes, storage=storage,
-               study_name=study_name, tuning_run_id=tuning_run_id)
+    run_worker(
+        cfg,
+        train,
+        val,
+        mean=mean,
+        std=std,
+        num_classes=num_classes,
+        storage=storage,
+        study_name=study_name,
+        tuning_run_id=tuning_run_id,
+    )
     return summarize(open_study(cfg.tune, storage, study_name))

@@ -1,0 +1,27 @@
+"""visionops: run the training pipeline, manage the model registry, label images, start the UIs.
+
+Sub-command groups: ``pipeline run``, ``registry show|promote|rollback``, ``predict``, ``ui``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from visionops.cli import pipeline, predict, registry, ui
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionops", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="group", required=True)
+    for group in (pipeline, registry, predict, ui):
+        group.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

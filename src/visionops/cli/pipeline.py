@@ -1,0 +1,145 @@
+"""``visionops pipeline run``: the ``train_pipeline`` DAG through real Airflow, then its summary.
+
+The DAG runs in one process (``airflow dags test``) with the run's conf; the outcome is read back
+from MLflow (the parent run carries the request id the CLI set) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from visionops.core.config import ConfigError, parse_override
+from visionops.core.storage import project_dir, visionops_home
+
+DAG_ID = "train_pipeline"
+
+
+def airflow_env() -> dict[str, str]:
+    """Environment for the Airflow CLI: project DAGs and plugins, state under ``.visionops/airflow``."""
+    env = dict(os.environ)
+    home = visionops_home()
+    env.setdefault("AIRFLOW_HOME", str(home / "airflow"))
+    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(project_dir() / "dags"))
+    env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(project_dir() / "plugins"))
+    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setdefault("VISIONOPS_HOME", str(home))
+    from visionops.core.tracking import tracking_uri
+
+    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _airflow(
+    *args: str, env: dict[str, str], log_file: Path | None = None, verbose: bool = False
+) -> int:
+    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    if log_file is None or verbose:
+        return subprocess.call(cmd, env=env, cwd=project_dir())
+    with log_file.open("w") as fh:
+        return subprocess.call(cmd, env=env, cwd=project_dir(), stdout=fh, stderr=subprocess.STDOUT)
+
+
+def ensure_airflow_db(env: dict[str, str]) -> None:
+    """Create or upgrade Airflow's metadata database (idempotent; quick when up to date)."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    log_file = Path(env["AIRFLOW_HOME"]) / "db-migrate.log"
+    if _airflow("db", "migrate", env=env, log_file=log_file) != 0:
+        raise SystemExit(f"airflow db migrate failed; see {log_file}")
+
+
+def _find_parent_run(request_id: str) -> str | None:
+    from visionops.core import tracking
+    from visionops.core.constants import TAG_PREFIX
+
+    tracking.configure()
+    runs = tracking.find_runs({f"{TAG_PREFIX}request_id": request_id})
+    return runs[0].info.run_id if runs else None
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from visionops.core.run import resolve_config
+
+    try:
+        overrides = dict(parse_override(item) for item in args.set)
+        if overrides.get("data.path") and "://" not in str(overrides["data.path"]):
+            overrides["data.path"] = str(Path(overrides["data.path"]).expanduser().resolve())
+        config_file = str(Path(args.config).expanduser().resolve())
+        # Fail fast, before Airflow starts: the same validation the start task does.
+        cfg, _ = resolve_config({"config": config_file, "overrides": overrides})
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    request_id = uuid.uuid4().hex
+    conf = {"config": config_file, "overrides": overrides, "request_id": request_id}
+    env = airflow_env()
+    ensure_airflow_db(env)
+    logs = visionops_home() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"pipeline-{request_id}.log"
+    print(f"running DAG {DAG_ID} through Airflow (log: {log_file}) ...", flush=True)
+    if cfg.gate.require_approval:
+        print(
+            "gate.require_approval is set: if the gate passes, the run waits for a person to answer the "
+            "`approve` task (Airflow UI: `make ui`, Browse -> Required Actions; or the HITL REST API). "
+            "No answer within 23 h rejects.",
+            flush=True,
+        )
+    code = _airflow(
+        "dags",
+        "test",
+        DAG_ID,
+        "--conf",
+        json.dumps(conf),
+        env=env,
+        log_file=log_file,
+        verbose=args.verbose,
+    )
+    parent = _find_parent_run(request_id)
+    if parent is None:
+        if not args.verbose:
+            print("".join(log_file.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
+        print(f"error: the run did not start (see {log_file})", file=sys.stderr)
+        return code or 1
+    from visionops.core.tracking import tracking_uri
+    from visionops.pipeline.summary import build_summary, format_summary
+
+    summary = build_summary(parent)
+    print(format_summary(summary, tracking_uri()))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+    if code != 0 and not args.verbose:
+        print(f"the DAG run failed; full Airflow log: {log_file}", file=sys.stderr)
+    return 0 if code == 0 else 1
+
+
+def add_commands(sub: Any) -> None:
+    """``pipeline run``."""
+    pipe = sub.add_parser("pipeline", help="run the training pipeline").add_subparsers(
+        dest="cmd", required=True
+    )
+    run = pipe.add_parser(
+        "run", help="run the train_pipeline DAG through Airflow and print a summary"
+    )
+    run.add_argument(
+        "--config", default=str(project_dir() / "conf" / "digits.yaml"), help="config YAML"
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_epochs=3 (repeatable)",
+    )
+    run.add_argument(
+        "--verbose", action="store_true", help="stream Airflow's output instead of logging it"
+    )
+    run.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    run.set_defaults(func=cmd_pipeline_run)

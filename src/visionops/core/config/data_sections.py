@@ -1,0 +1,175 @@
+"""The config sections of the data stages: the source, validation, preprocessing, faces."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from visionops.core.config.sections import _Section
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "imagefolder", "csv", "urls"] = "digits"
+    path: str | None = Field(
+        None,
+        description="Image folder (imagefolder), manifest CSV (csv: path,label or "
+        "path,name,int_label) or URL manifest (urls: name,url[,x1,y1,x2,y2][,md5]); unused for digits.",
+    )
+    image_size: int = Field(16, ge=4, le=1024, description="Square side length after resizing.")
+    channels: Literal[1, 3] = 1
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Images with more pixels are rejected undecoded (decompression-bomb guard).",
+    )
+    download_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    download_retries: int = Field(
+        2, ge=0, le=10, description="Retries after the first try, with backoff."
+    )
+    download_workers: int = Field(4, ge=1, le=32)
+    max_download_bytes: int = Field(20_000_000, ge=1)
+    min_download_side: int = Field(
+        16, ge=1, description="Downloaded images smaller than this are placeholders."
+    )
+    placeholder_repeats: int = Field(
+        3, ge=2, description="Same content at this many URLs = placeholder."
+    )
+    max_rejected_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="URL rows rejected above this fraction fail the ingest stage.",
+    )
+
+    @model_validator(mode="after")
+    def _path_required(self) -> DataConfig:
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+Severity = Literal["error", "warning"]
+
+
+class ValidateConfig(_Section):
+    min_images_per_class: int = Field(10, ge=1)
+    classes: list[str] | None = Field(
+        None, description="Declared class set; other labels are errors."
+    )
+    modes: list[str] | None = Field(None, description="Accepted PIL modes (e.g. [L]); None = any.")
+    convert_modes: bool = Field(
+        True, description="Other modes are converted (warning) instead of errors."
+    )
+    min_side: int = Field(1, ge=1)
+    max_side: int = Field(10_000, ge=1)
+    max_imbalance: float = Field(10.0, ge=1.0, description="Largest/smallest class size ratio.")
+    imbalance_severity: Severity = "warning"
+    duplicate_severity: Severity = Field(
+        "warning",
+        description="Exact copies (same sha256) with the same "
+        "label: one is kept, the others dropped and listed. Copies with "
+        "different labels are always errors.",
+    )
+    near_duplicate_bits: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="dHash Hamming distance at or below "
+        "which two images may be near-copies (grouped by the split).",
+    )
+    near_duplicate_max_diff: float = Field(
+        5.0,
+        ge=0.0,
+        le=255.0,
+        description="Mean absolute difference "
+        "(0-255) of 16x16 grey thumbnails confirming a dHash match.",
+    )
+    leakage_severity: Severity = Field(
+        "error",
+        description="A held-out image near-copying a train image "
+        "under a user-given split (a `split` column); planned splits keep "
+        "near-copies together and only report the links they had to cut.",
+    )
+    schema_change_severity: Severity = "warning"
+    max_drift_psi: float = Field(
+        0.25, gt=0.0, description="PSI per feature vs the champion's data."
+    )
+    drift_severity: Severity = "warning"
+
+
+class PreprocessConfig(_Section):
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    seed: int = 42
+    workers: int = Field(
+        1, ge=1, le=64, description="Worker processes decoding and resizing images."
+    )
+    max_group_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Largest share of its class a near-copy group may hold; larger "
+        "groups (chains of near-copies) are cut into contiguous pieces. null = the smaller of val_fraction "
+        "and test_fraction, the largest bound that still lets every class reach train, val and test.",
+    )
+
+
+class FacesConfig(_Section):
+    """Face-recognition use: keep photos with exactly one usable face, align it with dlib's 5 landmarks."""
+
+    enabled: bool = False
+    detector: Literal["dlib", "haar"] = Field(
+        "dlib",
+        description="dlib: HOG, then the CNN (MMOD) detector "
+        "when HOG finds nothing; haar: OpenCV's Haar cascade.",
+    )
+    upsample: int = Field(
+        1,
+        ge=0,
+        le=3,
+        description="dlib HOG: times the photo is doubled before searching "
+        "(1 finds faces down to ~40 px).",
+    )
+    min_score: float = Field(
+        0.5,
+        ge=-1.0,
+        le=3.0,
+        description="dlib HOG: beside the strongest face, a "
+        "detection counts as another face (several faces: rejected) only from this score.",
+    )
+    cnn_fallback: bool = Field(
+        True,
+        description="dlib: run the CNN detector on photos where HOG finds no face "
+        "(faces that fill the frame); ~20x slower than HOG, only on those photos.",
+    )
+    cnn_upsample: int = Field(
+        0, ge=0, le=2, description="dlib CNN fallback: times the photo is doubled."
+    )
+    detect_max_side: int = Field(
+        1600,
+        ge=0,
+        description="dlib: larger photos are searched shrunk to this "
+        "longest side (0: never); landmarks and chips use the full photo.",
+    )
+    min_face: int = Field(40, ge=8, description="Smallest face side in pixels (in the photo).")
+    margin: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Padding of the aligned chip (dlib.get_face_chip); "
+        "0.25 is what dlib's face-embedding ResNet expects.",
+    )
+    size: int = Field(
+        150, ge=16, le=1024, description="Side of the aligned chip; 150 for dlib's face embedding."
+    )
+    max_roll_deg: float = Field(
+        20.0, ge=0.0, le=90.0, description="Photos whose eye line is tilted more are rejected."
+    )
+    scale_factor: float = Field(1.1, gt=1.0, le=2.0, description="haar only.")
+    min_neighbors: int = Field(5, ge=1, description="haar only.")
+    balance: Literal["none", "downsample", "weights"] = Field(
+        "weights",
+        description="weights: sample each person equally often, no photo thrown away; downsample: "
+        "cut every person to the smallest count.",
+    )

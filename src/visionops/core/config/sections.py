@@ -1,0 +1,345 @@
+"""The config sections of model, training, tuning, gate, registry and serving (the data sections are in
+``data_sections``; see ``visionops.core.config``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from visionops.core.config.catalog import FEATURE_MODELS, MODEL_NAMES, TRANSFER_MODELS
+from visionops.core.constants import TTA_VIEWS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "small_cnn"
+    dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    width: float = Field(
+        1.0,
+        gt=0.0,
+        le=4.0,
+        description="Channel multiplier (cnn, vgg, vit; resnet18 only "
+        "without pretrained weights, whose channel widths are fixed).",
+    )
+    batch_norm: bool = Field(False, description="Batch norm after each conv (cnn, vgg).")
+    init: Literal["default", "paper"] = Field(
+        "default", description="vgg: 'paper' = N(0, 0.01^2), zero bias."
+    )
+    transfer_mode: Literal["scratch", "feature_extraction", "finetune_last_n", "full_finetune"] = (
+        "scratch"
+    )
+    weights_path: str | None = Field(
+        None, description="Local pretrained state dict (resnet18); never downloaded."
+    )
+    finetune_blocks: int = Field(
+        1, ge=1, le=4, description="finetune_last_n: residual stages that train."
+    )
+    patch_size: int | None = Field(
+        None, ge=1, description="vit_tiny patch side; default about an 8x8 grid."
+    )
+    depth: int = Field(12, ge=1, le=48, description="vit_tiny transformer blocks.")
+    hidden_units: int = Field(
+        128,
+        ge=0,
+        le=4096,
+        description="face_embedding: units of the hidden layer "
+        "of the head on the 128-d face embedding (0 = a linear head).",
+    )
+
+    @model_validator(mode="after")
+    def _known_model(self) -> ModelConfig:
+        if self.name not in sorted(MODEL_NAMES):
+            raise ValueError(
+                f"model.name {self.name!r} is not a known model; choose one of {sorted(MODEL_NAMES)}"
+            )
+        if self.transfer_mode != "scratch":
+            if self.name not in TRANSFER_MODELS:
+                raise ValueError(
+                    f"model.transfer_mode {self.transfer_mode!r} applies to {sorted(TRANSFER_MODELS)}, "
+                    f"not {self.name!r}"
+                )
+            if not self.weights_path:
+                raise ValueError(
+                    f"model.transfer_mode {self.transfer_mode!r} needs model.weights_path: a local "
+                    "pretrained weights file (nothing is downloaded)"
+                )
+        if self.name in FEATURE_MODELS and self.width != 1.0:
+            raise ValueError(
+                f"model.width {self.width} does not apply to {self.name!r} (a head on a frozen "
+                "embedding): set model.hidden_units instead"
+            )
+        if self.weights_path and self.width != 1.0 and self.name in TRANSFER_MODELS:
+            raise ValueError(
+                f"model.width {self.width} cannot be used with pretrained weights (model.transfer_mode "
+                f"{self.transfer_mode!r}): the weights fix the channel widths; set model.width to 1.0 "
+                "and leave tune.width null"
+            )
+        return self
+
+
+class AugmentConfig(_Section):
+    """Training-split augmentation; strength 0 turns it off."""
+
+    strength: float = Field(0.0, ge=0.0, le=1.0)
+    hflip: bool = Field(False, description="Horizontal flips (wrong for digits and text).")
+    crop: Literal["pad", "resized", "none"] = "pad"
+    jitter: bool = True
+    erasing: bool = True
+
+
+class TrainConfig(_Section):
+    max_epochs: int = Field(15, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    patience: int = Field(
+        3, ge=1, description="Epochs without validation improvement before stopping."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 42
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only.")
+    nesterov: bool = False
+    scheduler: Literal["plateau", "cosine", "step", "none"] = Field(
+        "plateau", description="plateau: x0.1 when val accuracy stalls (the VGG recipe)."
+    )
+    step_size: int = Field(10, ge=1, description="step scheduler: epochs between decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
+    class_weights: Literal["none", "balanced"] = "none"
+    augment: AugmentConfig = AugmentConfig()
+    accumulate_steps: int = Field(1, ge=1, le=256, description="Batches per optimizer step.")
+    amp: bool = Field(
+        True,
+        description="Mixed precision on CUDA: bf16 autocast where the GPU supports it, "
+        "else fp16 autocast with loss scaling (ignored on CPU).",
+    )
+    channels_last: bool = Field(
+        True, description="channels_last memory format on CUDA (ignored on CPU)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (slow to start; for long runs)."
+    )
+    deterministic: bool = Field(False, description="Deterministic kernels (slower on CUDA).")
+    checkpoint: bool = Field(True, description="Checkpoint every epoch so a retried task resumes.")
+    tta: list[Literal[TTA_VIEWS]] = Field(
+        default_factory=list,
+        description="Test-time augmentation of the packaged model (evaluation and "
+        "serving alike): none, or views averaged with the original image: hflip (mirror; wrong for digits "
+        "and text), shift (4 small shifts), crop (central 87.5%, resized back). Probabilities are the mean "
+        "softmax over the views.",
+    )
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _tta_views(cls, value: object) -> object:
+        # `tta: none` and `tta: hflip` read as the lists [] and [hflip].
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tta")
+    @classmethod
+    def _tta_once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"train.tta names a view twice: {value}")
+        return value
+
+
+class TuneConfig(_Section):
+    n_trials: int = Field(4, ge=0, le=1000, description="0 skips tuning and uses train.* as given.")
+    epochs_per_trial: int = Field(3, ge=1, le=100)
+    seed: int = 42
+    # The search space: a [low, high] range or a list of choices; null leaves the key at train.*/model.*.
+    learning_rate: tuple[float, float] | None = (1e-4, 1e-2)  # log-uniform
+    weight_decay: tuple[float, float] | None = (1e-6, 1e-3)  # log-uniform
+    dropout: tuple[float, float] | None = (0.0, 0.5)
+    batch_size: list[int] | None = None
+    optimizer: list[Literal["adamw", "adam", "sgd"]] | None = None
+    width: tuple[float, float] | None = None
+    augment_strength: tuple[float, float] | None = None
+    label_smoothing: tuple[float, float] | None = None
+    # Pruners (all Optuna's): successive_halving (asynchronous SHA) keeps going the top 1/reduction_factor
+    # of the trials that reached epoch min_epochs * reduction_factor**k; hyperband runs several such
+    # brackets; median/percentile stop a trial whose best epoch so far is below that percentile of the
+    # completed trials at the same epoch. successive_halving is the default: bench/pruning.py.
+    pruner: Literal["successive_halving", "median", "percentile", "hyperband", "none"] = (
+        "successive_halving"
+    )
+    pruner_startup_trials: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="median/percentile: trials that finish before any trial is pruned.",
+    )
+    pruner_warmup_epochs: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="median/percentile: the first epoch after which a trial may be pruned.",
+    )
+    pruner_percentile: float = Field(
+        50.0,
+        gt=0.0,
+        lt=100.0,
+        description="percentile: the top share (%) of "
+        "trials kept at each epoch; 50 is the median pruner.",
+    )
+    pruner_min_epochs: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="successive_halving/hyperband: epochs before "
+        "the first comparison (min_resource).",
+    )
+    pruner_reduction_factor: int = Field(
+        3,
+        ge=2,
+        le=10,
+        description="successive_halving/hyperband: 1 in this "
+        "many trials goes on at each comparison.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Parallel tuning workers sharing one study.")
+    storage_url: str | None = Field(
+        None, description="Optuna RDB URL (postgresql://...); default a journal file."
+    )
+    warm_start: bool = Field(
+        True, description="Enqueue the champion's parameters as the first trial."
+    )
+    plots: bool = Field(True, description="Optuna plots as HTML artifacts of the tuning run.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuneConfig:
+        limits = {
+            "learning_rate": (0.0, 10.0, True),
+            "weight_decay": (0.0, 1.0, True),
+            "dropout": (0.0, 1.0, False),
+            "width": (0.0, 4.0, True),
+            "augment_strength": (0.0, 1.0, False),
+            "label_smoothing": (0.0, 1.0, False),
+        }
+        for key, (lo_min, hi_max, positive) in limits.items():
+            if getattr(self, key) is None:
+                continue
+            low, high = getattr(self, key)
+            if not 0.0 <= low < high:
+                raise ValueError(
+                    f"tune.{key} must be [low, high] with 0 <= low < high, got {[low, high]}"
+                )
+            if positive and low <= lo_min:
+                raise ValueError(
+                    f"tune.{key} is searched on a log scale: low must be > 0, got {low}"
+                )
+            if high > hi_max or (key in ("dropout", "label_smoothing") and high >= 1.0):
+                raise ValueError(
+                    f"tune.{key} high must be {'<' if hi_max == 1.0 else '<='} {hi_max}, got {high}"
+                )
+        for key in ("batch_size", "optimizer"):
+            choices = getattr(self, key)
+            if choices is not None and len(choices) == 0:
+                raise ValueError(f"tune.{key}: give at least one choice, or null to leave it out")
+        if self.batch_size and any(b < 1 for b in self.batch_size):
+            raise ValueError(f"tune.batch_size choices must be >= 1, got {self.batch_size}")
+        # A pruner that may first act after the last epoch never prunes: a mistake, not a setting.
+        first = {
+            "median": "pruner_warmup_epochs",
+            "percentile": "pruner_warmup_epochs",
+            "successive_halving": "pruner_min_epochs",
+            "hyperband": "pruner_min_epochs",
+        }
+        key = first.get(self.pruner)
+        if key:
+            if getattr(self, key) > self.epochs_per_trial:
+                raise ValueError(
+                    f"tune.{key} ({getattr(self, key)}) must be <= tune.epochs_per_trial "
+                    f"({self.epochs_per_trial}) with tune.pruner {self.pruner}"
+                )
+        return self
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.90, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(0.90, ge=0.0, le=1.0)
+    max_regression: float = Field(
+        0.005, ge=0.0, le=1.0, description="Allowed drop against the champion (0.005 = 0.5 points)."
+    )
+    policy: Literal["non_inferiority", "superiority"] = Field(
+        "non_inferiority",
+        description="non_inferiority: not worse than the champion by more than "
+        "max_regression; superiority: a significant improvement (McNemar exact test at alpha).",
+    )
+    non_inferiority_on: Literal["delta", "ci_lower"] = Field(
+        "delta",
+        description="Judge non-inferiority on the observed accuracy difference (delta) or on "
+        "the lower bound of its paired bootstrap confidence interval (ci_lower, stricter).",
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Significance level; the CI is (1 - alpha)."
+    )
+    bootstrap_samples: int = Field(2000, ge=100, le=100000)
+    on_class_change: Literal["compare_on_shared", "reject", "skip_comparison"] = Field(
+        "compare_on_shared",
+        description="When the class set differs from the champion's: compare on "
+        "test images of shared classes, reject the candidate, or skip the comparison.",
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="k of top-k accuracy; default 3 with more than 3 classes."
+    )
+    judge_on: Literal["full", "clean"] = Field(
+        "full",
+        description="Test figures the thresholds and the champion comparison use: the full test split, "
+        "or its clean subset (test images without a near-copy in the training split).",
+    )
+    require_approval: bool = Field(
+        False,
+        description="A person approves (Airflow HITL task `approve` in "
+        "train_pipeline) before champion moves; no answer in a day rejects.",
+    )
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field(
+        "visionops-digits", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+    )
+    smoke_test_images: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="Held-out images the promoted champion must label in a fresh process "
+        "(0 skips the post-promotion smoke test).",
+    )
+
+
+class ServingConfig(_Section):
+    """How the served model answers: ``unknown`` when it is not confident enough."""
+
+    # Off by default: a closed-set task (digits, objects) has no strangers, and the threshold would only
+    # turn right answers into 'unknown'. The face service (conf/faces.yaml) turns it on.
+    unknown_threshold: Literal["auto"] | float | None = Field(
+        None,
+        description="auto: chosen on the validation split at train time (face_embedding: a distance "
+        "to the nearest enrolled face embedding, unknown above it; other models: a minimum winning-class "
+        "probability, unknown below it); null: never answer 'unknown'; a number: that threshold.",
+    )
+    unknown_quantile: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="auto: the share of held-out "
+        "known images the threshold keeps answering by name (lower answers "
+        "'unknown' more often); null: 0.98 for face_embedding distances "
+        "(measured on Yale), 1.0 for probabilities.",
+    )
+
+    @field_validator("unknown_threshold")
+    @classmethod
+    def _non_negative(cls, value: object) -> object:
+        if isinstance(value, float) and value < 0:
+            raise ValueError(f"serving.unknown_threshold must be auto, null or >= 0, got {value}")
+        return value

@@ -1,0 +1,22 @@
+"""Names every layer shares, each defined once: MLflow tag prefix, registry aliases, image suffixes, TTA views."""
+
+from __future__ import annotations
+
+# Every tag the pipeline writes on runs, versions and registered models starts with this.
+TAG_PREFIX = "visionops."
+
+# Registry aliases (never stages): the model in service, the version that passed the gate, the one
+# the last promotion replaced (what rollback restores).
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous_champion"
+
+# Files read as images wherever images are listed: data sources, batch scoring, `visionops predict`.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# Test-time augmentation views a served model may apply (see visionops.serving.tta).
+TTA_VIEWS = ("hflip", "shift", "crop")
+
+# MLflow caps tag values at 5,000 characters (8,000 on newer servers); long texts are cut here.
+MAX_TAG_CHARS = 4900
+REASON_SEPARATOR = "; "

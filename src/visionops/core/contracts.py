@@ -1,0 +1,258 @@
+"""The typed contracts between the stages: what each task returns and the next one receives.
+
+Tasks pass references, ids and figures, never data (images, tensors and models live in storage).
+Each contract is a pydantic model: it travels through XCom as JSON (``to_dict``) and is validated
+once when a stage adapter (``visionops.pipeline.stages``) receives it, so that a stage never reads
+loose dict keys. They sit in ``core`` because every layer produces or reads one: training returns
+``Trained``, evaluation reads it and returns ``Evaluated``, release reads that, and so on.
+
+The flow, task by task (``train_pipeline``)::
+
+    start      -> RunContext                      (every later task receives it)
+    ingest     -> StageOutput                     (the manifest under the run)
+    validate   -> Validated
+    preprocess -> StageOutput                     (the arrays and the label map)
+    tune_plan  -> list[TuneTask]  -> tune_worker -> TuneReport -> tune -> Tuned
+    train      -> Trained
+    evaluate   -> Evaluated                       (TestScores of the model, ChampionScore, paired predictions)
+    gate       -> GateDecision
+    register   -> Registered
+    promote / reject -> Promotion
+    finish     -> RunSummary
+
+``batch_predict``: ``resolve -> ModelRef``, ``score -> BatchScored``. ``promote_challenger``:
+``describe -> Candidate``, ``approve -> ApprovalAnswer``, ``promote -> Promotion``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from visionops.core.constants import REASON_SEPARATOR
+from visionops.core.context import RunContext
+from visionops.core.storage import StageOutput
+
+__all__ = [
+    "ApprovalAnswer",
+    "BatchScored",
+    "Candidate",
+    "ChampionScore",
+    "Contract",
+    "Evaluated",
+    "GateDecision",
+    "ModelRef",
+    "Promotion",
+    "Registered",
+    "RunContext",
+    "RunSummary",
+    "StageOutput",
+    "TestScores",
+    "Trained",
+    "TuneReport",
+    "TuneTask",
+    "Tuned",
+    "Validated",
+]
+
+
+class Contract(BaseModel):
+    """A stage's result: immutable, no unknown keys, JSON both ways (NaN kept: an empty subset has no score)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able form that goes into XCom."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        return cls.model_validate(data)
+
+
+class Validated(Contract):
+    """The validation suite passed; its statistics and the warnings it raised (never errors)."""
+
+    success: bool
+    statistics: dict[str, Any]
+    warnings: list[str]
+
+
+class TuneTask(Contract):
+    """One tuning worker's assignment: its index in the shared study (``skip`` when tuning is off)."""
+
+    worker: int
+    skip: bool
+    tuning_run_id: str
+    study_name: str
+
+
+class TuneReport(TuneTask):
+    """What a worker did: how many trials it ran."""
+
+    trials: int
+
+
+class Tuned(Contract):
+    """The parameters training uses: the study's best over the configured values."""
+
+    best_params: dict[str, Any]
+    best_value: float | None
+    tuning_run_id: str
+
+
+class Trained(Contract):
+    """The model a train stage logged (the served pyfunc and the bare network) and how it got there."""
+
+    model_uri: str
+    network_uri: str
+    train_run_id: str
+    run_key: str
+    best_val_accuracy: float
+    epochs_trained: int
+    resumed_from_epoch: int | None = None
+    params: dict[str, Any]
+
+
+class TestScores(Contract):
+    """A model's headline figures on a run's test split, and on its clean subset (no near-copy in train)."""
+
+    __test__ = False  # not a pytest test class
+
+    accuracy: float
+    macro_f1: float
+    clean_accuracy: float
+    clean_macro_f1: float
+    n_test_clean: int
+
+
+class ChampionScore(TestScores):
+    """The champion in service, scored on the candidate's test split."""
+
+    version: str
+
+
+class Evaluated(Contract):
+    """The candidate (and the champion, if any) on this run's test split; the paired predictions stored."""
+
+    metrics: TestScores
+    champion: ChampionScore | None = None
+    evaluate_run_id: str
+    predictions: StageOutput | None = None  # y_true, candidate, champion, clean per test image
+    test_data: StageOutput  # the preprocess output whose test split was scored
+
+
+class GateDecision(Contract):
+    """The gate's answer, with reasons a person can act on (see ``visionops.release.gate``)."""
+
+    passed: bool
+    reasons: list[str]
+    metrics: dict[str, float]
+    comparison: dict[str, Any] = {}
+    judged_on: str = (
+        "full"  # the test figures judged: "full" split or its "clean" subset (gate.judge_on)
+    )
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "REJECTED"
+        return f"gate {verdict}: " + REASON_SEPARATOR.join(self.reasons)
+
+
+class Registered(Contract):
+    """The version the run registered (every gated model is registered; only a passed one is challenger)."""
+
+    model_name: str
+    version: str
+    passed: bool
+    require_approval: bool
+    review: str  # what the person asked to approve reads (Markdown)
+
+
+class Promotion(Contract):
+    """Whether ``champion`` moved to the version, and why not."""
+
+    promoted: bool
+    version: str
+    replaced: str | None = None
+    reasons: list[str] = []
+
+
+class ApprovalAnswer(Contract):
+    """A person's answer to an approval request (Airflow HITL): the options chosen, who, when."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore"
+    )  # Airflow's answer carries more (params_input, ...)
+
+    chosen_options: list[str] = []
+    responded_by_user: dict[str, Any] | str | None = None
+    responded_at: datetime | str | None = None
+
+
+class Candidate(Contract):
+    """A registered version awaiting approval, with the gate's decision against the champion now."""
+
+    name: str
+    version: str
+    against: str | None
+    passed: bool
+    summary: str
+    reasons: list[str]
+
+
+class ModelRef(Contract):
+    """A registered model pinned to a version (aliases are resolved once, when scoring starts)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore"
+    )  # ``uri`` is computed: dropped on the way back in
+
+    name: str
+    version: str
+    requested: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class BatchScored(Contract):
+    """A scored folder: where the CSV went and what it holds."""
+
+    output: str
+    n_images: int
+    model: ModelRef
+    mlflow_run_id: str
+    n_unknown: int
+    n_not_scored: int
+
+
+class RunSummary(Contract):
+    """What a person wants to know after a pipeline run, read back from its MLflow parent run."""
+
+    status: str
+    failed_stage: str | None = None
+    error: str | None = None
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    run_key: str | None = None
+    airflow_run_id: str | None = None
+    test_accuracy: float | None = None
+    test_macro_f1: float | None = None
+    test_clean_accuracy: float | None = None
+    test_clean_macro_f1: float | None = None
+    n_test_clean: float | None = None
+    data_fingerprint: str | None = None
+    validation_warnings: list[str] = []
+    gate: str | None = None
+    gate_reasons: list[str] = []
+    model_name: str = ""
+    model_version: str | None = None
+    model_aliases: list[str] = []
+    champion_version: str | None = None
+    replaced_version: str | None = None
+    approval: str | None = None

@@ -1,0 +1,143 @@
+"""Starting a pipeline run: its config resolved from the trigger's params, its MLflow parent run, its context."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from visionops import __version__
+from visionops.core import tracking
+from visionops.core.config import PipelineConfig, load_config
+from visionops.core.constants import TAG_PREFIX as T
+from visionops.core.context import RunContext
+from visionops.core.storage import RunStore, data_root, fingerprint, project_dir, run_key_from
+
+log = logging.getLogger("visionops")
+
+DEFAULT_CONFIG = "conf/digits.yaml"
+# DAG params that map onto config keys (the trigger form's shortcuts).
+PARAM_KEYS = {"model": "model.name", "max_epochs": "train.max_epochs", "n_trials": "tune.n_trials"}
+
+
+def resolve_path(value: str | None) -> str | None:
+    """Relative paths in configs and params are relative to the project directory."""
+    if not value or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (project_dir() / path).resolve())
+
+
+def overrides_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The run's params as dotted config overrides: the one place where the DAG run changes the config."""
+    overrides: dict[str, Any] = {}
+    for param, key in PARAM_KEYS.items():
+        if params.get(param) not in (None, ""):
+            overrides[key] = params[param]
+    extra = params.get("overrides") or {}
+    if not isinstance(extra, dict):
+        raise ValueError(
+            f"param 'overrides' must be a mapping of dotted keys to values, got {extra!r}"
+        )
+    overrides.update(extra)
+    if "data.path" in overrides:
+        overrides["data.path"] = resolve_path(overrides["data.path"])
+    return overrides
+
+
+def resolve_config(params: dict[str, Any]) -> tuple[PipelineConfig, str]:
+    """Load the config file named by the params, apply the overrides, validate once."""
+    config_file = resolve_path(params.get("config") or DEFAULT_CONFIG)
+    cfg = load_config(config_file, overrides_from_params(params))
+    if cfg.data.path:
+        cfg.data.path = resolve_path(cfg.data.path)
+    return cfg, config_file
+
+
+def code_version() -> str:
+    """The git commit of the project when it is a checkout, else the package version."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=project_dir(),
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project_dir(),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return f"{sha}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def write_config(run_key: str, cfg: PipelineConfig, root: str) -> str:
+    """Store the resolved config under the run (the copy every later task reads)."""
+    store = RunStore(run_key, root)
+    fp = fingerprint("config", cfg.to_dict())
+    with store.writing("config", fp) as out:
+        (out.path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    return f"{out.output.uri}/config.json"
+
+
+def new_run_key(dag_id: str, airflow_run_id: str) -> str:
+    return run_key_from(f"{dag_id}__{airflow_run_id}")
+
+
+def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> RunContext:
+    """Resolve and validate the config, open the MLflow parent run, store the config under the run."""
+    from mlflow.entities import Param
+
+    import mlflow
+
+    cfg, config_file = resolve_config(params)
+    tracking.configure()
+    run_key = new_run_key(dag_id, airflow_run_id)
+    root = data_root()
+    config_uri = write_config(run_key, cfg, root)
+    exp_id = tracking.experiment_id(cfg.experiment)
+    tags = {
+        f"{T}dag_id": dag_id,
+        f"{T}airflow_run_id": airflow_run_id,
+        f"{T}run_key": run_key,
+        f"{T}config_hash": cfg.config_hash(),
+        f"{T}config_file": config_file,
+        f"{T}code_version": code_version(),
+        f"{T}model_name": cfg.registry.model_name,
+    }
+    if params.get("request_id"):
+        tags[f"{T}request_id"] = str(params["request_id"])
+    parent = tracking.start_parent_run(exp_id, f"{dag_id}/{airflow_run_id}", tags)
+    client = mlflow.tracking.MlflowClient()
+    logged = set(client.get_run(parent).data.params)  # a retried task logs nothing twice
+    params_to_log = {
+        k: str(v)[:6000] for k, v in tracking.flatten("", cfg.to_dict()).items() if k not in logged
+    }
+    client.log_batch(parent, params=[Param(k, v) for k, v in params_to_log.items()])
+    tracking.log_json(cfg.to_dict(), "config/config.json", run_id=parent)
+    log.info(
+        "run %s: experiment %s, parent MLflow run %s, config %s (hash %s)",
+        run_key,
+        cfg.experiment,
+        parent,
+        config_file,
+        cfg.config_hash(),
+    )
+    return RunContext(
+        run_key=run_key,
+        dag_id=dag_id,
+        airflow_run_id=airflow_run_id,
+        config_uri=config_uri,
+        config_hash=cfg.config_hash(),
+        experiment_id=exp_id,
+        parent_run_id=parent,
+        data_root=root,
+    )

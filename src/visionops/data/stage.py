@@ -1,0 +1,244 @@
+"""The data stages: ingest (list, hash, find faces), validate (Great Expectations), preprocess (split, resize).
+
+Each writes its output under the run (``<data_root>/runs/<run_key>/<stage>/``) and reuses an
+earlier output whose inputs have the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import mlflow
+from visionops.core import tracking
+from visionops.core.constants import TAG_PREFIX as T
+from visionops.core.context import RunContext
+from visionops.core.contracts import Validated
+from visionops.core.storage import StageOutput, fingerprint
+from visionops.data.ingest import (
+    build_manifest,
+    list_items,
+    load_catalog,
+    save_catalog,
+    source_fingerprint_parts,
+)
+from visionops.data.preprocess import preprocess_to
+from visionops.data.split import plan_split
+
+log = logging.getLogger("visionops")
+STAGE_VERSION = "2"  # bump to invalidate earlier outputs when a stage's logic changes
+
+
+def ingest_stage(ctx: RunContext) -> StageOutput:
+    """List (or download) the source and record hash, size, mode, statistics and decodability of every file.
+
+    Files unchanged since the last ingest of the same source are not read again. URL rows that could
+    not be used, and photos without exactly one usable face (faces.enabled), are recorded in
+    ``ingest_report.json``; the stage fails when too many URL rows were rejected, or when face
+    detection left a class below ``validate.min_images_per_class`` (an ``InputError`` naming the class,
+    its counts and the reasons, raised here rather than by validate so that the reasons are at hand).
+    """
+    cfg, store = ctx.config(), ctx.store()
+    tracking.configure()
+    with tracking.stage_run(ctx.parent_run_id, "ingest"):
+        report: dict[str, Any] = {}
+        if cfg.data.source == "urls":
+            from visionops.data.urls import download_dir, ingest_urls
+
+            items, report["urls"] = ingest_urls(cfg.data, download_dir(cfg.data))
+        else:
+            items = list_items(cfg.data)
+        faces = None
+        if cfg.faces.enabled:
+            from visionops.data.faces import face_settings
+
+            faces = {
+                **cfg.faces.model_dump(),
+                **face_settings(cfg.faces),
+            }  # settings carry the crop version
+        fp = fingerprint(
+            "ingest",
+            STAGE_VERSION,
+            cfg.data.source,
+            source_fingerprint_parts(items),
+            cfg.data.max_pixels,
+            faces,
+        )
+        out = store.find("ingest", fp)
+        if out is None:
+            with store.writing("ingest", fp) as pending:
+                manifest = build_manifest(
+                    items, load_catalog(cfg.data), max_pixels=cfg.data.max_pixels
+                )
+                save_catalog(cfg.data, manifest)
+                reread = manifest.attrs.get("reread", len(manifest))
+                if cfg.faces.enabled:
+                    from visionops.data.faces import crop_faces, faces_dir
+
+                    manifest, report["faces"] = crop_faces(
+                        manifest, faces_dir(cfg.faces), cfg.faces, seed=cfg.preprocess.seed
+                    )
+                manifest.to_parquet(pending.path / "manifest.parquet", index=False)
+                (pending.path / "ingest_report.json").write_text(
+                    json.dumps(report, indent=2, default=str)
+                )
+                labelled = manifest.dropna(subset=["sha256"]).sort_values("sha256")
+                pending.meta = {
+                    "n_images": len(manifest),
+                    "n_classes": int(manifest["label"].nunique()),
+                    "n_reread": int(reread),
+                    "data_fingerprint": fingerprint(
+                        list(zip(labelled["sha256"], labelled["label"]))
+                    )[:16],
+                }
+            out = pending.output
+        mlflow.log_metrics(
+            {
+                "n_images": out.meta["n_images"],
+                "n_classes": out.meta["n_classes"],
+                "n_reread": out.meta.get("n_reread", 0),
+            }
+        )
+        report_file = out.local_path() / "ingest_report.json"
+        faces_report = None
+        if report_file.exists():
+            mlflow.log_artifact(str(report_file))
+            faces_report = json.loads(report_file.read_text()).get("faces")
+        if faces_report:
+            mlflow.log_metrics(
+                {
+                    "n_photos": faces_report["photos"],
+                    "n_faces_rejected": len(faces_report["rejected"]),
+                }
+            )
+        mlflow.set_tag(f"{T}reused_output", str(out.reused).lower())
+        mlflow.tracking.MlflowClient().set_tag(
+            ctx.parent_run_id, f"{T}data_fingerprint", out.meta["data_fingerprint"]
+        )
+        if (
+            faces_report
+        ):  # on reuse too: validate.min_images_per_class is not part of the fingerprint
+            from visionops.data.faces import check_class_losses
+
+            check_class_losses(faces_report, cfg.validate_.min_images_per_class)
+    log.info(
+        "ingest: %d images in %d classes (%s)",
+        out.meta["n_images"],
+        out.meta["n_classes"],
+        "reused" if out.reused else "new",
+    )
+    return out
+
+
+def validate_stage(
+    ctx: RunContext, ingested: StageOutput, reference: dict[str, Any] | None
+) -> Validated:
+    """Run the Great Expectations suite on the manifest; stop the run naming the offending files.
+
+    ``reference`` is the champion's label map and training-data profile (None when no model is in
+    service): classes added or removed, and drift against it, are reported.
+    """
+    from visionops.data.validate import DataValidationError, validate_manifest
+
+    cfg = ctx.config()
+    tracking.configure()
+    manifest = pd.read_parquet(ingested.local_path() / "manifest.parquet")
+    try:  # the split preprocess will make, so that leakage across it is checked before any training
+        plan = plan_split(manifest, cfg.preprocess, cfg.validate_)
+    except ValueError as exc:  # too few images to split, or a bad split column: reported here
+        log.warning("validate: no leakage check, the data cannot be split (%s)", exc)
+        plan = None
+    with tracking.stage_run(ctx.parent_run_id, "validate"), tempfile.TemporaryDirectory() as tmp:
+        report = validate_manifest(
+            manifest,
+            config=cfg.validate_,
+            docs_dir=Path(tmp) / "data_docs",
+            plan=plan,
+            reference=reference,
+        )
+        if report.data_docs_index is not None:
+            mlflow.log_artifacts(str(Path(report.data_docs_index).parent), "data_docs")
+        tracking.log_json(report.to_dict(), "validation/report.json")
+        planned = report.statistics.get("split_plan", {})
+        mlflow.log_metrics(
+            {
+                "validation_success": float(report.success),
+                "n_issues": len(report.issues),
+                "n_validation_warnings": report.statistics["n_warnings"],
+                **{
+                    k: planned[k]
+                    for k in (
+                        "n_duplicates_dropped",
+                        "n_links_across_split",
+                        "n_held_out_with_train_copy",
+                    )
+                    if k in planned
+                },
+            }
+        )
+        if not report.success:
+            raise DataValidationError(report)
+    warnings = [f"{i.expectation} on {i.column}: {i.description}" for i in report.issues]
+    if report.issues:  # warnings only: recorded (the task log, the run summary), the run goes on
+        log.warning("%s", report.summary())
+        mlflow.tracking.MlflowClient().set_tag(
+            ctx.parent_run_id, f"{T}validation_warnings", tracking.clip("\n".join(warnings))
+        )
+    log.info("validate: %d images passed the suite", len(manifest))
+    return Validated(success=True, statistics=report.statistics, warnings=warnings)
+
+
+def preprocess_stage(ctx: RunContext, ingested: StageOutput) -> StageOutput:
+    """Decode, convert, resize and split (the plan validate checked); uint8 arrays and the label map under the run."""
+    cfg, store = ctx.config(), ctx.store()
+    tracking.configure()
+    near = (
+        cfg.validate_.near_duplicate_bits,
+        cfg.validate_.near_duplicate_max_diff,
+    )  # they shape the groups
+    fp = fingerprint(
+        "preprocess",
+        STAGE_VERSION,
+        ingested.fingerprint,
+        cfg.data.image_size,
+        cfg.data.channels,
+        cfg.preprocess.model_dump(exclude={"workers"}),
+        near,
+    )  # any worker count
+    with tracking.stage_run(ctx.parent_run_id, "preprocess"):
+        out = store.find("preprocess", fp)
+        if out is None:
+            manifest = pd.read_parquet(ingested.local_path() / "manifest.parquet")
+            with store.writing("preprocess", fp) as pending:
+                plan = plan_split(manifest, cfg.preprocess, cfg.validate_)
+                result = preprocess_to(
+                    manifest,
+                    pending.path,
+                    size=cfg.data.image_size,
+                    channels=cfg.data.channels,
+                    workers=cfg.preprocess.workers,
+                    plan=plan,
+                )
+                pending.meta = {
+                    "counts": result.counts,
+                    "n_classes": len(result.labels),
+                    "n_test_clean": int((~plan.near_copy_in_train[plan.split == "test"]).sum()),
+                    "n_duplicates_dropped": plan.stats["n_duplicates_dropped"],
+                }
+            out = pending.output
+        folder = out.local_path()
+        mlflow.log_metrics({f"n_{k}": v for k, v in out.meta["counts"].items()})
+        if "n_test_clean" in out.meta:
+            mlflow.log_metrics({k: out.meta[k] for k in ("n_test_clean", "n_duplicates_dropped")})
+        mlflow.log_artifact(str(folder / "label_map.json"))
+        mlflow.log_artifact(str(folder / "stats.json"))
+        if (
+            folder / "data_profile.json"
+        ).exists():  # the next run's drift reference (release.lineage.champion_reference)
+            mlflow.log_artifact(str(folder / "data_profile.json"))
+    return out

@@ -1,0 +1,121 @@
+"""Human-readable documents: the evaluation report and the model card (Markdown)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The evaluation report as Markdown (the JSON beside it holds the same numbers)."""
+    m = report["metrics"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Model: `{report['model_uri']}`  ",
+        f"Test images: {report['test_size']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in ("accuracy", "macro_f1", *[k for k in m if k.startswith("top_")], "ece"):
+        if key in m:
+            lines.append(f"| {key} | {m[key]:.4f} |")
+    if "n_test_clean" in m:
+        lines += [
+            "",
+            f"Clean test subset ({m['n_test_clean']} of {report['test_size']} images without a near-copy "
+            f"in the training split): accuracy {m['clean_accuracy']:.4f}, macro-F1 "
+            f"{m['clean_macro_f1']:.4f}. The full figures may be inflated by the rest.",
+        ]
+    champion = report.get("champion")
+    if champion:
+        lines += [
+            "",
+            f"Champion v{champion['version']} on the same test images: accuracy "
+            f"{champion['accuracy']:.4f}, macro-F1 {champion['macro_f1']:.4f}"
+            + (
+                f"; on the clean subset {champion['clean_accuracy']:.4f} and "
+                f"{champion['clean_macro_f1']:.4f}."
+                if "clean_accuracy" in champion
+                else "."
+            ),
+        ]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in m["per_class"].items():
+        lines.append(
+            f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} | "
+            f"{int(row['support'])} |"
+        )
+    lines += [
+        "",
+        f"Misclassified test images: {report.get('misclassified', 0)} (see `misclassified.png`); "
+        "calibration in `reliability.png`, confusion matrix in `confusion_matrix.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def model_card(
+    *,
+    name: str,
+    version: str,
+    cfg: dict[str, Any],
+    metrics: dict[str, float],
+    decision: dict[str, Any],
+    lineage: dict[str, str],
+    labels: list[str],
+    n_test: int | None,
+) -> str:
+    """The model card stored with each registered version: data, metrics, intended use, limitations."""
+    data = cfg.get("data", {})
+    lines = [
+        f"# Model card: {name} version {version}",
+        "",
+        "## Model",
+        "",
+        f"Architecture `{cfg.get('model', {}).get('name')}`, trained by the visionops pipeline. Input: uint8 "
+        f"images, (N, H, W) grey or (N, H, W, 3) colour, any size (resized to {data.get('image_size')} px, "
+        f"{data.get('channels')} channel(s)). Output: a label and its probability per image.",
+        "",
+        "## Data",
+        "",
+        f"Source `{data.get('source')}`{' at ' + str(data['path']) if data.get('path') else ''}; "
+        f"data fingerprint `{lineage.get('data_fingerprint', '')}`. Classes ({len(labels)}): "
+        f"{', '.join(labels)}. Stratified train/val/test split (val {cfg.get('preprocess', {}).get('val_fraction')}, "
+        f"test {cfg.get('preprocess', {}).get('test_fraction')}).",
+        "",
+        "## Metrics (held-out test split)",
+        "",
+        *[f"- {k}: {v:.4f}" for k, v in metrics.items()],
+        f"- test images: {n_test}" if n_test else "",
+        "",
+        "## Gate decision",
+        "",
+        f"{'Passed' if decision.get('passed') else 'Rejected'}:",
+        *[f"- {r}" for r in decision.get("reasons", [])],
+        "",
+        "## Intended use",
+        "",
+        f"Classifying images like those of the training data into the {len(labels)} classes above, "
+        f"through `models:/{name}@champion` once promoted.",
+        "",
+        "## Limitations",
+        "",
+        "- It always answers one of the known classes: images of other classes, or unlike the training "
+        "data (other sensors, lighting, framing), get a confident-looking wrong label.",
+        "- Metrics come from one test split of a few hundred images: differences of a point or two are "
+        "within noise (the gate records the confidence interval).",
+        "- Probabilities are not guaranteed to be calibrated: see the evaluation run's reliability plot.",
+        "",
+        "## Lineage",
+        "",
+        *[f"- {k}: `{v}`" for k, v in lineage.items()],
+        "",
+    ]
+    return "\n".join(lines)

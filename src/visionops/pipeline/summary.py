@@ -1,0 +1,123 @@
+"""The run summary: what a person wants to know after a pipeline run, read back from MLflow; the finish task."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mlflow.tracking import MlflowClient
+
+from visionops.core import tracking
+from visionops.core.constants import CHAMPION
+from visionops.core.constants import TAG_PREFIX as T
+from visionops.core.context import RunContext
+from visionops.core.contracts import ApprovalAnswer, Registered, RunSummary
+from visionops.core.tracking import split_reasons
+from visionops.release import registry
+from visionops.release.approval import record_answer
+
+log = logging.getLogger("visionops")
+
+
+def build_summary(parent_run_id: str) -> RunSummary:
+    """Collect the run's outcome from its MLflow parent run (the source of truth)."""
+    client = MlflowClient()
+    run = client.get_run(parent_run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    experiment = client.get_experiment(run.info.experiment_id)
+    model_name = tags.get(f"{T}model_name", "")
+    version = tags.get(f"{T}model_version")
+    champion = registry.get_alias(model_name, CHAMPION) if model_name else None
+    aliases: list[str] = []
+    if version and model_name:
+        aliases = sorted(client.get_model_version(model_name, version).aliases or [])
+    return RunSummary.model_validate(
+        {
+            "status": run.info.status,
+            "failed_stage": tags.get(f"{T}failed_stage"),
+            "error": tags.get(f"{T}error"),
+            "experiment": experiment.name,
+            "experiment_id": run.info.experiment_id,
+            "parent_run_id": parent_run_id,
+            "run_key": tags.get(f"{T}run_key"),
+            "airflow_run_id": tags.get(f"{T}airflow_run_id"),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "test_macro_f1": metrics.get("test_macro_f1"),
+            "test_clean_accuracy": metrics.get(
+                "test_clean_accuracy"
+            ),  # test images without a near-copy in train
+            "test_clean_macro_f1": metrics.get("test_clean_macro_f1"),
+            "n_test_clean": metrics.get("n_test_clean"),
+            "data_fingerprint": tags.get(f"{T}data_fingerprint"),
+            "validation_warnings": [
+                w for w in tags.get(f"{T}validation_warnings", "").split("\n") if w
+            ],
+            "gate": tags.get(f"{T}gate"),
+            "gate_reasons": split_reasons(tags.get(f"{T}gate_reasons", "")),
+            "model_name": model_name,
+            "model_version": version,
+            "model_aliases": aliases,
+            "champion_version": str(champion.version) if champion is not None else None,
+            "replaced_version": tags.get(f"{T}replaced_version"),
+            "approval": tags.get(f"{T}approval"),  # only when gate.require_approval asked a person
+        }
+    )
+
+
+def format_summary(summary: RunSummary, tracking_uri: str) -> str:
+    """The text the CLI prints at the end of a run."""
+    s = summary
+    lines = ["", "=" * 72, f"visionops pipeline run: {s.status}"]
+    lines.append(f"  MLflow experiment : {s.experiment} (id {s.experiment_id})")
+    lines.append(f"  parent run        : {s.parent_run_id}")
+    if s.failed_stage:
+        lines.append(f"  FAILED at stage   : {s.failed_stage}")
+        lines.append(f"  error             : {s.error}")
+    if s.test_accuracy is not None:
+        lines.append(f"  test accuracy     : {s.test_accuracy:.4f}")
+        lines.append(f"  test macro-F1     : {s.test_macro_f1:.4f}")
+    if s.n_test_clean is not None and s.test_clean_accuracy is not None:
+        lines.append(
+            f"  clean test subset : accuracy {s.test_clean_accuracy:.4f}, macro-F1 "
+            f"{s.test_clean_macro_f1:.4f} on {int(s.n_test_clean)} images "
+            "without a near-copy in training"
+        )
+    for warning in s.validation_warnings:
+        lines.append(f"  data warning      : {warning}")
+    if s.gate:
+        lines.append(f"  gate              : {s.gate.upper()}")
+        lines += [f"    - {reason}" for reason in s.gate_reasons]
+    if s.approval:
+        lines.append(f"  approval          : {s.approval}")
+    if s.model_version:
+        aliases = ", ".join(s.model_aliases) or "no alias"
+        lines.append(f"  registered model  : {s.model_name} version {s.model_version} ({aliases})")
+    if s.champion_version:
+        lines.append(
+            f"  champion          : models:/{s.model_name}@champion -> version {s.champion_version}"
+        )
+    if s.replaced_version:
+        lines.append(
+            f"  replaced champion : version {s.replaced_version} (alias previous_champion; "
+            f"`visionops registry rollback {s.model_name}` restores it)"
+        )
+    lines.append(f"  tracking store    : {tracking_uri}")
+    lines.append(
+        "  UIs               : `make ui`, then Airflow http://127.0.0.1:8080 and MLflow "
+        "http://127.0.0.1:5000"
+    )
+    lines.append("=" * 72)
+    return "\n".join(lines)
+
+
+def finish_run(
+    ctx: RunContext, registered: Registered | None, approval: ApprovalAnswer | None
+) -> RunSummary:
+    """Record a person's answer (when one was asked), close the parent run, store and log the summary."""
+    if approval is not None and registered is not None:
+        record_answer(ctx.parent_run_id, registered.model_name, registered.version, approval)
+    tracking.end_parent_run(ctx.parent_run_id, "FINISHED")
+    summary = build_summary(ctx.parent_run_id)
+    tracking.log_json(summary.to_dict(), "summary.json", run_id=ctx.parent_run_id)
+    log.info("summary:\n%s", json.dumps(summary.to_dict(), indent=2))
+    return summary

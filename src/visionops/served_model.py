@@ -1,7 +1,0 @@
-"""Entry point of the served pyfunc model ("models from code"): MLflow runs this file to build it."""
-
-import mlflow
-
-from visionops.inference import ImageClassifier
-
-mlflow.models.set_model(ImageClassifier())
