@@ -86,6 +86,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         finally:
             while mlflow.active_run() is not None:
                 mlflow.end_run()
+    tracking.configure()  # MLflow keeps the URI it was given: back to the one the environment names
 
 
 @pytest.fixture()

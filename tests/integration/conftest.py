@@ -164,11 +164,27 @@ def helpers():
 
 
 @pytest.fixture()
-def good_and_bad(sqlite_store: dict[str, Any]) -> str:
+def serving_tracking(
+    sqlite_store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """MLflow pointed at the session's serving store for this test (a module's own store may have moved it)."""
+    from visionops.core import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store["uri"])
+    monkeypatch.setenv("VISIONOPS_HOME", str(sqlite_store["root"] / "home"))
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    tracking.configure()
+    return sqlite_store
+
+
+@pytest.fixture()
+def good_and_bad(serving_tracking: dict[str, Any]) -> str:
     """A fresh registered model: v1 good, v2 bad, both with their test split recorded as the pipeline does."""
     import uuid
 
     from visionops.release import registry
+
+    sqlite_store = serving_tracking
 
     name = f"m-{uuid.uuid4().hex[:8]}"
     tags = {

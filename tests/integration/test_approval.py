@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from visionops.core.constants import CHALLENGER, CHAMPION
 from visionops.core.contracts import ApprovalAnswer
 from visionops.core.errors import InputError
 from visionops.pipeline.approval import describe as describe_candidate
@@ -39,7 +40,7 @@ def test_dag_waits_on_an_approval_operator_before_promote() -> None:
 @pytest.fixture()
 def challenger(good_and_bad: str) -> str:
     """v1 good behind ``challenger``, v2 bad."""
-    registry.set_alias(good_and_bad, registry.CHALLENGER, "1")
+    registry.set_alias(good_and_bad, CHALLENGER, "1")
     return good_and_bad
 
 
@@ -57,23 +58,23 @@ def test_describe_and_promote_after_approval(challenger: str) -> None:
     tags = MlflowClient().get_model_version(challenger, "1").tags
     assert tags["visionops.approved_by"] == "alice"
     assert tags["visionops.smoke_test"] == "passed"
-    assert str(registry.get_alias(challenger, registry.CHAMPION).version) == "1"
+    assert str(registry.get_alias(challenger, CHAMPION).version) == "1"
 
 
 def test_approval_cannot_override_a_failed_gate(challenger: str) -> None:
-    registry.set_alias(challenger, registry.CHAMPION, "1")
+    registry.set_alias(challenger, CHAMPION, "1")
     described = describe_candidate(challenger, "2")
     assert described["passed"] is False and described["against"] == "1"
     with pytest.raises(InputError, match="approval cannot override"):
         promote_approved(
             described, {"chosen_options": ["Approve"], "responded_by_user": {"name": "bob"}}
         )
-    assert str(registry.get_alias(challenger, registry.CHAMPION).version) == "1"
+    assert str(registry.get_alias(challenger, CHAMPION).version) == "1"
 
 
-def test_no_challenger_is_a_clear_error(sqlite_store: dict[str, Any]) -> None:
+def test_no_challenger_is_a_clear_error(serving_tracking: dict[str, Any]) -> None:
     name = f"appr-{uuid.uuid4().hex[:6]}"
-    m = sqlite_store["models"]["good"]
+    m = serving_tracking["models"]["good"]
     registry.register_version(name, m["model_uri"], m["run_id"], {}, "x")
     with pytest.raises(InputError, match="no challenger alias"):
         describe_candidate(name)
@@ -85,7 +86,7 @@ def test_a_rejected_answer_promotes_nothing(challenger: str) -> None:
         promote_approved(
             described, {"chosen_options": ["Reject"], "responded_by_user": {"name": "carol"}}
         )
-    assert registry.get_alias(challenger, registry.CHAMPION) is None
+    assert registry.get_alias(challenger, CHAMPION) is None
 
 
 def test_reading_answers() -> None:
@@ -117,7 +118,7 @@ def test_record_answer_rejection_and_deadline(challenger: str) -> None:
         client.get_model_version(challenger, "1").tags["visionops.approval"]
         == "no answer before the deadline"
     )
-    assert str(registry.get_alias(challenger, registry.CHALLENGER).version) == "1"
+    assert str(registry.get_alias(challenger, CHALLENGER).version) == "1"
     # A person rejected it: recorded with the name, and the version is no longer a challenger.
     record_answer(
         parent,
@@ -135,5 +136,5 @@ def test_record_answer_rejection_and_deadline(challenger: str) -> None:
         run_tags["visionops.approval"] == "rejected by erin"
         and run_tags["visionops.promoted"] == "false"
     )
-    assert registry.get_alias(challenger, registry.CHALLENGER) is None
-    assert registry.get_alias(challenger, registry.CHAMPION) is None
+    assert registry.get_alias(challenger, CHALLENGER) is None
+    assert registry.get_alias(challenger, CHAMPION) is None

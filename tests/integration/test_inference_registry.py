@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 import mlflow
 from testkit import left_right
 from visionops.core import tracking
+from visionops.core.constants import CHALLENGER, CHAMPION
 from visionops.data.preprocess import Split
 from visionops.models import build_model
 from visionops.models.wrappers import NormalizedNet
@@ -155,10 +156,10 @@ def _name() -> str:
 
 
 def test_get_alias_missing_model_or_alias_is_none(logged: dict[str, Any]) -> None:
-    assert registry.get_alias(_name(), registry.CHAMPION) is None
+    assert registry.get_alias(_name(), CHAMPION) is None
     name = _name()
     registry.register_version(name, logged["model_uri"], logged["run_id"], {}, "d")
-    assert registry.get_alias(name, registry.CHAMPION) is None
+    assert registry.get_alias(name, CHAMPION) is None
     assert registry.get_alias(name, "challenger") is None
 
 
@@ -191,7 +192,7 @@ def test_register_version_creates_versions_with_tags(logged: dict[str, Any]) -> 
 def test_registered_version_serves_predictions(logged: dict[str, Any], no_active_run: None) -> None:
     name = _name()
     version = registry.register_version(name, logged["model_uri"], logged["run_id"], {}, "d")
-    registry.set_alias(name, registry.CHAMPION, version)
+    registry.set_alias(name, CHAMPION, version)
     out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(_images(4, seed=2)[0][:, 0])
     assert out["label"].tolist() == ["left", "right", "left", "right"]
 
@@ -203,12 +204,12 @@ def test_promote_to_champion_moves_alias_and_records_lineage(logged: dict[str, A
     client = MlflowClient()
 
     assert registry.promote_to_champion(name, "1", run_key="run-a") is None
-    assert str(registry.get_alias(name, registry.CHAMPION).version) == "1"
+    assert str(registry.get_alias(name, CHAMPION).version) == "1"
     assert registry.get_alias(name, "previous_champion") is None
     assert client.get_model_version(name, "1").tags["visionops.promoted_by_run"] == "run-a"
 
     assert registry.promote_to_champion(name, "2", run_key="run-b") == "1"
-    assert str(registry.get_alias(name, registry.CHAMPION).version) == "2"
+    assert str(registry.get_alias(name, CHAMPION).version) == "2"
     assert str(registry.get_alias(name, "previous_champion").version) == "1"
     v1, v2 = client.get_model_version(name, "1"), client.get_model_version(name, "2")
     assert v1.tags["visionops.replaced_by_version"] == "2"
@@ -224,7 +225,7 @@ def test_promote_to_champion_moves_alias_and_records_lineage(logged: dict[str, A
 
     # Rollback: champion back to 1, and 2 becomes previous_champion.
     assert registry.promote_to_champion(name, "1", run_key="rollback") == "2"
-    assert str(registry.get_alias(name, registry.CHAMPION).version) == "1"
+    assert str(registry.get_alias(name, CHAMPION).version) == "1"
     assert str(registry.get_alias(name, "previous_champion").version) == "2"
 
 
@@ -243,7 +244,7 @@ def test_list_versions_newest_first_with_aliases(logged: dict[str, Any]) -> None
             },
             "d",
         )
-    registry.set_alias(name, registry.CHALLENGER, "3")
+    registry.set_alias(name, CHALLENGER, "3")
     registry.promote_to_champion(name, "1", run_key="x")
     registry.promote_to_champion(name, "3", run_key="y")
     rows = registry.list_versions(name)

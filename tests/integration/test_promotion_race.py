@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from visionops.core.constants import CHAMPION, PREVIOUS_CHAMPION
+
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 WORKER = r"""
@@ -182,7 +184,7 @@ def test_concurrent_promotions_end_with_the_better_model(
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         results[kind] = json.loads(out.strip().splitlines()[-1])
-    champion = registry.get_alias(name, registry.CHAMPION)
+    champion = registry.get_alias(name, CHAMPION)
     assert str(champion.version) == versions["good"], results
     expected_lock = (
         "file" if race_store["kind"] == "sqlite" else "postgres-advisory"
@@ -202,7 +204,7 @@ def test_concurrent_promotions_end_with_the_better_model(
         assert (
             results["good"]["promoted"] is True and results["good"]["replaced"] == versions["bad"]
         )
-        assert str(registry.get_alias(name, registry.PREVIOUS_CHAMPION).version) == versions["bad"]
+        assert str(registry.get_alias(name, PREVIOUS_CHAMPION).version) == versions["bad"]
 
 
 def test_promotion_through_a_tracking_server_without_a_lock_is_refused(

@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from visionops.cli.main import main
+from visionops.core.constants import CHAMPION, PREVIOUS_CHAMPION
 from visionops.core.contracts import GateDecision
 from visionops.core.errors import InputError
 from visionops.release import registry
@@ -29,7 +30,7 @@ FAST = [
 
 
 def _champion(name: str) -> str | None:
-    mv = registry.get_alias(name, registry.CHAMPION)
+    mv = registry.get_alias(name, CHAMPION)
     return str(mv.version) if mv else None
 
 
@@ -54,7 +55,7 @@ def test_forced_promotion_is_recorded(model: str, capsys) -> None:
     assert tags["visionops.forced_promotion"] == "true"
     assert tags["visionops.force_reason"] == "incident 42"
     assert tags["visionops.promoted_by"].startswith("cli:")
-    assert str(registry.get_alias(model, registry.PREVIOUS_CHAMPION).version) == "1"
+    assert str(registry.get_alias(model, PREVIOUS_CHAMPION).version) == "1"
     # This promotion ran the smoke test: the forced bad model loads and labels like it does in-process.
     assert tags["visionops.smoke_test"] == "passed"
     assert (
@@ -71,7 +72,7 @@ def test_rollback_restores_previous_champion_and_records_it(model: str, capsys) 
     assert main(["registry", "rollback", model]) == 0
     assert "version 2 -> 1" in capsys.readouterr().out
     assert _champion(model) == "1"
-    assert str(registry.get_alias(model, registry.PREVIOUS_CHAMPION).version) == "2"
+    assert str(registry.get_alias(model, PREVIOUS_CHAMPION).version) == "2"
     client = MlflowClient()
     assert client.get_model_version(model, "1").tags["visionops.rolled_back_from"] == "2"
     assert client.get_registered_model(model).tags["visionops.last_rollback"].startswith("v2 -> v1")
@@ -96,7 +97,7 @@ def test_promote_unknown_version_fails_without_moving(model: str, capsys) -> Non
 
 
 def test_smoke_test_in_a_fresh_process(model: str, sqlite_store: dict[str, Any]) -> None:
-    registry.set_alias(model, registry.CHAMPION, "1")
+    registry.set_alias(model, CHAMPION, "1")
     x = np.load(sqlite_store["test_split"] / "test_x.npy")[:6]
     y = np.load(sqlite_store["test_split"] / "test_y.npy")[:6]
     right = [["left", "right"][i] for i in y]
@@ -123,7 +124,7 @@ def test_failed_smoke_test_puts_the_aliases_back(model: str) -> None:
             smoke_test=broken,
         )
     assert _champion(model) == "1"
-    assert registry.get_alias(model, registry.PREVIOUS_CHAMPION) is None
+    assert registry.get_alias(model, PREVIOUS_CHAMPION) is None
     assert (
         MlflowClient()
         .get_model_version(model, "2")

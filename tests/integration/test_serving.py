@@ -17,6 +17,7 @@ from PIL import Image
 
 from testkit import model_server, post_json
 from visionops.cli.main import main
+from visionops.core.constants import CHAMPION
 from visionops.release import registry
 from visionops.serving.batch import parse_model_ref, resolve_model
 
@@ -30,7 +31,7 @@ def served(sqlite_store: dict[str, Any], helpers, tmp_path_factory) -> dict[str,
     for kind in ("bad", "good"):
         m = sqlite_store["models"][kind]
         registry.register_version(name, m["model_uri"], m["run_id"], {}, kind)
-    registry.set_alias(name, registry.CHAMPION, "2")
+    registry.set_alias(name, CHAMPION, "2")
     folder = tmp_path_factory.mktemp("inbox")
     x, y = helpers.images(10, seed=21)
     expected = {}
