@@ -8,6 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Param
+
+import mlflow
 from visionops import __version__
 from visionops.core import tracking
 from visionops.core.config import PipelineConfig, load_config
@@ -94,10 +97,6 @@ def new_run_key(dag_id: str, airflow_run_id: str) -> str:
 
 def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> RunContext:
     """Resolve and validate the config, open the MLflow parent run, store the config under the run."""
-    from mlflow.entities import Param
-
-    import mlflow
-
     cfg, config_file = resolve_config(params)
     tracking.configure()
     run_key = new_run_key(dag_id, airflow_run_id)

@@ -74,18 +74,13 @@ def find_runs(
         return str(value).replace("'", "\\'")
 
     filter_string = " and ".join(f"tags.`{key}` = '{quote(value)}'" for key, value in tags.items())
-    client = MlflowClient()
-    if experiment_ids is None:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    if not experiment_ids:
-        return []
-    return list(
-        client.search_runs(
-            experiment_ids,
-            filter_string=filter_string,
-            max_results=max_results,
-            order_by=["attributes.start_time DESC"],
-        )
+    return mlflow.search_runs(  # MLflow pages through every experiment when none are named
+        experiment_ids=experiment_ids,
+        search_all_experiments=experiment_ids is None,
+        filter_string=filter_string,
+        max_results=max_results,
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
     )
 
 

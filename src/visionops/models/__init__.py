@@ -1,6 +1,6 @@
 """Models: one builder per architecture (the names are the config catalog's), adapting to channels and image size.
 
-The registry itself imports no torch, so that config validation stays light.
+This module imports no torch: the builders load it when a model is built.
 """
 
 from __future__ import annotations

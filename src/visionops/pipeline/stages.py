@@ -117,7 +117,7 @@ def gate(ctx: RunContext, evaluated: Evaluated) -> GateDecision:
     return gate_stage(ctx, evaluated)
 
 
-@stage
+@stage(uses_mlflow=False)
 def next_step(decision: GateDecision, registered: Registered | None = None) -> str:
     """The branch after registration: ``reject`` when the gate failed, else ``promote``, or ``approve``
     (a person decides first) when the run's config sets ``gate.require_approval``."""

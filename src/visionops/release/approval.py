@@ -102,7 +102,7 @@ def promote_approved(described: Candidate, approval: ApprovalAnswer | None) -> P
         raise InputError(
             f"{name} v{version} failed the gate; approval cannot override it: {described.summary}"
         )
-    if not is_approved(approval):
+    if approval is None or not is_approved(approval):
         raise InputError(
             f"{name} v{version} was not approved (answer: {approval.chosen_options if approval else None})"
         )
@@ -113,7 +113,7 @@ def promote_approved(described: Candidate, approval: ApprovalAnswer | None) -> P
         recheck=recheck_version(name, version),
         run_key=f"approval:{responder(approval)}",
         smoke_test=smoke_for_version(name, version),
-        tags=approval_tags(approval or ApprovalAnswer()),
+        tags=approval_tags(approval),
     )
     if not result.promoted:
         raise InputError(
