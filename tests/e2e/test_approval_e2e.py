@@ -37,6 +37,8 @@ ARGS = [
     f"registry.model_name={MODEL}",
     "--set",
     "experiment=e2e-approval",
+    "--set",
+    "gate.min_gain_over_baseline=null",  # the approval mechanics, not 4 epochs against the baselines
 ]
 USER, PASSWORD = "reviewer", "approve-me"
 

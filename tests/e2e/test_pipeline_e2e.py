@@ -35,6 +35,11 @@ SMALL = [
     f"registry.model_name={MODEL}",
     "--set",
     "experiment=e2e-digits",
+    # These runs test the mechanics across runs (promotion, rejection, rollback) with short training:
+    # the check against the simple baselines (tests/integration/test_baselines_in_pipeline.py,
+    # tests/unit/test_gate.py) would judge the short training instead.
+    "--set",
+    "gate.min_gain_over_baseline=null",
 ]
 # Run 2 repeats run 1's config, but two tuning workers share its study, so its model (and accuracy) can
 # differ from run 1's. Its gate cannot refuse it (no absolute bar, any drop against the champion
@@ -287,6 +292,12 @@ def test_strong_run_is_promoted_recording_the_previous_champion(weak_then_strong
         "evaluation/confusion_matrix.png",
     } <= artifacts
     assert {"test_ece", "test_top_3_accuracy"} <= set(evaluate.data.metrics)
+    # The simple baselines are fitted and scored beside the model in every evaluation.
+    assert {
+        "baseline_logistic_regression_test_accuracy",
+        "baseline_pca_svm_test_accuracy",
+        "gain_over_best_baseline_points",
+    } <= set(evaluate.data.metrics)
     register = client.search_runs(
         [s["experiment_id"]],
         f"tags.mlflow.parentRunId = '{s['parent_run_id']}' and tags.`visionops.stage` = 'register'",

@@ -20,10 +20,12 @@ def test_passes_above_thresholds_without_champion() -> None:
     assert decision.reasons == [
         "accuracy 0.9500 >= required 0.9000",
         "macro_f1 0.9400 >= required 0.8500",
+        "no simple baseline was fitted in this evaluation (see its report): "
+        "gate.min_gain_over_baseline not applied",
         "no champion in service: nothing to compare against",
     ]
     assert decision.metrics == {"accuracy": 0.95, "macro_f1": 0.94}
-    assert decision.comparison == {} and decision.judged_on == "full"
+    assert decision.comparison == {} and decision.baseline == {} and decision.judged_on == "full"
     assert decision.summary().startswith("gate PASSED: accuracy 0.9500 >= required 0.9000; ")
 
 
@@ -100,7 +102,7 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
     champion = {"version": "4", "accuracy": 0.96, "macro_f1": 0.95}
     decision = decide({"accuracy": 0.955, "macro_f1": 0.951}, champion, CFG)
     data = json.loads(json.dumps(decision.to_dict()))
-    assert set(data) == {"passed", "reasons", "metrics", "comparison", "judged_on"}
+    assert set(data) == {"passed", "reasons", "metrics", "comparison", "baseline", "judged_on"}
     restored = GateDecision.from_dict(data)
     assert restored == decision
     assert restored.summary() == decision.summary()
@@ -341,3 +343,76 @@ def test_judge_on_clean_restricts_the_paired_comparison_to_clean_rows() -> None:
     assert clean.comparison["paired"]["n"] == 40 and clean.judged_on == "clean"
     assert GateDecision.from_dict(clean.to_dict()) == clean
     assert all("; " not in r for r in clean.reasons)
+
+
+# -- against the simple baselines (gate.min_gain_over_baseline) -------------------------------------
+
+from visionops.evaluation.paired import BaselinePredictions  # noqa: E402
+
+
+def _with_baselines(model_right: int, lr_right: int, svm_right: int, n: int = 100):
+    """Labels on ``n`` test images: each model right on its first ``*_right`` images."""
+    y = [str(i % 5) for i in range(n)]
+    wrong = lambda t: str((int(t) + 1) % 5)  # noqa: E731
+    answer = lambda k: [t if i < k else wrong(t) for i, t in enumerate(y)]  # noqa: E731
+    return BaselinePredictions(
+        y,
+        answer(model_right),
+        {"logistic_regression": answer(lr_right), "pca_svm": answer(svm_right)},
+        [i % 2 == 0 for i in range(n)],
+    )
+
+
+def test_a_model_below_the_best_baseline_is_rejected_naming_it_with_paired_evidence() -> None:
+    baselines = _with_baselines(model_right=90, lr_right=85, svm_right=93)
+    decision = decide({"accuracy": 0.90, "macro_f1": 0.9}, None, LOW, baselines=baselines)
+    assert decision.passed is False
+    reason = next(r for r in decision.reasons if "best simple baseline" in r)
+    assert "pca_svm (0.9300)" in reason and "-3.00 points" in reason
+    assert "gate.min_gain_over_baseline requires +0.00" in reason
+    assert "the baseline alone on 3" in reason and "McNemar exact p = " in reason
+    assert decision.baseline["best"] == "pca_svm"
+    assert decision.baseline["gain_points"] == pytest.approx(-3.0)
+    assert decision.baseline["paired"]["champion_only_correct"] == 3
+
+
+def test_a_model_above_the_best_baseline_passes_and_the_margin_is_in_points() -> None:
+    baselines = _with_baselines(model_right=95, lr_right=85, svm_right=93)
+    passed = decide({"accuracy": 0.95, "macro_f1": 0.95}, None, LOW, baselines=baselines)
+    assert passed.passed is True
+    assert any("vs best simple baseline pca_svm 0.9300 (+2.00 points" in r for r in passed.reasons)
+    demanding = LOW.model_copy(update={"min_gain_over_baseline": 3.0})
+    refused = decide({"accuracy": 0.95, "macro_f1": 0.95}, None, demanding, baselines=baselines)
+    assert refused.passed is False
+    assert any("requires +3.00" in r for r in refused.reasons)
+
+
+def test_min_gain_over_baseline_null_turns_the_check_off() -> None:
+    baselines = _with_baselines(model_right=50, lr_right=85, svm_right=93)
+    off = LOW.model_copy(update={"min_gain_over_baseline": None})
+    decision = decide({"accuracy": 0.5, "macro_f1": 0.5}, None, off, baselines=baselines)
+    assert decision.passed is True and decision.baseline == {}
+    assert "gate.min_gain_over_baseline is null" in " ".join(decision.reasons)
+
+
+def test_the_baseline_check_uses_the_clean_rows_under_judge_on_clean() -> None:
+    # On the even (clean) rows the model is right on 45 of 50, the SVM on all 50 of them
+    # (a model that wins on the full split can lose on the clean subset).
+    y = [str(i % 5) for i in range(100)]
+    model = [t if i % 2 == 0 and i < 90 or i % 2 == 1 else "x" for i, t in enumerate(y)]
+    svm = [t if i % 2 == 0 else "x" for i, t in enumerate(y)]
+    baselines = BaselinePredictions(y, model, {"pca_svm": svm}, [i % 2 == 0 for i in range(100)])
+    candidate = {
+        "accuracy": 0.95,
+        "macro_f1": 0.95,
+        "clean_accuracy": 0.9,
+        "clean_macro_f1": 0.9,
+        "n_test_clean": 50,
+    }
+    full = decide(candidate, None, LOW, baselines=baselines)
+    assert full.passed is True and full.baseline["gain_points"] == pytest.approx(45.0)
+    clean_cfg = LOW.model_copy(update={"judge_on": "clean"})
+    clean = decide(candidate, None, clean_cfg, baselines=baselines)
+    assert clean.passed is False
+    assert clean.baseline["paired"]["n"] == 50
+    assert clean.baseline["gain_points"] == pytest.approx(-10.0)

@@ -37,6 +37,7 @@ from visionops.core.storage import StageOutput
 
 __all__ = [
     "ApprovalAnswer",
+    "BaselineScore",
     "BatchScored",
     "Candidate",
     "ChampionScore",
@@ -134,11 +135,28 @@ class ChampionScore(TestScores):
     version: str
 
 
+class BaselineScore(Contract):
+    """A simple baseline (``visionops.evaluation.baselines``) fitted on the run's training split and
+    scored on its test split, with the paired comparison against the model; or why it was skipped."""
+
+    name: str
+    skipped: str | None = None  # the reason when it was not fitted
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    clean_accuracy: float | None = None
+    clean_macro_f1: float | None = None
+    params: dict[str, Any] = {}  # the setting chosen on the validation split
+    fit_seconds: float = 0.0
+    note: str = ""  # e.g. the images were shrunk to fit baseline.max_features
+    paired: dict[str, Any] = {}  # the model against this baseline (McNemar, bootstrap CI)
+
+
 class Evaluated(Contract):
     """The candidate (and the champion, if any) on this run's test split; the paired predictions stored."""
 
     metrics: TestScores
     champion: ChampionScore | None = None
+    baselines: list[BaselineScore] = []  # the simple baselines on the same test images
     evaluate_run_id: str
     predictions: StageOutput | None = None  # y_true, candidate, champion, clean per test image
     test_data: StageOutput  # the preprocess output whose test split was scored
@@ -150,7 +168,8 @@ class GateDecision(Contract):
     passed: bool
     reasons: list[str]
     metrics: dict[str, float]
-    comparison: dict[str, Any] = {}
+    comparison: dict[str, Any] = {}  # against the champion in service
+    baseline: dict[str, Any] = {}  # against the best simple baseline (gate.min_gain_over_baseline)
     judged_on: str = (
         "full"  # the test figures judged: "full" split or its "clean" subset (gate.judge_on)
     )
@@ -246,6 +265,9 @@ class RunSummary(Contract):
     test_clean_accuracy: float | None = None
     test_clean_macro_f1: float | None = None
     n_test_clean: float | None = None
+    best_baseline: str | None = None  # the simple baseline with the best test accuracy
+    best_baseline_accuracy: float | None = None
+    gain_over_baseline_points: float | None = None  # model minus that baseline, points of accuracy
     data_fingerprint: str | None = None
     validation_warnings: list[str] = []
     gate: str | None = None

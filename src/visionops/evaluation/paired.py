@@ -26,6 +26,7 @@ if (
 
 PREDICTIONS_FILE = "predictions.parquet"
 LABELS_FILE = "labels.json"
+BASELINE_COLUMN = "baseline:"  # + the baseline's name: its label per test image
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,27 @@ class PairedPredictions:
             pick(self.champion),
             self.candidate_labels,
             self.champion_labels,
+            [True] * len(keep),
+        )
+
+
+@dataclass(frozen=True)
+class BaselinePredictions:
+    """The model's and each fitted baseline's labels on the same test images."""
+
+    y_true: list[str]
+    candidate: list[str]
+    baselines: dict[str, list[str]]  # name -> label per test image
+    clean: list[bool] | None = None
+
+    def clean_subset(self) -> BaselinePredictions:
+        """The same predictions on the clean test images only."""
+        keep = [i for i, ok in enumerate(self.clean or []) if ok]
+        pick = lambda values: [values[i] for i in keep]  # noqa: E731 - one rule for every list
+        return BaselinePredictions(
+            pick(self.y_true),
+            pick(self.candidate),
+            {name: pick(labels) for name, labels in self.baselines.items()},
             [True] * len(keep),
         )
 
@@ -115,15 +137,22 @@ def store_predictions(
     y_pred: list[str],
     confidence: np.ndarray,
     champion: VersionScore | None,
+    baselines: dict[str, list[str]] | None = None,
 ) -> StageOutput:
-    """Write both models' predictions on the test split under the run (the ``evaluate`` output)."""
+    """Write the model's, the champion's and the baselines' predictions on the test split under the
+    run (the ``evaluate`` output)."""
     champion_version = champion.score.version if champion else None
-    fp = fingerprint("evaluate", preprocessed.fingerprint, model_uri, champion_version)
+    baselines = baselines or {}
+    fp = fingerprint(
+        "evaluate", preprocessed.fingerprint, model_uri, champion_version, sorted(baselines)
+    )
     with store.writing("evaluate", fp) as pending:
         frame = pd.DataFrame(
             {"y_true": split.y_true, "candidate": y_pred, "candidate_probability": confidence}
         )
         frame["champion"] = champion.predictions if champion else None
+        for name, labels in baselines.items():
+            frame[f"{BASELINE_COLUMN}{name}"] = labels
         frame["clean"] = np.asarray(
             split.clean, dtype=bool
         )  # no near-copy in train: gate.judge_on = clean
@@ -165,4 +194,18 @@ def load_paired(predictions: StageOutput) -> PairedPredictions | None:
         meta["candidate_labels"],
         meta["champion_labels"],
         clean,
+    )
+
+
+def load_baselines(predictions: StageOutput) -> BaselinePredictions | None:
+    """The model's and the baselines' labels stored by the evaluate stage (None when none was fitted)."""
+    frame = pd.read_parquet(predictions.local_path() / PREDICTIONS_FILE)
+    columns = [c for c in frame.columns if c.startswith(BASELINE_COLUMN)]
+    if not columns:
+        return None
+    return BaselinePredictions(
+        frame["y_true"].astype(str).tolist(),
+        frame["candidate"].astype(str).tolist(),
+        {c.removeprefix(BASELINE_COLUMN): frame[c].astype(str).tolist() for c in columns},
+        frame["clean"].astype(bool).tolist() if "clean" in frame.columns else None,
     )

@@ -4,6 +4,47 @@ from __future__ import annotations
 
 from typing import Any
 
+BASELINE_TITLES = {
+    "logistic_regression": "logistic regression on standardised pixels",
+    "pca_svm": "PCA + RBF SVM",
+}
+
+
+def baseline_table(baselines: list[dict[str, Any]]) -> list[str]:
+    """The model beside the simple baselines on the same test images, with the paired evidence
+    (Markdown lines; empty when no baseline was configured)."""
+    if not baselines:
+        return []
+    lines = [
+        "| model | accuracy | macro-F1 | model minus it (points) | model alone right | "
+        "it alone right | McNemar p | CI of the difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for b in baselines:
+        title = BASELINE_TITLES.get(b["name"], b["name"])
+        if b.get("skipped"):
+            lines.append(f"| {title} | skipped: {b['skipped']} | | | | | | |")
+            continue
+        p = b["paired"]
+        level = f"{100 * p['ci_level']:.0f}%"
+        lines.append(
+            f"| {title} ({', '.join(f'{k} {v}' for k, v in b['params'].items())}) | "
+            f"{b['accuracy']:.4f} | {b['macro_f1']:.4f} | "
+            f"{100 * p['accuracy_delta']:+.2f} | {p['candidate_only_correct']} | "
+            f"{p['champion_only_correct']} | {p['mcnemar_p_two_sided']:.4g} | "
+            f"{level} [{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] |"
+        )
+        if b.get("note"):
+            notes.append(f"{title}: {b['note']}.")
+    return [
+        *lines,
+        "",
+        "Fitted on the same training split (their setting chosen on the validation split) and "
+        "scored on the same test images; the paired columns count the images only one of the two "
+        "gets right. " + " ".join(notes),
+    ]
+
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The evaluation report as Markdown (the JSON beside it holds the same numbers)."""
@@ -40,6 +81,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 else "."
             ),
         ]
+    if report.get("baselines"):
+        lines += [
+            "",
+            "## Against simple baselines",
+            "",
+            *baseline_table(report["baselines"]),
+        ]
     lines += [
         "",
         "## Per class",
@@ -71,6 +119,7 @@ def model_card(
     lineage: dict[str, str],
     labels: list[str],
     n_test: int | None,
+    baselines: list[dict[str, Any]] | None = None,
 ) -> str:
     """The model card stored with each registered version: data, metrics, intended use, limitations."""
     data = cfg.get("data", {})
@@ -95,6 +144,7 @@ def model_card(
         *[f"- {k}: {v:.4f}" for k, v in metrics.items()],
         f"- test images: {n_test}" if n_test else "",
         "",
+        *(["## Against simple baselines", "", *baseline_table(baselines), ""] if baselines else []),
         "## Gate decision",
         "",
         f"{'Passed' if decision.get('passed') else 'Rejected'}:",

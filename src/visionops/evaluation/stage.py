@@ -14,8 +14,9 @@ import mlflow
 from visionops.core import tracking
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
-from visionops.core.contracts import Evaluated, TestScores, Trained
+from visionops.core.contracts import BaselineScore, Evaluated, TestScores, Trained
 from visionops.core.storage import StageOutput
+from visionops.evaluation.baselines import best_baseline, evaluate_baselines
 from visionops.evaluation.metrics import (
     classification_metrics,
     clean_metrics,
@@ -97,13 +98,25 @@ def evaluate_stage(
                 }
             )
             mlflow.set_tag(f"{T}champion_version", champion.score.version)
+        baselines, baseline_labels = evaluate_baselines(
+            preprocessed, labels, y_true, clean, y_pred, cfg.baseline, cfg.gate
+        )
+        logged |= _log_baselines(baselines, metrics["accuracy"])
         predictions = store_predictions(
-            ctx.store(), preprocessed, trained.model_uri, split, y_pred, confidence, champion
+            ctx.store(),
+            preprocessed,
+            trained.model_uri,
+            split,
+            y_pred,
+            confidence,
+            champion,
+            baseline_labels,
         )
         report = {
             "metrics": metrics,
             "calibration_bins": bins,
             "champion": champion.score.model_dump() if champion else None,
+            "baselines": [b.model_dump() for b in baselines],
             "model_uri": trained.model_uri,
             "test_size": len(y_true),
             "labels": labels,
@@ -116,10 +129,42 @@ def evaluate_stage(
     client = mlflow.tracking.MlflowClient()
     for key, value in logged.items():
         client.log_metric(ctx.parent_run_id, key, value)
+    best = best_baseline(baselines)
+    if best is not None:
+        client.set_tag(ctx.parent_run_id, f"{T}best_baseline", best.name)
     return Evaluated(
         metrics=TestScores(**{k: metrics[k] for k in TestScores.model_fields}),
         champion=champion.score if champion else None,
+        baselines=baselines,
         evaluate_run_id=run_id,
         predictions=predictions,
         test_data=preprocessed,
     )
+
+
+def _log_baselines(baselines: list[BaselineScore], model_accuracy: float) -> dict[str, float]:
+    """Each baseline's figures on the evaluate run (its setting as a param, a skip as a tag); returns
+    the headline figures that also go to the parent run."""
+    for b in baselines:
+        if b.skipped:
+            mlflow.set_tag(f"{T}baseline_{b.name}_skipped", tracking.clip(b.skipped))
+            continue
+        mlflow.log_metrics(
+            {
+                f"baseline_{b.name}_test_accuracy": b.accuracy,
+                f"baseline_{b.name}_test_macro_f1": b.macro_f1,
+                f"baseline_{b.name}_mcnemar_p": b.paired["mcnemar_p_two_sided"],
+                f"baseline_{b.name}_fit_seconds": b.fit_seconds,
+            }
+        )
+        mlflow.log_param(f"baseline_{b.name}", tracking.clip(str(b.params)))
+    best = best_baseline(baselines)
+    if best is None:
+        return {}
+    mlflow.set_tag(f"{T}best_baseline", best.name)
+    headline = {
+        "best_baseline_test_accuracy": best.accuracy,
+        "gain_over_best_baseline_points": 100 * (model_accuracy - best.accuracy),
+    }
+    mlflow.log_metrics(headline)
+    return headline

@@ -48,6 +48,9 @@ def build_summary(parent_run_id: str) -> RunSummary:
             ),  # test images without a near-copy in train
             "test_clean_macro_f1": metrics.get("test_clean_macro_f1"),
             "n_test_clean": metrics.get("n_test_clean"),
+            "best_baseline": tags.get(f"{T}best_baseline"),
+            "best_baseline_accuracy": metrics.get("best_baseline_test_accuracy"),
+            "gain_over_baseline_points": metrics.get("gain_over_best_baseline_points"),
             "data_fingerprint": tags.get(f"{T}data_fingerprint"),
             "validation_warnings": [
                 w for w in tags.get(f"{T}validation_warnings", "").split("\n") if w
@@ -81,6 +84,11 @@ def format_summary(summary: RunSummary, tracking_uri: str) -> str:
             f"  clean test subset : accuracy {s.test_clean_accuracy:.4f}, macro-F1 "
             f"{s.test_clean_macro_f1:.4f} on {int(s.n_test_clean)} images "
             "without a near-copy in training"
+        )
+    if s.best_baseline and s.best_baseline_accuracy is not None:
+        lines.append(
+            f"  best baseline     : {s.best_baseline} {s.best_baseline_accuracy:.4f} "
+            f"(model {s.gain_over_baseline_points:+.2f} points; evaluation report has both baselines)"
         )
     for warning in s.validation_warnings:
         lines.append(f"  data warning      : {warning}")

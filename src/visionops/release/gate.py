@@ -18,6 +18,10 @@ Policies (``gate.policy``):
 images without a near-copy in the training split, see ``data.grouping``) for the thresholds and the
 champion comparison (paired predictions restricted to the clean rows). The reasons say which.
 
+Against the simple baselines (``gate.min_gain_over_baseline``, points of accuracy): the model
+must beat the best baseline fitted at evaluation (``visionops.evaluation.baselines``) by that
+margin on the judged test images, with the paired evidence in the reason; ``null`` turns it off.
+
 When the class set changed (``gate.on_class_change``): ``compare_on_shared`` compares both models
 on the test images whose true class both know; ``reject`` rejects; ``skip_comparison`` applies
 only the absolute thresholds. The reasons always name the added and removed classes.
@@ -33,7 +37,12 @@ from sklearn.metrics import f1_score
 
 from visionops.core.config import GateConfig
 from visionops.core.contracts import GateDecision
-from visionops.evaluation.paired import PairedPredictions, class_change, paired_statistics
+from visionops.evaluation.paired import (
+    BaselinePredictions,
+    PairedPredictions,
+    class_change,
+    paired_statistics,
+)
 
 COMPARED_METRICS = ("accuracy", "macro_f1")
 # Metrics are ratios of counts: a drop of exactly the allowed margin must not fail on float noise.
@@ -159,6 +168,75 @@ def _paired_comparison(
     return ok
 
 
+def _baseline_rule(
+    baselines: BaselinePredictions | None,
+    subset: str,
+    cfg: GateConfig,
+    reasons: list[str],
+    record: dict[str, Any],
+) -> bool:
+    """The model against the best simple baseline on the judged test images (the evidence goes into
+    ``record``); whether it passed."""
+    margin = cfg.min_gain_over_baseline
+    if margin is None:
+        reasons.append(
+            "no check against the simple baselines (gate.min_gain_over_baseline is null)"
+        )
+        return True
+    if baselines is None or not baselines.baselines:
+        reasons.append(
+            "no simple baseline was fitted in this evaluation (see its report): "
+            "gate.min_gain_over_baseline not applied"
+        )
+        return True
+    if subset == "clean" and baselines.clean is not None:
+        baselines = baselines.clean_subset()
+    y = np.asarray(baselines.y_true, dtype=str)
+    if len(y) == 0:
+        reasons.append("no test images to compare with the baselines on")
+        return False
+    model_acc = float(np.mean(np.asarray(baselines.candidate, dtype=str) == y))
+    scores = {
+        name: float(np.mean(np.asarray(labels, dtype=str) == y))
+        for name, labels in baselines.baselines.items()
+    }
+    best = max(scores, key=lambda name: scores[name])
+    stats = paired_statistics(
+        y,
+        baselines.candidate,
+        baselines.baselines[best],
+        alpha=cfg.alpha,
+        n_bootstrap=cfg.bootstrap_samples,
+    )
+    gain = 100 * (model_acc - scores[best])
+    record |= {
+        "best": best,
+        "accuracy": scores,
+        "model_accuracy": model_acc,
+        "gain_points": gain,
+        "min_gain_points": margin,
+        "paired": stats,
+    }
+    evidence = (
+        f"on the same {stats['n']} test images the model alone is right on "
+        f"{stats['candidate_only_correct']}, the baseline alone on {stats['champion_only_correct']} "
+        f"({100 * stats['ci_level']:.0f}% CI [{100 * stats['ci_low']:+.2f}, "
+        f"{100 * stats['ci_high']:+.2f}] points, McNemar exact p = {stats['mcnemar_p_two_sided']:.4g})"
+    )
+    if gain < margin - 100 * _EPS:
+        reasons.append(
+            f"accuracy {model_acc:.4f} gains {gain:+.2f} points over the best simple baseline, "
+            f"{best} ({scores[best]:.4f}): gate.min_gain_over_baseline requires {margin:+.2f}, "
+            f"{evidence}"
+        )
+        return False
+    reasons.append(
+        f"accuracy {model_acc:.4f} vs best simple baseline {best} {scores[best]:.4f} "
+        f"({gain:+.2f} points, required {margin:+.2f}), {evidence}"
+    )
+    return True
+
+
 def _judged_subset(
     candidate: dict[str, float],
     champion: dict[str, Any] | None,
@@ -214,20 +292,25 @@ def decide(
     champion: dict[str, Any] | None,
     cfg: GateConfig,
     paired: PairedPredictions | None = None,
+    baselines: BaselinePredictions | None = None,
 ) -> GateDecision:
     """Apply the absolute thresholds, then compare with the champion on the same test split.
 
     ``champion`` is None when no model is in service; otherwise it holds the champion's metrics on
     this run's test split and its ``version``. ``paired`` (both models' predictions on that split)
     turns on the statistical comparison and the class-change policy; without it only the margin
-    rule on the two metric values applies. With ``gate.judge_on = clean`` the ``clean_accuracy`` and
-    ``clean_macro_f1`` figures (and the clean rows of ``paired``) are judged instead.
+    rule on the two metric values applies. ``baselines`` (the model's and the simple baselines'
+    predictions on that split) turns on ``gate.min_gain_over_baseline``. With ``gate.judge_on =
+    clean`` the ``clean_accuracy`` and ``clean_macro_f1`` figures (and the clean rows of ``paired``
+    and ``baselines``) are judged instead.
     """
     reasons: list[str] = []
     candidate, champion, paired, subset = _judged_subset(candidate, champion, cfg, paired, reasons)
     ok, threshold_reasons = _thresholds(candidate, cfg)
     reasons += threshold_reasons
     comparison: dict[str, Any] = {}
+    against_baseline: dict[str, Any] = {}
+    ok = _baseline_rule(baselines, subset, cfg, reasons, against_baseline) and ok
     if champion is None:
         reasons.append("no champion in service: nothing to compare against")
     else:
@@ -247,5 +330,10 @@ def decide(
                 ok = ok and metric_ok
     metrics = {k: float(candidate[k]) for k in COMPARED_METRICS}
     return GateDecision(
-        passed=ok, reasons=reasons, metrics=metrics, comparison=comparison, judged_on=subset
+        passed=ok,
+        reasons=reasons,
+        metrics=metrics,
+        comparison=comparison,
+        baseline=against_baseline,
+        judged_on=subset,
     )

@@ -21,7 +21,12 @@ from visionops.core.contracts import (
 )
 from visionops.core.errors import InputError
 from visionops.data.preprocess import load_labels
-from visionops.evaluation.paired import PairedPredictions, candidate_predictions, load_paired
+from visionops.evaluation.paired import (
+    PairedPredictions,
+    candidate_predictions,
+    load_baselines,
+    load_paired,
+)
 from visionops.evaluation.report import model_card
 from visionops.evaluation.scoring import load_test_split, score_version
 from visionops.release import registry
@@ -47,15 +52,18 @@ def gate_stage(ctx: RunContext, evaluated: Evaluated) -> GateDecision:
     """Decide with the configured thresholds and the champion comparison; record the decision."""
     cfg = ctx.config()
     tracking.configure()
-    paired = None
-    if evaluated.champion and evaluated.predictions:
-        paired = load_paired(evaluated.predictions)  # both models on the same test images
+    paired = baselines = None
+    if evaluated.predictions:
+        baselines = load_baselines(evaluated.predictions)  # the simple baselines, same images
+        if evaluated.champion:
+            paired = load_paired(evaluated.predictions)  # both models on the same test images
     with tracking.stage_run(ctx.parent_run_id, "gate"):
         decision = decide(
             evaluated.metrics.model_dump(),
             evaluated.champion.model_dump() if evaluated.champion else None,
             cfg.gate,
             paired,
+            baselines,
         )
         tracking.log_json(decision.to_dict(), "gate/decision.json")
         mlflow.set_tags(
@@ -98,6 +106,9 @@ def register_stage(
         f"{T}train_run_id": trained.train_run_id,
         f"{T}model": cfg.model.name,
     }
+    if decision.baseline:
+        tags[f"{T}best_baseline"] = decision.baseline["best"]
+        tags[f"{T}gain_over_baseline"] = f"{decision.baseline['gain_points']:+.2f}"
     if decision.comparison:
         tags[f"{T}compared_with_version"] = decision.comparison["champion_version"]
         paired = decision.comparison.get("paired")
@@ -134,6 +145,7 @@ def register_stage(
             },
             labels=load_labels(evaluated.test_data.local_path()),
             n_test=evaluated.predictions.meta.get("n") if evaluated.predictions else None,
+            baselines=[b.model_dump() for b in evaluated.baselines],
         )
         mlflow.log_text(card, "model_card.md")
         client = mlflow.tracking.MlflowClient()
@@ -212,8 +224,9 @@ def recheck_against(
     def recheck(current: str) -> GateDecision:
         split = load_test_split(evaluated.test_data)
         champion = score_version(name, current, split)
-        paired = None
+        paired = baselines = None
         if evaluated.predictions:
+            baselines = load_baselines(evaluated.predictions)
             paired = PairedPredictions(
                 split.y_true,
                 candidate_predictions(evaluated.predictions),
@@ -222,7 +235,13 @@ def recheck_against(
                 champion.labels,
                 split.clean.tolist(),
             )  # gate.judge_on: clean needs the mask here too
-        return decide(evaluated.metrics.model_dump(), champion.score.model_dump(), gate_cfg, paired)
+        return decide(
+            evaluated.metrics.model_dump(),
+            champion.score.model_dump(),
+            gate_cfg,
+            paired,
+            baselines,
+        )
 
     return recheck
 

@@ -19,7 +19,7 @@ from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.contracts import GateDecision
 from visionops.core.errors import InputError
 from visionops.core.storage import RunStore, StageOutput
-from visionops.evaluation.paired import PairedPredictions
+from visionops.evaluation.paired import BaselinePredictions, PairedPredictions, load_baselines
 from visionops.evaluation.scoring import TestSplit, load_test_split, predict_labels, score_version
 from visionops.release import registry
 from visionops.release.gate import decide
@@ -49,6 +49,17 @@ def _test_split(tags: dict[str, str]) -> TestSplit | None:
     )
 
 
+def _baselines(tags: dict[str, str], candidate: list[str]) -> BaselinePredictions | None:
+    """The simple baselines' labels stored when the version was evaluated, beside its labels now."""
+    uri = tags.get(f"{T}predictions_uri")
+    if not uri:
+        return None
+    stored = load_baselines(StageOutput(uri, "", {}))
+    if stored is None:
+        return None
+    return BaselinePredictions(stored.y_true, candidate, stored.baselines, stored.clean)
+
+
 def gate_for_version(name: str, version: str) -> tuple[GateDecision, str | None]:
     """The gate's decision for ``version`` against the champion now, on the version's test split."""
     tags = version_tags(name, version)
@@ -76,6 +87,7 @@ def gate_for_version(name: str, version: str) -> tuple[GateDecision, str | None]
         champion.score.model_dump() if champion else None,
         _gate_config(tags),
         paired,
+        _baselines(tags, candidate.predictions),
     )
     return decision, champion.score.version if champion else None
 

@@ -18,6 +18,7 @@ from visionops.core.config.data_sections import (  # noqa: F401 - re-exported: t
 )
 from visionops.core.config.sections import (  # noqa: F401 - re-exported: the public config types
     AugmentConfig,
+    BaselineConfig,
     GateConfig,
     ModelConfig,
     RegistryConfig,
@@ -43,6 +44,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
+    baseline: BaselineConfig = BaselineConfig()
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
 

@@ -301,6 +301,37 @@ class GateConfig(_Section):
         description="A person approves (Airflow HITL task `approve` in "
         "train_pipeline) before champion moves; no answer in a day rejects.",
     )
+    min_gain_over_baseline: float | None = Field(
+        0.0,
+        ge=-100.0,
+        le=100.0,
+        description="Points of accuracy the model must gain over the best simple baseline "
+        "(baseline.models, fitted on the same training split and scored on the same test "
+        "images); null turns the check off.",
+    )
+
+
+class BaselineConfig(_Section):
+    """Classical models fitted beside every evaluation, on the same splits (see
+    ``visionops.evaluation.baselines``): what a deep model must beat to earn its place."""
+
+    models: list[Literal["logistic_regression", "pca_svm"]] = Field(
+        ["logistic_regression", "pca_svm"],
+        description="Baselines fitted at evaluation: logistic regression on standardised pixels, "
+        "PCA + an RBF SVM; [] fits none.",
+    )
+    max_train_images: int = Field(
+        20000,
+        ge=1,
+        description="A baseline is skipped (the reason recorded) when the training split has more "
+        "images: their fit time grows faster than linearly.",
+    )
+    max_features: int = Field(
+        4096,
+        ge=16,
+        description="Pixels x channels a baseline sees; larger images are shrunk (area averaging) "
+        "to fit, and the report says so.",
+    )
 
 
 class RegistryConfig(_Section):

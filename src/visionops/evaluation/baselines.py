@@ -1,0 +1,226 @@
+"""Simple baselines beside every evaluation: what a deep model must beat to earn its place.
+
+Two classical scikit-learn models are fitted on the run's training split and scored on the same
+test images as the model:
+
+* ``logistic_regression``: multinomial logistic regression on standardised pixels;
+* ``pca_svm``: PCA (whitened) then an RBF support vector machine, the classic recipe for small
+  image sets (eigenfaces + SVM).
+
+Each has a small grid of settings chosen on the validation split, as the model's own settings
+are; the chosen one is refitted on the training split only (the model never trains on the
+validation split either). They are bounded in size: images with more than
+``baseline.max_features`` pixels x channels are shrunk by area averaging, and a training split of
+more than ``baseline.max_train_images`` images skips them with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from visionops.core.config import BaselineConfig, GateConfig
+from visionops.core.contracts import BaselineScore
+from visionops.core.storage import StageOutput
+from visionops.data.preprocess import load_split
+from visionops.evaluation.metrics import classification_metrics, clean_metrics
+from visionops.evaluation.paired import paired_statistics
+
+# The settings tried on the validation split (small on purpose: a baseline is cheap or it is not one).
+LOGISTIC_C = (0.01, 0.1, 1.0)
+SVM_C = (1.0, 10.0, 100.0)
+PCA_VARIANCE = (0.8, 0.95)
+LOGISTIC_MAX_ITER = 500
+SEED = 0
+
+
+@dataclass
+class BaselineFit:
+    """One baseline's answers on the test images, or why it was not fitted."""
+
+    name: str
+    predictions: list[str] | None  # per test image; None when skipped
+    params: dict[str, Any] = field(default_factory=dict)  # the setting chosen on validation
+    val_accuracy: float | None = None
+    fit_seconds: float = 0.0
+    features: int = 0  # pixels x channels it saw
+    note: str = ""  # e.g. "images shrunk from 150x150 to 36x36"
+    skipped: str | None = None
+
+
+def features_of(x: np.ndarray, max_features: int) -> tuple[np.ndarray, str]:
+    """uint8 ``(N, C, H, W)`` -> float32 ``(N, C*H'*W')`` in [0, 1], shrunk by area averaging to at
+    most ``max_features`` values per image; the note says when it was shrunk."""
+    n, c, h, w = x.shape
+    if c * h * w <= max_features:
+        return x.reshape(n, c * h * w).astype(np.float32) / 255.0, ""
+    scale = (max_features / (c * h * w)) ** 0.5
+    side_h, side_w = max(1, int(h * scale)), max(1, int(w * scale))
+    small = F.interpolate(
+        torch.from_numpy(np.asarray(x)).float(), size=(side_h, side_w), mode="area"
+    )
+    note = f"images shrunk from {h}x{w} to {side_h}x{side_w} (baseline.max_features {max_features})"
+    return (small.reshape(n, c * side_h * side_w) / 255.0).numpy(), note
+
+
+def _logistic(c: float) -> Pipeline:
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=LOGISTIC_MAX_ITER, random_state=SEED)
+    )
+
+
+def _pca_svm(c: float, variance: float) -> Pipeline:
+    return make_pipeline(
+        StandardScaler(),
+        PCA(n_components=variance, whiten=True, svd_solver="full", random_state=SEED),
+        SVC(C=c, kernel="rbf", gamma="scale", random_state=SEED),
+    )
+
+
+def _candidates(name: str) -> list[tuple[dict[str, Any], Any]]:
+    if name == "logistic_regression":
+        return [({"C": c}, lambda c=c: _logistic(c)) for c in LOGISTIC_C]
+    return [
+        ({"C": c, "pca_variance": v}, lambda c=c, v=v: _pca_svm(c, v))
+        for v in PCA_VARIANCE
+        for c in SVM_C
+    ]
+
+
+def _fit_one(
+    name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+) -> tuple[Pipeline, dict[str, Any], float | None]:
+    """The setting with the best validation accuracy (the first on ties), refitted on train."""
+    candidates = _candidates(name)
+    if len(y_val) == 0:  # nothing to choose on: the middle setting
+        params, build = candidates[len(candidates) // 2]
+        return build().fit(x_train, y_train), params, None
+    best: tuple[float, dict[str, Any], Pipeline] | None = None
+    for params, build in candidates:
+        model = build().fit(x_train, y_train)
+        score = float(np.mean(model.predict(x_val) == y_val))
+        if best is None or score > best[0]:
+            best = (score, params, model)
+    assert best is not None
+    return best[2], best[1], best[0]
+
+
+def fit_baselines(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test_x: np.ndarray,
+    labels: list[str],
+    cfg: BaselineConfig,
+) -> list[BaselineFit]:
+    """Fit ``cfg.models`` on ``train`` (uint8 ``(N, C, H, W)`` images, int labels), choose each one's
+    setting on ``val``, and label ``test_x``; class names come from ``labels``."""
+    x_train, y_train = train
+    x_val, y_val = val
+    fits: list[BaselineFit] = []
+    n_classes = len(np.unique(y_train))
+    for name in cfg.models:
+        if len(y_train) > cfg.max_train_images:
+            fits.append(
+                BaselineFit(
+                    name,
+                    None,
+                    skipped=f"{len(y_train)} training images > baseline.max_train_images "
+                    f"{cfg.max_train_images}",
+                )
+            )
+            continue
+        if n_classes < 2:
+            fits.append(
+                BaselineFit(name, None, skipped="fewer than 2 classes in the training split")
+            )
+            continue
+        start = time.perf_counter()
+        xtr, note = features_of(np.asarray(x_train), cfg.max_features)
+        xva, _ = features_of(np.asarray(x_val), cfg.max_features)
+        xte, _ = features_of(np.asarray(test_x), cfg.max_features)
+        with warnings.catch_warnings():
+            # A capped solver is part of the baseline's bound, not a failure.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model, params, val_accuracy = _fit_one(
+                name, xtr, np.asarray(y_train), xva, np.asarray(y_val)
+            )
+            predicted = model.predict(xte)
+        fits.append(
+            BaselineFit(
+                name,
+                [labels[int(i)] for i in predicted],
+                params=params,
+                val_accuracy=val_accuracy,
+                fit_seconds=time.perf_counter() - start,
+                features=int(xtr.shape[1]),
+                note=note,
+            )
+        )
+    return fits
+
+
+def evaluate_baselines(
+    preprocessed: StageOutput,
+    labels: list[str],
+    y_true: list[str],
+    clean: np.ndarray,
+    y_pred: list[str],
+    cfg: BaselineConfig,
+    gate: GateConfig,
+) -> tuple[list[BaselineScore], dict[str, list[str]]]:
+    """Fit the baselines on a preprocess output's training split and score them on its test split
+    beside the model's labels ``y_pred``, with the paired evidence of the gate (``gate.alpha``,
+    ``gate.bootstrap_samples``); also returns each fitted baseline's labels per test image."""
+    if not cfg.models:
+        return [], {}
+    folder = preprocessed.local_path()
+    train, val, test = (load_split(folder, name) for name in ("train", "val", "test"))
+    fits = fit_baselines((train.x, train.y), (val.x, val.y), test.x, labels, cfg)
+    scores, predictions = [], {}
+    for fit in fits:
+        if fit.predictions is None:
+            scores.append(BaselineScore(name=fit.name, skipped=fit.skipped))
+            continue
+        predictions[fit.name] = fit.predictions
+        full = classification_metrics(y_true, fit.predictions, labels)
+        scores.append(
+            BaselineScore(
+                name=fit.name,
+                accuracy=full["accuracy"],
+                macro_f1=full["macro_f1"],
+                **{
+                    k: v
+                    for k, v in clean_metrics(y_true, fit.predictions, labels, clean).items()
+                    if k != "n_test_clean"
+                },
+                params=fit.params,
+                fit_seconds=fit.fit_seconds,
+                note=fit.note,
+                paired=paired_statistics(
+                    y_true,
+                    y_pred,
+                    fit.predictions,
+                    alpha=gate.alpha,
+                    n_bootstrap=gate.bootstrap_samples,
+                ),
+            )
+        )
+    return scores, predictions
+
+
+def best_baseline(scores: list[BaselineScore]) -> BaselineScore | None:
+    """The fitted baseline with the highest test accuracy (None when none was fitted)."""
+    fitted = [s for s in scores if s.accuracy is not None]
+    return max(fitted, key=lambda s: s.accuracy) if fitted else None

@@ -1,0 +1,154 @@
+"""visionops.evaluation.baselines: the simple models every evaluation fits beside the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from visionops.core.config import BaselineConfig, PipelineConfig, build_config
+from visionops.core.errors import InputError
+from visionops.evaluation.baselines import (
+    LOGISTIC_C,
+    PCA_VARIANCE,
+    SVM_C,
+    features_of,
+    fit_baselines,
+)
+from visionops.evaluation.metrics import classification_metrics
+from visionops.evaluation.report import model_card, render_markdown
+
+
+def _digits() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    d = load_digits()
+    x = np.clip(d.images * 16, 0, 255).astype(np.uint8)[:, None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    tr, va, te = order[:900], order[900:1200], order[1200:1500]
+    return (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
+
+
+def test_both_baselines_fit_on_train_choose_on_val_and_label_the_test_images() -> None:
+    train, val, (x_test, y_test) = _digits()
+    labels = [f"digit{i}" for i in range(10)]
+    fits = fit_baselines(train, val, x_test, labels, BaselineConfig())
+    assert [f.name for f in fits] == ["logistic_regression", "pca_svm"]
+    truth = np.array([labels[i] for i in y_test])
+    for fit in fits:
+        assert fit.skipped is None and len(fit.predictions) == len(y_test)
+        assert set(fit.predictions) <= set(labels)  # class names, not indices
+        # Real baselines, not straw men: both are strong on digits.
+        assert np.mean(np.array(fit.predictions) == truth) > 0.93
+        assert 0.9 < fit.val_accuracy <= 1.0 and fit.features == 64 and fit.note == ""
+    assert fits[0].params["C"] in LOGISTIC_C
+    assert fits[1].params["C"] in SVM_C and fits[1].params["pca_variance"] in PCA_VARIANCE
+
+
+def test_a_baseline_over_its_size_bound_is_skipped_with_the_reason() -> None:
+    train, val, (x_test, _) = _digits()
+    cfg = BaselineConfig(models=["pca_svm"], max_train_images=500)
+    (fit,) = fit_baselines(train, val, x_test, [str(i) for i in range(10)], cfg)
+    assert fit.predictions is None
+    assert fit.skipped == "900 training images > baseline.max_train_images 500"
+    assert fit_baselines(train, val, x_test, [], BaselineConfig(models=[])) == []
+
+
+def test_large_images_are_shrunk_by_area_to_the_feature_bound_and_say_so() -> None:
+    x = np.full((2, 3, 150, 150), 200, np.uint8)
+    x[1, :, :75] = 0  # the top half black: its area average stays exact after shrinking
+    feats, note = features_of(x, 4096)
+    assert feats.shape == (2, 3 * 36 * 36) and feats.dtype == np.float32
+    assert note == "images shrunk from 150x150 to 36x36 (baseline.max_features 4096)"
+    assert feats[0].min() == pytest.approx(200 / 255)
+    assert feats[1].mean() == pytest.approx(100 / 255, abs=0.01)
+    small, none = features_of(x[:, :, :8, :8], 4096)
+    assert small.shape == (2, 192) and none == ""
+
+
+def test_no_validation_images_takes_the_middle_setting() -> None:
+    train, _, (x_test, _) = _digits()
+    empty = (np.zeros((0, 1, 8, 8), np.uint8), np.zeros(0, np.int64))
+    (fit,) = fit_baselines(
+        train,
+        empty,
+        x_test,
+        [str(i) for i in range(10)],
+        BaselineConfig(models=["logistic_regression"]),
+    )
+    assert fit.params == {"C": LOGISTIC_C[1]} and fit.val_accuracy is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("baseline.models", ["knn"]),
+        ("baseline.max_features", 3),
+        ("gate.min_gain_over_baseline", 500),
+    ],
+)
+def test_baseline_settings_are_validated_naming_the_key(key: str, value: object) -> None:
+    with pytest.raises(InputError, match=key.split(".")[-1]):
+        build_config(PipelineConfig().to_dict(), {key: value}, source="test")
+
+
+def test_gain_over_baseline_defaults_to_zero_points_and_null_is_allowed() -> None:
+    assert PipelineConfig().gate.min_gain_over_baseline == 0.0
+    cfg = build_config(
+        PipelineConfig().to_dict(), {"gate.min_gain_over_baseline": None}, source="t"
+    )
+    assert cfg.gate.min_gain_over_baseline is None
+
+
+BASELINES = [
+    {
+        "name": "logistic_regression",
+        "accuracy": 0.9,
+        "macro_f1": 0.89,
+        "params": {"C": 0.1},
+        "note": "",
+        "paired": {
+            "n": 100,
+            "candidate_only_correct": 7,
+            "champion_only_correct": 2,
+            "accuracy_delta": 0.05,
+            "mcnemar_p_two_sided": 0.1797,
+            "ci_level": 0.95,
+            "ci_low": 0.0,
+            "ci_high": 0.1,
+        },
+    },
+    {"name": "pca_svm", "skipped": "30000 training images > baseline.max_train_images 20000"},
+]
+
+
+def test_the_report_and_the_model_card_show_the_model_beside_the_baselines() -> None:
+    metrics = classification_metrics(["a", "b"], ["a", "b"], ["a", "b"])
+    metrics["ece"] = 0.0
+    text = render_markdown(
+        {"metrics": metrics, "model_uri": "m", "test_size": 2, "baselines": BASELINES}
+    )
+    assert "## Against simple baselines" in text
+    row = (
+        "| logistic regression on standardised pixels (C 0.1) | 0.9000 | 0.8900 | +5.00 | 7 | 2 "
+        "| 0.1797 | 95% [+0.00, +10.00] |"
+    )
+    assert row in text
+    assert (
+        "| PCA + RBF SVM | skipped: 30000 training images > baseline.max_train_images 20000 |"
+        in text
+    )
+    card = model_card(
+        name="m",
+        version="1",
+        cfg={},
+        metrics={"accuracy": 0.95},
+        decision={"passed": True, "reasons": []},
+        lineage={},
+        labels=["a", "b"],
+        n_test=100,
+        baselines=BASELINES,
+    )
+    assert "## Against simple baselines" in card and row in card
+    assert "## Against simple baselines" not in render_markdown(
+        {"metrics": metrics, "model_uri": "m", "test_size": 2, "baselines": []}
+    )
