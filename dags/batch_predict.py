@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
+from visionops_assets import PREDICTIONS
 
 from visionops.pipeline import batch
 from visionops_tasks import run_stage
@@ -19,7 +20,9 @@ DOC = """
 during the run cannot mix two models in one file); `score` labels every image under
 **input_dir** and writes `path,label,probability,model_version` as CSV to **output_path**
 (default: `<data_root>/predictions/<model>/v<version>/<run id>.csv`), and logs it to MLflow
-(experiment `visionops-batch-predict`).
+(experiment `visionops-batch-predict`). `record` keeps what the batch held and got (per image the
+input statistics, the label, its confidence) and emits the `visionops://predictions` asset event,
+on which the `monitor` DAG checks the model in service for drift.
 """
 
 
@@ -66,7 +69,14 @@ def batch_predict():
             run_id=context["run_id"],
         )
 
-    score(resolve())
+    @task(outlets=[PREDICTIONS])
+    def record(scored: dict) -> dict:
+        context = get_current_context()
+        recorded = run_stage(batch.record, scored, run_id=context["run_id"])
+        context["outlet_events"][PREDICTIONS].extra = recorded
+        return recorded
+
+    record(score(resolve()))
 
 
 batch_predict()

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import (
+    AssetAny,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
+from visionops_assets import DRIFT, source_asset, trigger_of, watched_configs
 
 from visionops.pipeline import stages
 from visionops_tasks import AnsweredApprovalOperator, run_stage
@@ -28,6 +37,13 @@ the model in service (`models:/<name>@champion`), scored on the same split.
   no answer within a day, skips `promote` and `finish` records it.
 * **Rejected**: the version is registered without an alias, `promote` is skipped and the
   `reject` task logs the reasons; the champion is unchanged.
+* **Nothing changed**: when the data fingerprint, config hash and code version equal those of the
+  champion's training run, the run stops after `check_changes` (`unchanged`; the rest is skipped)
+  and registers nothing. Tick **Force** to train anyway.
+
+It runs daily, or sooner when a watched data source changes (`watch_sources`) or the model in
+service drifts (`monitor`; such a run asks a person before promoting). The summary and the MLflow
+parent run (`visionops.trigger`) say which started it.
 
 Every run is an MLflow parent run (tagged with this DAG run's id); each stage is a child run.
 Bad input (config, files, labels) fails the run without retries and names what is wrong.
@@ -46,7 +62,11 @@ default_args = {
 @dag(
     dag_id="train_pipeline",
     description="Ingest, validate, preprocess, tune, train, evaluate, gate and promote an image classifier.",
-    schedule="@daily",
+    # Daily, or sooner when a source's asset or the drift asset has an event.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 0 * * *", timezone="UTC"),
+        assets=AssetAny(*(source_asset(c) for c in watched_configs()), DRIFT),
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -86,6 +106,13 @@ default_args = {
             title="Other overrides",
             description='Dotted config keys, e.g. {"gate.min_accuracy": 0.95}.',
         ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Train even when data, config and code are the champion's (otherwise the "
+            "run stops after check_changes with nothing changed).",
+        ),
     },
 )
 def train_pipeline():
@@ -94,10 +121,15 @@ def train_pipeline():
         context = get_current_context()
         conf = context["dag_run"].conf or {}
         # request_id is not a form field: the CLI sets it to find its run in MLflow afterwards.
+        trigger = trigger_of(context)
         params = {
             **context["params"],
             **({"request_id": conf["request_id"]} if "request_id" in conf else {}),
+            "trigger": trigger,
         }
+        # An asset event names the config whose source changed (or whose model drifted).
+        if trigger.get("detail", {}).get("config") and not conf.get("config"):
+            params["config"] = trigger["detail"]["config"]
         return run_stage(
             stages.start, params, dag_id=context["dag"].dag_id, airflow_run_id=context["run_id"]
         )
@@ -105,6 +137,18 @@ def train_pipeline():
     @task
     def ingest(ctx: dict) -> dict:
         return run_stage(stages.ingest, ctx)
+
+    @task
+    def check_changes(ctx: dict, ingested: dict) -> dict:
+        return run_stage(stages.check_changes, ctx, ingested)
+
+    @task.branch
+    def after_check(check: dict) -> str:
+        return run_stage(stages.after_check, check)
+
+    @task
+    def unchanged(check: dict) -> str:
+        return run_stage(stages.unchanged, check)
 
     @task
     def validate(ctx: dict, ingested: dict) -> dict:
@@ -168,15 +212,21 @@ def train_pipeline():
     def reject(ctx: dict, registered: dict, decision: dict) -> dict:
         return run_stage(stages.reject, ctx, registered, decision)
 
-    # none_failed: also after a person rejected (approve skipped promote, and reject was not chosen).
+    # none_failed: also after a person rejected (approve skipped promote, and reject was not chosen),
+    # and after `unchanged` (everything from validate on skipped, so nothing was registered).
     @task(trigger_rule="none_failed")
-    def finish(ctx: dict, registered: dict) -> dict:
-        answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
+    def finish(ctx: dict) -> dict:
+        ti = get_current_context()["ti"]
+        registered = ti.xcom_pull(task_ids="register")
+        answer = ti.xcom_pull(task_ids="approve", key="answer")
         return run_stage(stages.finish, ctx, registered, answer)
 
     ctx = start()
     ingested = ingest(ctx)
+    check = check_changes(ctx, ingested)
+    stop = unchanged(check)
     validated = validate(ctx, ingested)
+    after_check(check) >> [validated, stop]
     preprocessed = preprocess(ctx, ingested, validated)
     plan = tune_plan(ctx, preprocessed)
     workers = tune_worker.partial(ctx=ctx, preprocessed=preprocessed).expand(item=plan)
@@ -190,7 +240,7 @@ def train_pipeline():
     rejected = reject(ctx, registered, decision)
     branch >> [promoted, approve, rejected]
     approve >> promoted
-    [promoted, rejected] >> finish(ctx, registered)
+    [promoted, rejected, stop] >> finish(ctx)
 
 
 train_pipeline()

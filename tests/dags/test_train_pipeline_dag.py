@@ -54,6 +54,7 @@ def test_task_graph_is_the_expected_chain(dag):
     expected = {
         "start": {
             "ingest",
+            "check_changes",
             "validate",
             "preprocess",
             "tune_plan",
@@ -67,7 +68,11 @@ def test_task_graph_is_the_expected_chain(dag):
             "reject",
             "finish",
         },
-        "ingest": {"validate", "preprocess"},
+        "ingest": {"check_changes", "validate", "preprocess"},
+        # Nothing changed since the champion: `unchanged`, and everything from validate on is skipped.
+        "check_changes": {"after_check", "unchanged"},
+        "after_check": {"validate", "unchanged"},
+        "unchanged": {"finish"},
         "validate": {"preprocess"},
         "preprocess": {"tune_plan", "tune_worker", "train", "evaluate"},
         "tune_plan": {"tune_worker"},
@@ -76,7 +81,7 @@ def test_task_graph_is_the_expected_chain(dag):
         "train": {"evaluate", "register"},
         "evaluate": {"gate", "register", "promote"},
         "gate": {"register", "decide", "reject"},
-        "register": {"decide", "promote", "reject", "finish"},
+        "register": {"decide", "promote", "reject"},
         "decide": {"promote", "approve", "reject"},
         "approve": {"promote"},  # HITL: a person approves first when gate.require_approval is set
         "promote": {"finish"},
@@ -89,6 +94,8 @@ def test_task_graph_is_the_expected_chain(dag):
     order = [
         "start",
         "ingest",
+        "check_changes",
+        "after_check",
         "validate",
         "preprocess",
         "tune_plan",
@@ -123,6 +130,8 @@ def test_branch_and_join(dag):
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
     # finish also runs when a person rejected (promote skipped by approve, reject not chosen).
     assert dag.get_task("finish").trigger_rule == "none_failed"
+    # After ingest: train (validate) or stop (unchanged) when nothing changed since the champion.
+    assert isinstance(dag.get_task("after_check"), BranchPythonOperator)
 
 
 def test_approval_step_asks_with_the_decision_and_rejects_by_default(dag):
@@ -162,13 +171,18 @@ def test_branch_choice(passed: bool, require_approval: bool, step: str) -> None:
 
 
 def test_schedule_docs_tags_retries_and_params(dag):
-    assert dag.schedule == "@daily" or str(dag.timetable.summary) == "@daily"
+    # Daily, or sooner on an event of a watched source's asset or of the drift asset.
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert dag.timetable.timetable.expression == "0 0 * * *"
+    names = {a.name for a in dag.timetable.asset_condition.objects}
+    assert "visionops_drift" in names
+    assert {f"visionops_source_{c}" for c in ("digits", "coil20", "faces")} <= names
     assert dag.catchup is False
     assert dag.doc_md and "champion" in dag.doc_md
     assert {"visionops", "training"} <= set(dag.tags)
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "approve")
     params = dag.params
-    for name in ("config", "model", "max_epochs", "n_trials", "overrides"):
+    for name in ("config", "model", "max_epochs", "n_trials", "overrides", "force"):
         assert name in params, name
         assert params.get_param(name).description, (
             f"param {name} has no description for the trigger form"
@@ -198,6 +212,9 @@ def _adapters_called(dag_file: str, module: str) -> list[str]:
             (
                 "start",
                 "ingest",
+                "check_changes",
+                "after_check",
+                "unchanged",
                 "validate",
                 "preprocess",
                 "tune_plan",
@@ -213,7 +230,9 @@ def _adapters_called(dag_file: str, module: str) -> list[str]:
                 "finish",
             ),
         ),
-        ("batch_predict.py", "batch", ("resolve", "score")),
+        ("batch_predict.py", "batch", ("resolve", "score", "record")),
+        ("watch_sources.py", "continuous", ("watch",)),
+        ("monitor.py", "continuous", ("check_drift",)),
         ("promote_challenger.py", "approval_tasks", ("describe", "promote")),
     ],
 )
@@ -228,7 +247,7 @@ def test_task_bodies_reference_their_adapters(
     assert "call(" not in source.replace("run_stage(", "")  # no string dispatch left
     called = _adapters_called(dag_file, module)
     assert sorted(called) == sorted(tasks)
-    pipeline_module = {"stages": "stages", "batch": "batch", "approval_tasks": "approval"}[module]
+    pipeline_module = {"approval_tasks": "approval"}.get(module, module)
     adapters = importlib.import_module(f"visionops.pipeline.{pipeline_module}")
     for name in called:
         adapter = getattr(adapters, name)

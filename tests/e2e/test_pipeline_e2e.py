@@ -7,6 +7,7 @@ the files and leaves the champion alone.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -63,6 +64,10 @@ def home(tmp_path_factory) -> Path:
 def two_runs(home):
     first, s1 = run_cli(home, *SMALL)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    # The same data, config and code again: nothing to do (checked in test_unchanged_run_...).
+    again, s_again = run_cli(home, *SMALL)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    home.joinpath("unchanged.json").write_text(json.dumps({"stdout": again.stdout, **s_again}))
     second, s2 = run_cli(home, *SMALL, *PASSING_GATE)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     return (first, s1), (second, s2)
@@ -86,6 +91,23 @@ def test_first_run_promotes_version_1(two_runs, home):
     assert "champion" in summary["model_aliases"]
     assert "gate              : PASSED" in proc.stdout
     assert f"models:/{MODEL}@champion -> version 1" in proc.stdout
+
+
+def test_unchanged_run_stops_after_ingest_and_makes_no_version(two_runs, home):
+    again = json.loads(home.joinpath("unchanged.json").read_text())
+    assert again["status"] == "FINISHED" and again["unchanged_since"] == "1", again["changes"]
+    assert again["model_version"] is None and again["gate"] is None
+    assert again["trigger"] == "manual"
+    assert "NOTHING CHANGED   : since champion v1" in again["stdout"]
+    client = _client(home)
+    parent = client.get_run(again["parent_run_id"])
+    assert parent.data.tags["visionops.unchanged_since"] == "1"
+    assert "nothing changed since champion v1" in parent.data.tags["mlflow.note.content"]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert {c.data.tags["visionops.stage"] for c in children} == {"ingest"}
+    # Version 2 is the next run's (test_second_run_...): this one registered nothing.
 
 
 def test_parent_and_child_runs_are_tracked(two_runs, home):

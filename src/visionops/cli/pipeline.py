@@ -78,7 +78,12 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     request_id = uuid.uuid4().hex
-    conf = {"config": config_file, "overrides": overrides, "request_id": request_id}
+    conf = {
+        "config": config_file,
+        "overrides": overrides,
+        "request_id": request_id,
+        "force": bool(args.force),
+    }
     env = airflow_env()
     ensure_airflow_db(env)
     logs = visionops_home() / "logs"
@@ -142,4 +147,10 @@ def add_commands(sub: Any) -> None:
         "--verbose", action="store_true", help="stream Airflow's output instead of logging it"
     )
     run.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when data, config and code are those of the champion "
+        "(otherwise such a run stops after ingest: nothing changed)",
+    )
     run.set_defaults(func=cmd_pipeline_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import fsspec
 from pydantic import BaseModel, ConfigDict
@@ -24,12 +25,14 @@ class RunContext(BaseModel):
     experiment_id: str
     parent_run_id: str
     data_root: str
+    trigger: str = "manual"  # why the run started: manual, schedule, new_data, drift
+    force: bool = False  # train even when nothing changed since the champion
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
     @classmethod
-    def from_dict(cls, data: dict[str, str]) -> RunContext:
+    def from_dict(cls, data: dict[str, Any]) -> RunContext:
         return cls.model_validate(data)
 
     def store(self) -> RunStore:

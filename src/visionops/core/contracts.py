@@ -10,6 +10,7 @@ The flow, task by task (``train_pipeline``)::
 
     start      -> RunContext                      (every later task receives it)
     ingest     -> StageOutput                     (the manifest under the run)
+    check_changes -> ChangeCheck                  (unchanged since the champion: the run stops here)
     validate   -> Validated
     preprocess -> StageOutput                     (the arrays and the label map)
     tune_plan  -> list[TuneTask]  -> tune_worker -> TuneReport -> tune -> Tuned
@@ -40,6 +41,10 @@ __all__ = [
     "BaselineScore",
     "BatchScored",
     "Candidate",
+    "ChangeCheck",
+    "DriftChecked",
+    "Recorded",
+    "SourceChange",
     "ChampionScore",
     "Contract",
     "Evaluated",
@@ -71,6 +76,50 @@ class Contract(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         return cls.model_validate(data)
+
+
+class ChangeCheck(Contract):
+    """Whether anything changed since the champion was trained: its data fingerprint, config hash and
+    code version against this run's. Nothing changed (and no ``force``): the run stops after ingest."""
+
+    changed: bool
+    forced: bool = False  # the run trains although nothing changed (``force``)
+    champion_version: str | None = None
+    differences: list[str] = []  # what changed, or why there was nothing to compare with
+
+    def message(self) -> str:
+        if not self.changed:
+            return (
+                f"nothing changed since champion v{self.champion_version}: same data fingerprint, "
+                "config hash and code version; no training, no new version (force to train anyway)"
+            )
+        forced = "forced: trains although nothing changed; " if self.forced else ""
+        return forced + "; ".join(self.differences)
+
+
+class SourceChange(Contract):
+    """What a watch of a data source found (``visionops.data.watch``): the extra of its asset event."""
+
+    config: str  # the config file whose source it is
+    source: str
+    changed: bool
+    first_seen: bool = False  # the first look records the source; it is not a change
+    n_files: int
+    added: int = 0
+    modified: int = 0
+    removed: int = 0
+    fingerprint: str  # of the file listing (names, sizes, times), not of the pixels
+    examples: list[str] = []
+
+    def message(self) -> str:
+        if self.first_seen:
+            return f"{self.source}: first look, {self.n_files} files recorded"
+        if not self.changed:
+            return f"{self.source}: unchanged ({self.n_files} files)"
+        return (
+            f"{self.source}: {self.added} added, {self.modified} changed, {self.removed} removed "
+            f"({self.n_files} files now)"
+        )
 
 
 class Validated(Contract):
@@ -249,6 +298,28 @@ class BatchScored(Contract):
     n_not_scored: int
 
 
+class Recorded(Contract):
+    """A scored batch as the monitor reads it: per image the model-form input statistics, the label
+    and its confidence (``visionops.monitoring``); the ``visionops://predictions`` event names it."""
+
+    uri: str
+    model_name: str
+    model_version: str
+    n_images: int
+
+
+class DriftChecked(Contract):
+    """The monitor's verdict on a recorded batch against the version's reference."""
+
+    drifted: bool
+    summary: str
+    model_name: str
+    model_version: str
+    config: str | None = None  # the config file of the version's training run (retraining uses it)
+    report_run_id: str  # the MLflow run holding drift_report.html
+    extra: dict[str, Any] = {}  # what drifted (the drift asset event's extra)
+
+
 class RunSummary(Contract):
     """What a person wants to know after a pipeline run, read back from its MLflow parent run."""
 
@@ -265,6 +336,10 @@ class RunSummary(Contract):
     test_clean_accuracy: float | None = None
     test_clean_macro_f1: float | None = None
     n_test_clean: float | None = None
+    trigger: str | None = None  # why the run started: manual, schedule, new_data, drift
+    trigger_detail: dict[str, Any] = {}  # what the asset events said (counts, fingerprint, drift)
+    unchanged_since: str | None = None  # the champion version when nothing changed (no training)
+    changes: str | None = None  # what changed since the champion (or that nothing did)
     best_baseline: str | None = None  # the simple baseline with the best test accuracy
     best_baseline_accuracy: float | None = None
     gain_over_baseline_points: float | None = None  # model minus that baseline, points of accuracy

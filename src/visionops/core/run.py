@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -39,6 +40,9 @@ def overrides_from_params(params: dict[str, Any]) -> dict[str, Any]:
     for param, key in PARAM_KEYS.items():
         if params.get(param) not in (None, ""):
             overrides[key] = params[param]
+    if (params.get("trigger") or {}).get("kind") == "drift":
+        # Retraining because the model in service drifted: a person decides the promotion.
+        overrides["gate.require_approval"] = True
     extra = params.get("overrides") or {}
     if not isinstance(extra, dict):
         raise ValueError(
@@ -70,14 +74,15 @@ def code_version() -> str:
             timeout=5,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        # Uncommitted changes to tracked files: their diff's hash, so that "nothing changed since the
+        # champion" cannot hold across two different edits of a dirty checkout.
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--no-ext-diff", "--binary"],
             cwd=project_dir(),
             capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return f"{sha}{'-dirty' if dirty else ''}"
+            timeout=15,
+        ).stdout
+        return f"{sha}-dirty-{hashlib.sha256(diff).hexdigest()[:8]}" if diff.strip() else sha
     except (OSError, subprocess.SubprocessError):
         return __version__
 
@@ -114,6 +119,13 @@ def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> Ru
     }
     if params.get("request_id"):
         tags[f"{T}request_id"] = str(params["request_id"])
+    trigger = params.get("trigger") or {}
+    tags[f"{T}trigger"] = str(trigger.get("kind") or "manual")
+    if trigger.get("detail"):
+        tags[f"{T}trigger_detail"] = tracking.clip(json.dumps(trigger["detail"], sort_keys=True))
+    force = bool(params.get("force"))
+    if force:
+        tags[f"{T}force"] = "true"
     parent = tracking.start_parent_run(exp_id, f"{dag_id}/{airflow_run_id}", tags)
     client = mlflow.tracking.MlflowClient()
     logged = set(client.get_run(parent).data.params)  # a retried task logs nothing twice
@@ -123,12 +135,14 @@ def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> Ru
     client.log_batch(parent, params=[Param(k, v) for k, v in params_to_log.items()])
     tracking.log_json(cfg.to_dict(), "config/config.json", run_id=parent)
     log.info(
-        "run %s: experiment %s, parent MLflow run %s, config %s (hash %s)",
+        "run %s: experiment %s, parent MLflow run %s, config %s (hash %s), started by %s%s",
         run_key,
         cfg.experiment,
         parent,
         config_file,
         cfg.config_hash(),
+        tags[f"{T}trigger"],
+        " (force)" if force else "",
     )
     return RunContext(
         run_key=run_key,
@@ -139,4 +153,6 @@ def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> Ru
         experiment_id=exp_id,
         parent_run_id=parent,
         data_root=root,
+        trigger=tags[f"{T}trigger"],
+        force=force,
     )

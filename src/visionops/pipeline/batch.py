@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from visionops.core.contracts import BatchScored, ModelRef
+from visionops.core.contracts import BatchScored, ModelRef, Recorded
 from visionops.pipeline.adapter import stage
 
 
@@ -20,3 +20,11 @@ def score(model: ModelRef, input_dir: str, output_path: str | None, *, run_id: s
     from visionops.serving.batch import batch_predict
 
     return batch_predict(model, input_dir, output_path, run_id=run_id)
+
+
+@stage(uses_mlflow=False)
+def record(scored: BatchScored, *, run_id: str) -> Recorded:
+    """What the batch held and got, for the monitor (the ``visionops://predictions`` event names it)."""
+    from visionops.monitoring.service import record_scored
+
+    return record_scored(scored, run_id)

@@ -12,6 +12,7 @@ from typing import Any
 from visionops.core.context import RunContext
 from visionops.core.contracts import (
     ApprovalAnswer,
+    ChangeCheck,
     Evaluated,
     GateDecision,
     Promotion,
@@ -40,6 +41,29 @@ def ingest(ctx: RunContext) -> StageOutput:
     from visionops.data.stage import ingest_stage
 
     return ingest_stage(ctx)
+
+
+@stage
+def check_changes(ctx: RunContext, ingested: StageOutput) -> ChangeCheck:
+    """Data, config and code against the champion's: nothing changed stops the run (unless forced).
+    ``ingested`` orders the task after ingest, which recorded the data fingerprint."""
+    from visionops.release.lineage import changes_since_champion, record_changes
+
+    check = changes_since_champion(ctx)
+    record_changes(ctx, check)
+    return check
+
+
+@stage(uses_mlflow=False)
+def after_check(check: ChangeCheck) -> str:
+    """The branch after the change check: ``validate`` (train) or ``unchanged`` (stop, skip the rest)."""
+    return "validate" if check.changed else "unchanged"
+
+
+@stage(uses_mlflow=False)
+def unchanged(check: ChangeCheck) -> str:
+    """The end of a run with nothing to do: its message (``finish`` writes the summary)."""
+    return check.message()
 
 
 @stage

@@ -48,6 +48,10 @@ def build_summary(parent_run_id: str) -> RunSummary:
             ),  # test images without a near-copy in train
             "test_clean_macro_f1": metrics.get("test_clean_macro_f1"),
             "n_test_clean": metrics.get("n_test_clean"),
+            "trigger": tags.get(f"{T}trigger"),
+            "trigger_detail": _json_tag(tags.get(f"{T}trigger_detail")),
+            "unchanged_since": tags.get(f"{T}unchanged_since"),
+            "changes": tags.get(f"{T}changes"),
             "best_baseline": tags.get(f"{T}best_baseline"),
             "best_baseline_accuracy": metrics.get("best_baseline_test_accuracy"),
             "gain_over_baseline_points": metrics.get("gain_over_best_baseline_points"),
@@ -67,12 +71,30 @@ def build_summary(parent_run_id: str) -> RunSummary:
     )
 
 
+def _json_tag(text: str | None) -> dict:
+    """A JSON tag (clipped to what a tag holds: then kept as text)."""
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"text": text}
+
+
 def format_summary(summary: RunSummary, tracking_uri: str) -> str:
     """The text the CLI prints at the end of a run."""
     s = summary
     lines = ["", "=" * 72, f"visionops pipeline run: {s.status}"]
     lines.append(f"  MLflow experiment : {s.experiment} (id {s.experiment_id})")
     lines.append(f"  parent run        : {s.parent_run_id}")
+    if s.trigger:
+        detail = ", ".join(f"{k} {v}" for k, v in s.trigger_detail.items() if k != "config")
+        lines.append(f"  started by        : {s.trigger}{f' ({detail})' if detail else ''}")
+    if s.unchanged_since:
+        lines.append(
+            f"  NOTHING CHANGED   : since champion v{s.unchanged_since} (same data fingerprint, "
+            "config hash and code version): no training, no new version; --force trains anyway"
+        )
+    elif s.changes:
+        lines.append(f"  since champion    : {s.changes}")
     if s.failed_stage:
         lines.append(f"  FAILED at stage   : {s.failed_stage}")
         lines.append(f"  error             : {s.error}")

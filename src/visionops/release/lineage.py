@@ -11,6 +11,8 @@ from typing import Any
 
 from visionops.core import tracking
 from visionops.core.constants import CHAMPION, TAG_PREFIX
+from visionops.core.context import RunContext
+from visionops.core.contracts import ChangeCheck
 from visionops.data.drift import PROFILE_FILE
 from visionops.release.registry import get_alias
 
@@ -99,3 +101,52 @@ def _profile_of_pipeline_run(client: Any, train_run_id: str, tmp: str) -> dict[s
     except (MlflowException, OSError) as exc:
         log.warning("no data profile for the champion's training run %s: %s", train_run_id, exc)
     return None
+
+
+# What makes a model: a run whose three equal the champion's would train the same model again.
+CHANGE_KEYS = {
+    "data_fingerprint": "data fingerprint",
+    "config_hash": "config hash",
+    "code_version": "code version",
+}
+
+
+def changes_since_champion(ctx: RunContext) -> ChangeCheck:
+    """This run's data fingerprint (set by ingest), config hash and code version against those of the
+    champion's training run (the version's lineage tags)."""
+    from mlflow.tracking import MlflowClient
+
+    model_name = ctx.config().registry.model_name
+    champion = get_alias(model_name)
+    if champion is None:
+        return ChangeCheck(changed=True, differences=[f"no champion of {model_name} in service"])
+    mine = MlflowClient().get_run(ctx.parent_run_id).data.tags
+    theirs = champion.tags or {}
+    differences = []
+    for key, what in CHANGE_KEYS.items():
+        now, then = mine.get(f"{TAG_PREFIX}{key}"), theirs.get(f"{TAG_PREFIX}{key}")
+        if key == "config_hash":
+            now = ctx.config_hash
+        if not then:
+            differences.append(f"champion v{champion.version} records no {what}")
+        elif now != then:
+            differences.append(f"{what} {then} (champion v{champion.version}) -> {now}")
+    changed = bool(differences)
+    return ChangeCheck(
+        changed=changed or ctx.force,
+        forced=ctx.force and not changed,
+        champion_version=str(champion.version),
+        differences=differences,
+    )
+
+
+def record_changes(ctx: RunContext, check: ChangeCheck) -> None:
+    """The check on the parent run: what changed, or that nothing did (the run stops after ingest)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(ctx.parent_run_id, f"{TAG_PREFIX}changes", tracking.clip(check.message()))
+    if not check.changed:
+        client.set_tag(ctx.parent_run_id, f"{TAG_PREFIX}unchanged_since", check.champion_version)
+        client.set_tag(ctx.parent_run_id, "mlflow.note.content", check.message())
+    log.info("changes since the champion: %s", check.message())

@@ -105,6 +105,7 @@ def register_stage(
         f"{T}parent_run_id": ctx.parent_run_id,
         f"{T}train_run_id": trained.train_run_id,
         f"{T}model": cfg.model.name,
+        f"{T}config_file": parent_tags.get(f"{T}config_file", ""),
     }
     if decision.baseline:
         tags[f"{T}best_baseline"] = decision.baseline["best"]
@@ -117,6 +118,8 @@ def register_stage(
                 k: paired[k] for k in ("mcnemar_p_two_sided", "ci_low", "ci_high", "n")
             }
     # Where this version was tested: `visionops registry promote` re-runs the gate on the same split.
+    if evaluated.predictions:  # what the monitor compares served batches with
+        tags[f"{T}reference_uri"] = _store_reference(ctx, trained, evaluated)
     tags[f"{T}test_data_uri"] = evaluated.test_data.uri
     tags[f"{T}test_data_fingerprint"] = evaluated.test_data.fingerprint
     if evaluated.predictions:
@@ -181,6 +184,31 @@ def register_stage(
         require_approval=cfg.gate.require_approval,
         review=review_text(cfg.registry.model_name, version, decision, ctx),
     )
+
+
+def _store_reference(ctx: RunContext, trained: Trained, evaluated: Evaluated) -> str:
+    """The version's reference for monitoring: its answers on its test split (``monitoring``)."""
+    import pandas as pd
+
+    from visionops.evaluation.paired import PREDICTIONS_FILE
+    from visionops.monitoring.service import record_reference
+    from visionops.serving.model import load_classifier
+
+    assert evaluated.predictions is not None
+    split = load_test_split(evaluated.test_data)
+    stored = pd.read_parquet(evaluated.predictions.local_path() / PREDICTIONS_FILE)
+    uri = ctx.store().stage_path("reference")
+    record_reference(
+        load_classifier(trained.model_uri),
+        split.images,
+        pd.DataFrame(
+            {"label": stored["candidate"], "probability": stored["candidate_probability"]}
+        ),
+        split.y_true,
+        uri,
+        meta={"model_uri": trained.model_uri, "run_key": ctx.run_key},
+    )
+    return uri
 
 
 def review_text(name: str, version: str, decision: GateDecision, ctx: RunContext) -> str:
