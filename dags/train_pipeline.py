@@ -6,6 +6,7 @@ imports its domain code only when the task runs: nothing heavy is imported while
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import (
@@ -17,6 +18,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+from airflow.sdk.exceptions import AirflowSkipException
 from visionops_assets import DRIFT, source_asset, trigger_of, watched_configs
 
 from visionops.pipeline import stages
@@ -37,7 +39,7 @@ the model in service (`models:/<name>@champion`), scored on the same split.
   no answer within a day, skips `promote` and `finish` records it.
 * **Rejected**: the version is registered without an alias, `promote` is skipped and the
   `reject` task logs the reasons; the champion is unchanged.
-* **Nothing changed**: when the data fingerprint, config hash and code version equal those of the
+* **Nothing changed**: when the data fingerprint, config hash and code fingerprint equal those of the
   champion's training run, the run stops after `check_changes` (`unchanged`; the rest is skipped)
   and registers nothing. Tick **Force** to train anyway.
 
@@ -75,7 +77,8 @@ default_args = {
     default_args=default_args,
     params={
         "config": Param(
-            "conf/digits.yaml",
+            # What scheduled runs train: VISIONOPS_CONFIG where a deployment sets it.
+            os.environ.get("VISIONOPS_CONFIG", "conf/digits.yaml"),
             type="string",
             title="Config file",
             description="Pipeline config (YAML), relative to the project directory.",
@@ -204,7 +207,11 @@ def train_pipeline():
 
     # After decide directly, or after approve: one of the two is skipped, hence the trigger rule.
     @task(trigger_rule="none_failed_min_one_success")
-    def promote(ctx: dict, registered: dict, evaluated: dict) -> dict:
+    def promote(ctx: dict, registered: dict | None, evaluated: dict | None) -> dict:
+        # The rule also fires on the `unchanged` path (start succeeded, the rest was skipped):
+        # nothing was registered there, so there is nothing to promote.
+        if registered is None:
+            raise AirflowSkipException("nothing registered (nothing changed since the champion)")
         answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
         return run_stage(stages.promote, ctx, registered, evaluated, answer)
 

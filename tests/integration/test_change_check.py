@@ -30,7 +30,7 @@ def _make_champion(ctx: RunContext) -> str:
     tags = client.get_run(ctx.parent_run_id).data.tags
     client.create_registered_model(NAME)
     version = client.create_model_version(NAME, "file:///nowhere", run_id=ctx.parent_run_id)
-    for key in ("data_fingerprint", "code_version"):
+    for key in ("data_fingerprint", "code_fingerprint"):
         client.set_model_version_tag(
             NAME, version.version, f"visionops.{key}", tags[f"visionops.{key}"]
         )

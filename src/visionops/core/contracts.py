@@ -80,7 +80,7 @@ class Contract(BaseModel):
 
 class ChangeCheck(Contract):
     """Whether anything changed since the champion was trained: its data fingerprint, config hash and
-    code version against this run's. Nothing changed (and no ``force``): the run stops after ingest."""
+    code fingerprint against this run's. Nothing changed (and no ``force``): the run stops after ingest."""
 
     changed: bool
     forced: bool = False  # the run trains although nothing changed (``force``)
@@ -91,7 +91,7 @@ class ChangeCheck(Contract):
         if not self.changed:
             return (
                 f"nothing changed since champion v{self.champion_version}: same data fingerprint, "
-                "config hash and code version; no training, no new version (force to train anyway)"
+                "config hash and code; no training, no new version (force to train anyway)"
             )
         forced = "forced: trains although nothing changed; " if self.forced else ""
         return forced + "; ".join(self.differences)

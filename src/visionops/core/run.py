@@ -64,7 +64,8 @@ def resolve_config(params: dict[str, Any]) -> tuple[PipelineConfig, str]:
 
 
 def code_version() -> str:
-    """The git commit of the project when it is a checkout, else the package version."""
+    """The git commit of the project when it is a checkout (``-dirty`` with uncommitted changes to
+    tracked files), else the package version: lineage a person reads."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -74,17 +75,39 @@ def code_version() -> str:
             timeout=5,
             check=True,
         ).stdout.strip()
-        # Uncommitted changes to tracked files: their diff's hash, so that "nothing changed since the
-        # champion" cannot hold across two different edits of a dirty checkout.
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--no-ext-diff", "--binary"],
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=project_dir(),
             capture_output=True,
-            timeout=15,
-        ).stdout
-        return f"{sha}-dirty-{hashlib.sha256(diff).hexdigest()[:8]}" if diff.strip() else sha
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return f"{sha}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return __version__
+
+
+# What trains a model: the package, the DAGs and plugins that call it, and the pinned dependencies.
+CODE_GLOBS = ("src/visionops/**/*.py", "dags/*.py", "plugins/*.py", "requirements.txt")
+
+
+def code_fingerprint() -> str:
+    """A hash of the code that trains a model (``CODE_GLOBS``, file contents): what "nothing changed
+    since the champion" compares. Unlike the commit it ignores documentation and tests, and it sees
+    uncommitted edits; it needs no git (an installed copy has the same files)."""
+    root = project_dir()
+    package = Path(__file__).resolve().parents[1]  # src/visionops, wherever it is installed
+    digest = hashlib.sha256()
+    files = sorted(
+        {p for pattern in CODE_GLOBS[1:] for p in root.glob(pattern)}
+        | {p for p in package.rglob("*.py")}
+    )
+    for path in files:
+        if "__pycache__" in path.parts:
+            continue
+        name = path.relative_to(package.parent) if path.is_relative_to(package) else path.name
+        digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def write_config(run_key: str, cfg: PipelineConfig, root: str) -> str:
@@ -115,6 +138,7 @@ def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> Ru
         f"{T}config_hash": cfg.config_hash(),
         f"{T}config_file": config_file,
         f"{T}code_version": code_version(),
+        f"{T}code_fingerprint": code_fingerprint(),
         f"{T}model_name": cfg.registry.model_name,
     }
     if params.get("request_id"):

@@ -91,7 +91,7 @@ def format_summary(summary: RunSummary, tracking_uri: str) -> str:
     if s.unchanged_since:
         lines.append(
             f"  NOTHING CHANGED   : since champion v{s.unchanged_since} (same data fingerprint, "
-            "config hash and code version): no training, no new version; --force trains anyway"
+            "config hash and code): no training, no new version; --force trains anyway"
         )
     elif s.changes:
         lines.append(f"  since champion    : {s.changes}")

@@ -107,13 +107,13 @@ def _profile_of_pipeline_run(client: Any, train_run_id: str, tmp: str) -> dict[s
 CHANGE_KEYS = {
     "data_fingerprint": "data fingerprint",
     "config_hash": "config hash",
-    "code_version": "code version",
+    "code_fingerprint": "code",  # core.run.code_fingerprint: the files that train, not the commit
 }
 
 
 def changes_since_champion(ctx: RunContext) -> ChangeCheck:
-    """This run's data fingerprint (set by ingest), config hash and code version against those of the
-    champion's training run (the version's lineage tags)."""
+    """This run's data fingerprint (set by ingest), config hash and code fingerprint against those of
+    the champion's training run (the version's lineage tags)."""
     from mlflow.tracking import MlflowClient
 
     model_name = ctx.config().registry.model_name
