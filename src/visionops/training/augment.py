@@ -1,9 +1,5 @@
 """Training-split augmentation on uint8 image tensors (torchvision.transforms.v2), one strength knob.
 
-In order: horizontal flip (``hflip``), a shift or resized crop (``crop``), a small rotation and
-scale (``rotate`` degrees, ``zoom``), brightness/contrast jitter (``jitter``), random erasing
-(``erasing``); the sizes of all of them grow with ``strength``.
-
 v2 transforms draw one set of random parameters per call, so a batch is augmented image by image
 to give every image its own flip, crop, jitter and erasing.
 """
@@ -33,18 +29,6 @@ def build_augment(spec: AugmentConfig, channels: int, height: int, width: int) -
         )
     elif spec.crop != "none":
         raise ValueError(f"train.augment.crop must be pad, resized or none, got {spec.crop!r}")
-    if spec.rotate > 0 or spec.zoom > 0:
-        # Small turns and size changes (a slanted hand, an object nearer or further); what the
-        # turn uncovers is filled with 0 (the dark background of digits and COIL-20).
-        zoom = s * spec.zoom
-        ops.append(
-            v2.RandomAffine(
-                degrees=s * spec.rotate,
-                scale=(1.0 - zoom, 1.0 + zoom) if zoom > 0 else None,
-                interpolation=v2.InterpolationMode.BILINEAR,
-                fill=0,
-            )
-        )
     if spec.jitter:
         colour = channels == 3  # saturation and hue mean nothing on grey images
         ops.append(

@@ -87,19 +87,6 @@ class AugmentConfig(_Section):
     strength: float = Field(0.0, ge=0.0, le=1.0)
     hflip: bool = Field(False, description="Horizontal flips (wrong for digits and text).")
     crop: Literal["pad", "resized", "none"] = "pad"
-    rotate: float = Field(
-        0.0,
-        ge=0.0,
-        le=180.0,
-        description="Largest random rotation in degrees at strength 1 (scaled by strength); "
-        "0 = none. A few degrees suit glyphs and objects; the uncovered corners are black.",
-    )
-    zoom: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Random scale within 1 +- zoom at strength 1 (scaled by strength); 0 = none.",
-    )
     jitter: bool = True
     erasing: bool = True
 
