@@ -107,10 +107,10 @@ def _request(base: str, method: str, path: str, body: Any = None, token: str | N
 
 
 def _run_answering(
-    home: Path, api: dict[str, str], answer: str
+    home: Path, api: dict[str, str], answer: str, *extra: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Start a run, wait for its approval request, answer it as the user; returns (request, summary)."""
-    cmd, summary_file = pipeline_command(home, *ARGS)
+    cmd, summary_file = pipeline_command(home, *ARGS, *extra)
     log = (home / f"run-{answer}.log").open("w")
     proc = subprocess.Popen(cmd, env=_env(home), stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -181,12 +181,14 @@ def test_approved_run_promotes_and_records_who(approved, home: Path) -> None:
 
 
 def test_rejected_run_keeps_the_champion(approved, home: Path, api: dict[str, str]) -> None:
-    request, summary = _run_answering(home, api, "Reject")
+    # The champion's data, config and code again: without --force the run would stop after ingest.
+    request, summary = _run_answering(home, api, "Reject", "--force")
     assert "version 2" in request["subject"]
     assert (
         summary["status"] == "FINISHED" and summary["gate"] == "passed"
     )  # the gate passed; a person said no
     assert summary["approval"] == f"rejected by {USER}"
+    assert summary["changes"].startswith("forced: trains although nothing changed")
     assert summary["champion_version"] == "1" and summary["model_version"] == "2"
     assert summary["model_aliases"] == []  # a rejected version is no longer challenger
     client = _client(home)
