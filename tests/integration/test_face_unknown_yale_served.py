@@ -79,3 +79,87 @@ def test_served_face_model_takes_chips_and_photos(
     # The stored threshold can be overridden per call: a huge one names everybody.
     loose = model.predict(chips[fold["stranger_rows"][:2]], params={"unknown_threshold": 10.0})
     assert UNKNOWN not in loose["label"].tolist()
+
+
+def test_a_served_face_model_is_monitored_on_its_embeddings(
+    yale: dict[str, Any], mlflow_store: Path, tmp_path: Path
+) -> None:
+    """The served model returns its embeddings; registration's reference and a scored batch carry
+    them, and the monitor's embedding check (MMD) runs on them: quiet on photos of the enrolled
+    people, alarmed by photos of people the model never saw (a new population in service)."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from visionops.core import tracking
+    from visionops.core.contracts import ModelRef
+    from visionops.data.embeddings import embed_chips
+    from visionops.monitoring.service import check_batch, record_reference, record_scored
+    from visionops.serving.batch import score_folder
+    from visionops.serving.model import embedding_matrix, log_classifier
+
+    name = "faces-monitored"
+    people = sorted(set(yale["labels"]))
+    fold = _fold(yale, people[:3])
+    chips = yale["chips"]
+    with mlflow.start_run(experiment_id=tracking.experiment_id("unit-faces")):
+        uris = log_classifier(
+            fold["model"],
+            labels=fold["names"],
+            image_size=150,
+            channels=3,
+            example=chips[:2].transpose(0, 3, 1, 2),
+            workdir=tmp_path,
+            encoder="dlib_face_v1",
+            enrolled=fold["enrolled"],
+            network_example=fold["enrolled"][:2],
+            unknown={"score": "distance", "threshold": fold["threshold"]},
+            faces=yale["settings"],
+        )
+    model = mlflow.pyfunc.load_model(uris["model_uri"])
+    test_rows = fold["part"]["test"]
+    answer = model.predict(chips[test_rows], params={"input": "chip", "return_embeddings": True})
+    emb = embedding_matrix(answer)
+    assert emb.shape == (len(test_rows), 128)
+    np.testing.assert_allclose(emb, embed_chips(chips[test_rows]), atol=1e-5)
+
+    version = mlflow.register_model(uris["model_uri"], name).version
+    reference = record_reference(
+        model,
+        chips[test_rows],
+        answer[["label", "probability"]],
+        [yale["labels"][i] for i in test_rows],
+        str(tmp_path / "reference"),
+        meta={},
+    )
+    assert reference.embeddings is not None and reference.embeddings.shape == (len(test_rows), 128)
+    mlflow.tracking.MlflowClient().set_model_version_tag(
+        name, version, "visionops.reference_uri", str(tmp_path / "reference")
+    )
+
+    def folder(rows: np.ndarray, label: str) -> Path:
+        out = tmp_path / label
+        out.mkdir()
+        for i in rows:
+            shutil.copy(YALE / yale["paths"][i], out / yale["paths"][i].replace("/", "_"))
+        (out / "broken.png").write_bytes(b"not a photo")  # not answered: no row in the record
+        return out
+
+    ref = ModelRef(name=name, version=str(version), requested=name)
+    checks = {}
+    batches = {"enrolled": fold["part"]["train"], "strangers": fold["stranger_rows"]}
+    for label, rows in batches.items():
+        scored = score_folder(ref, str(folder(rows, label)), str(tmp_path / f"{label}.csv"))
+        assert scored.embeddings and scored.embeddings.endswith(f"{label}.embeddings.npz")
+        recorded = record_scored(scored, run_id=f"manual__{label}")
+        assert recorded.n_images == len(rows)
+        checks[label] = check_batch(recorded)
+        client = mlflow.tracking.MlflowClient()
+        result = client.download_artifacts(checks[label].report_run_id, "drift_result.json")
+        ran = {c["name"]: c for c in json.loads(Path(result).read_text())["checks"]}
+        assert ran["embedding"]["test"] == "mmd_permutation", ran
+        assert ran["embedding"]["detail"]["n_current"] == len(rows), ran["embedding"]
+    assert checks["enrolled"].drifted is False, checks["enrolled"].summary
+    assert checks["strangers"].drifted is True, checks["strangers"].summary
+    assert "embedding" in checks["strangers"].extra["drifted_checks"], checks["strangers"].extra

@@ -75,6 +75,20 @@ def _check_csv(path: Path, served: dict[str, Any], version: str) -> pd.DataFrame
     return frame
 
 
+def test_a_pixel_model_has_no_embeddings_to_return(served: dict[str, Any], tmp_path: Path) -> None:
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{served['name']}/2")
+    with pytest.raises(Exception, match="return_embeddings needs an embedding model"):
+        model.predict(served["x"][:2, 0], params={"return_embeddings": True})
+    # Batch scoring asks only an embedding model for them: a pixel model's batch has no such file.
+    from visionops.serving.batch import score_folder
+
+    ref = resolve_model(f"{served['name']}/2")
+    scored = score_folder(ref, str(served["folder"]), str(tmp_path / "pred.csv"))
+    assert scored.embeddings is None and not (tmp_path / "pred.embeddings.npz").exists()
+
+
 def test_predict_cli_writes_csv(served: dict[str, Any], tmp_path: Path, capsys) -> None:
     out = tmp_path / "out" / "pred.csv"
     assert (

@@ -296,6 +296,9 @@ class BatchScored(Contract):
     mlflow_run_id: str
     n_unknown: int
     n_not_scored: int
+    embeddings: str | None = (
+        None  # an embedding model's vectors beside the CSV (``.embeddings.npz``)
+    )
 
 
 class Recorded(Contract):

@@ -9,10 +9,13 @@
   version that answered it: a drift report (HTML) logged to MLflow, linked from the model version
   (tags ``visionops.drift_report_run``, ``visionops.drift``), and the verdict.
 
+An embedding model (``face_embedding``) adds on both sides the encoder's vector of every answered
+image, as the served model returns it (``params.return_embeddings``), for the embedding check.
+
 Statistics are compared in *model form* (after the model's own resize and colour conversion) on
 both sides: the reference is a preprocessed split, a batch is what users send. A face model's
 input statistics are left out: its batch holds photos and its reference chips (the served model
-finds the face inside the photo), so only its answers and confidences are compared.
+finds the face inside the photo), so its answers, confidences and embeddings are compared.
 """
 
 from __future__ import annotations
@@ -64,12 +67,20 @@ def record_reference(
     uri: str,
     meta: dict[str, Any],
 ) -> Observations:
-    """The reference of a version: its answers on its test split (``images`` as stored by preprocess)."""
+    """The reference of a version: its answers on its test split (``images`` as stored by preprocess),
+    and for an embedding model the served model's embeddings of those images."""
+    from visionops.serving.model import embedding_matrix, has_encoder, held_out_params
+
     wrapped = model.unwrap_python_model()
+    embeddings = None
+    if has_encoder(model):
+        answer = model.predict(images, params={**held_out_params(model), "return_embeddings": True})
+        embeddings = embedding_matrix(answer)
     observations = Observations.from_predictions(
         images,
         predictions,
         true=true,
+        embeddings=embeddings,
         image_size=wrapped.image_size,
         channels=wrapped.channels,
         meta={**meta, "faces": getattr(wrapped, "faces", None) is not None},
@@ -87,9 +98,16 @@ def _decode(path: Path) -> np.ndarray | None:
 
 
 def record_batch(
-    model_uri: str, name: str, version: str, files: list[Path], scored: pd.DataFrame, run_id: str
+    model_uri: str,
+    name: str,
+    version: str,
+    files: list[Path],
+    scored: pd.DataFrame,
+    run_id: str,
+    embeddings: np.ndarray | None = None,
 ) -> Recorded:
-    """What a scored batch held (model-form input statistics) and got (label, confidence)."""
+    """What a scored batch held (model-form input statistics) and got (label, confidence), with an
+    embedding model's ``embeddings`` (one row per file, as batch scoring wrote them)."""
     from visionops.serving.model import load_classifier
 
     wrapped = load_classifier(model_uri).unwrap_python_model()
@@ -103,6 +121,7 @@ def record_batch(
     observations = Observations.from_predictions(
         [images[i] for i in answered],
         frame[["label", "probability"]],
+        embeddings=None if embeddings is None else np.asarray(embeddings)[answered],
         image_size=wrapped.image_size,
         channels=wrapped.channels,
         meta={
@@ -120,12 +139,28 @@ def record_batch(
 
 
 def record_scored(scored: BatchScored, run_id: str) -> Recorded:
-    """``record_batch`` for the CSV a ``batch_predict`` run wrote (``path,label,probability,...``)."""
+    """``record_batch`` for the CSV a ``batch_predict`` run wrote (``path,label,probability,...``) and,
+    for an embedding model, the embeddings written beside it."""
     with fsspec.open(scored.output, "r") as fh:
         frame = pd.read_csv(fh)
+    embeddings = None
+    if scored.embeddings:
+        with fsspec.open(scored.embeddings, "rb") as fh, np.load(fh) as npz:
+            if npz["path"].tolist() != frame["path"].astype(str).tolist():
+                raise InputError(
+                    f"{scored.embeddings}: its rows are not the files of {scored.output} "
+                    "(the two were not written by one batch_predict run)"
+                )
+            embeddings = npz["embeddings"]
     model = scored.model
     return record_batch(
-        model.uri, model.name, model.version, [Path(p) for p in frame["path"]], frame, run_id
+        model.uri,
+        model.name,
+        model.version,
+        [Path(p) for p in frame["path"]],
+        frame,
+        run_id,
+        embeddings=embeddings,
     )
 
 

@@ -2,7 +2,9 @@
 
 A model reference is ``NAME`` (alias ``champion``), ``NAME@ALIAS`` or ``NAME/VERSION``. Aliases are
 resolved to a version once, when scoring starts, so that a promotion during a long batch cannot
-mix two models in one output file.
+mix two models in one output file. An embedding model's vectors go beside the CSV
+(``<output>.embeddings.npz``: ``path`` and ``embeddings``, NaN rows for files not answered), for
+the monitor's embedding check.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from visionops.core.contracts import BatchScored, ModelRef
 from visionops.core.errors import InputError
 
 CSV_COLUMNS = ["path", "label", "probability", "box", "status", "error", "model_version"]
+EMBEDDINGS_SUFFIX = ".embeddings.npz"
+
+
+def embeddings_path(output: str) -> str:
+    """Where the embeddings of the CSV ``output`` go (beside it, same stem)."""
+    return output.removesuffix(".csv") + EMBEDDINGS_SUFFIX
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -78,17 +86,24 @@ def predict_files(model_uri: str, files: list[Path], batch_size: int = 64) -> pd
 
     Files go in encoded, as over HTTP: the model decodes them, and a face model finds the face in
     each photo. A file that is not an image, or a photo without exactly one face, gets its own
-    ``status`` and ``error`` instead of failing the batch.
+    ``status`` and ``error`` instead of failing the batch. An embedding model's answer keeps its
+    ``embedding`` column (not part of the CSV).
     """
-    from visionops.serving.model import load_classifier
+    from visionops.serving.model import EMBEDDING_COLUMN, has_encoder, load_classifier
 
     model = load_classifier(model_uri)
+    params: dict = {}
     # Files are photos: a face model looks for the face even in a photo that happens to be chip-sized.
-    params = {"input": "photo"} if getattr(model.unwrap_python_model(), "faces", None) else None
+    if getattr(model.unwrap_python_model(), "faces", None):
+        params["input"] = "photo"
+    columns = CSV_COLUMNS[:-1]
+    if has_encoder(model):
+        params["return_embeddings"] = True
+        columns = [*columns, EMBEDDING_COLUMN]
     parts = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        out = model.predict([p.read_bytes() for p in chunk], params=params)
+        out = model.predict([p.read_bytes() for p in chunk], params=params or None)
         if "box" not in out.columns:
             out["box"] = None
         parts.append(out)
@@ -99,7 +114,26 @@ def predict_files(model_uri: str, files: list[Path], batch_size: int = 64) -> pd
         ",".join(map(str, b)) if b is not None and len(b) else None for b in frame["box"]
     ]
     frame.insert(0, "path", [str(p) for p in files])
-    return frame[CSV_COLUMNS[:-1]]
+    return frame[columns]
+
+
+def _write_embeddings(frame: pd.DataFrame, output: str) -> str:
+    """The batch's embeddings beside its CSV, written in one go (no half file under the name)."""
+    import io
+
+    import fsspec
+    import numpy as np
+
+    from visionops.serving.model import embedding_matrix
+
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, path=frame["path"].to_numpy(dtype=str), embeddings=embedding_matrix(frame)
+    )
+    uri = embeddings_path(output)
+    with fsspec.open(uri, "wb") as fh:
+        fh.write(buf.getvalue())
+    return uri
 
 
 def score_folder(resolved: ModelRef, input_dir: str, output: str) -> BatchScored:
@@ -117,6 +151,9 @@ def score_folder(resolved: ModelRef, input_dir: str, output: str) -> BatchScored
         path, "w"
     ) as fh:  # written in one go: a failed run leaves no half file under the name
         frame[CSV_COLUMNS].to_csv(fh, index=False)
+    from visionops.serving.model import EMBEDDING_COLUMN
+
+    embeddings = _write_embeddings(frame, output) if EMBEDDING_COLUMN in frame else None
     exp = tracking.experiment_id("visionops-batch-predict")
     with mlflow.start_run(
         experiment_id=exp, run_name=f"batch_predict/{resolved.name}/v{resolved.version}"
@@ -145,6 +182,7 @@ def score_folder(resolved: ModelRef, input_dir: str, output: str) -> BatchScored
     return BatchScored(
         output=output,
         n_images=len(frame),
+        embeddings=embeddings,
         model=resolved,
         mlflow_run_id=run.info.run_id,
         n_unknown=int((frame["status"] == "unknown").sum()),

@@ -15,7 +15,9 @@ preprocessing (``preprocessing.json``), so ``mlflow.pyfunc.load_model("models:/<
 
 Output: ``label``, ``probability``, ``status`` (ok | unknown | rejected | invalid) and ``error``;
 face models add ``box``, embedding models ``distance``; ``params={"return_probabilities": True}``
-adds ``proba_<label>`` columns.
+adds ``proba_<label>`` columns, and ``params={"return_embeddings": True}`` (embedding models) an
+``embedding`` column: the encoder's vector of each answered image (None where none was answered),
+what the monitor compares with the version's reference.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from visionops.serving.unknown import UNKNOWN, nearest_distance, unknown_mask
 PREPROCESSING_FILE = "preprocessing.json"
 ENROLLED_FILE = "enrolled.npz"
 PROBA_PREFIX = "proba_"
+EMBEDDING_COLUMN = "embedding"
 INPUT_MODES = ("auto", "photo", "chip")
 
 
@@ -70,25 +73,27 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         # evaluation passes); anything else for a photo. A photo of exactly that size needs input=photo.
         return mode == "photo" or img.shape != (self.image_size, self.image_size, 3)
 
-    def _scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities and the unknown score (distance, or max probability) of uint8 (N, C, H, W)."""
+    def _scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Class probabilities, the unknown score (distance, or max probability) and the encoder's
+        embeddings (None without an encoder) of uint8 (N, C, H, W)."""
         if self.encoder is not None:
             from visionops.data.embeddings import embed_chips
 
             emb = embed_chips(batch)
             with torch.no_grad():
                 probs = torch.softmax(self.network(torch.from_numpy(emb)), dim=1).numpy()
-            return probs, nearest_distance(emb, self.enrolled)[0]
+            return probs, nearest_distance(emb, self.enrolled)[0], emb
         probs = predict_proba(self.network, torch.from_numpy(batch), self.tta).numpy()
-        return probs, probs.max(axis=1)
+        return probs, probs.max(axis=1), None
 
     # np.ndarray is one of the hints MLflow takes without deriving or enforcing a schema (so do
     # DataFrames): the input is read by visionops.serving.inputs, whatever its container.
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         """One row per input image: label, probability, status, error (see the module docstring).
 
-        ``params``: ``return_probabilities`` (bool), ``unknown_threshold`` (a number overrides the
-        stored threshold, a negative one turns ``unknown`` off), ``input`` (auto | photo | chip).
+        ``params``: ``return_probabilities`` (bool), ``return_embeddings`` (bool, embedding models),
+        ``unknown_threshold`` (a number overrides the stored threshold, a negative one turns
+        ``unknown`` off), ``input`` (auto | photo | chip).
         """
         from visionops.data.images import to_model_array
 
@@ -99,6 +104,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if mode == "photo" and self.faces is None:
             raise ValueError(
                 "params.input=photo needs a model trained on face chips (faces.enabled)"
+            )
+        if params.get("return_embeddings") and self.encoder is None:
+            raise ValueError(
+                "params.return_embeddings needs an embedding model (one with an encoder, such as "
+                "face_embedding); this one classifies pixels"
             )
         rows = as_rows(model_input)
         n = len(rows)
@@ -125,12 +135,16 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 images[i] = row
         probs = np.full((n, len(self.labels)), np.nan)
         score, probability = np.full(n, np.nan), np.full(n, np.nan)
+        embeddings: list[list[float] | None] = [None] * n
         done = sorted(images)
         if done:
             batch = np.stack(
                 [to_model_array(images[i], self.image_size, self.channels) for i in done]
             )
-            probs[done], score[done] = self._scores(batch)
+            probs[done], score[done], emb = self._scores(batch)
+            if emb is not None:
+                for i, vector in zip(done, emb):
+                    embeddings[i] = vector.tolist()
             probability[done] = probs[done].max(axis=1)
             threshold = params.get("unknown_threshold")
             threshold = self.unknown.get("threshold") if threshold is None else float(threshold)
@@ -150,6 +164,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             out["box"] = pd.Series(boxes, dtype=object)
         if self.encoder is not None:
             out["distance"] = score
+        if params.get("return_embeddings"):
+            out[EMBEDDING_COLUMN] = pd.Series(embeddings, dtype=object)
         if params.get("return_probabilities"):
             extra = pd.DataFrame(probs, columns=[PROBA_PREFIX + lb for lb in self.labels])
             out = pd.concat([out, extra], axis=1)
@@ -174,6 +190,7 @@ def serving_signature() -> mlflow.models.ModelSignature:
         params=ParamSchema(
             [
                 ParamSpec("return_probabilities", "boolean", False),
+                ParamSpec("return_embeddings", "boolean", False),
                 ParamSpec("unknown_threshold", "double", None),
                 ParamSpec("input", "string", "auto"),
             ]
@@ -299,12 +316,29 @@ def tta_label(views: Sequence[str]) -> str:
     return "+".join(views) or "none"
 
 
+def has_encoder(model: mlflow.pyfunc.PyFuncModel) -> bool:
+    """Whether a served classifier answers through an encoder (and so can return embeddings)."""
+    return getattr(model.unwrap_python_model(), "encoder", None) is not None
+
+
 def held_out_params(model: mlflow.pyfunc.PyFuncModel) -> dict[str, Any]:
     """``predict`` params for images as preprocessed (a run's test split): a face model takes them as
     chips and never looks for a face inside one, whatever size it was trained at."""
     return (
         {"input": "chip"} if getattr(model.unwrap_python_model(), "faces", None) is not None else {}
     )
+
+
+def embedding_matrix(out: pd.DataFrame) -> np.ndarray:
+    """The ``embedding`` column of a ``return_embeddings`` answer as float32 ``(N, D)``, NaN rows where
+    an image was not answered (the monitor leaves those rows out, as it does their answers)."""
+    vectors = out[EMBEDDING_COLUMN].tolist()
+    dim = next((len(v) for v in vectors if v is not None), 0)
+    matrix = np.full((len(vectors), dim), np.nan, np.float32)
+    for i, vector in enumerate(vectors):
+        if vector is not None:
+            matrix[i] = vector
+    return matrix
 
 
 def predict_probabilities(
