@@ -31,6 +31,7 @@ from visionops.data.preprocess import preprocess_to
 from visionops.data.split import plan_split
 
 log = logging.getLogger("visionops")
+VALIDATION_PAGE = "validation_report.html"  # at the artifact root of the validate run
 STAGE_VERSION = "2"  # bump to invalidate earlier outputs when a stage's logic changes
 
 
@@ -153,16 +154,23 @@ def validate_stage(
     except ValueError as exc:  # too few images to split, or a bad split column: reported here
         log.warning("validate: no leakage check, the data cannot be split (%s)", exc)
         plan = None
-    with tracking.stage_run(ctx.parent_run_id, "validate"), tempfile.TemporaryDirectory() as tmp:
+    with (
+        tracking.stage_run(ctx.parent_run_id, "validate") as run_id,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         report = validate_manifest(
             manifest,
             config=cfg.validate_,
             docs_dir=Path(tmp) / "data_docs",
+            report_html=Path(tmp) / VALIDATION_PAGE,
             plan=plan,
             reference=reference,
         )
-        if report.data_docs_index is not None:
+        if report.data_docs_index is not None:  # GX's own pages: they need its CDNs to render
             mlflow.log_artifacts(str(Path(report.data_docs_index).parent), "data_docs")
+        if report.html_report is not None:  # the one page that renders offline
+            mlflow.log_artifact(str(report.html_report))
+            log.info("validate: report at %s of MLflow run %s", VALIDATION_PAGE, run_id)
         tracking.log_json(report.to_dict(), "validation/report.json")
         planned = report.statistics.get("split_plan", {})
         mlflow.log_metrics(

@@ -1,8 +1,9 @@
-"""Validate an ingest manifest with a Great Expectations suite and build its Data Docs.
+"""Validate an ingest manifest with Great Expectations; build its Data Docs and one HTML page.
 
 The manifest (one row per image: path, label, sha256, width, height, mode, decode_error) is
 checked by a real GX 1.x suite. Offending rows are taken from GX's own validation results
-(result_format COMPLETE, indexed by ``path``) so that every issue names the files involved.
+(result_format COMPLETE, indexed by ``path``) so that every issue names the files involved. Every
+expectation of every suite, with its result, goes on one offline page (``data.validation_html``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionops.core.config import ValidateConfig
+from visionops.data.validation_html import expectation_row, write_validation_html
 from visionops.data.validation_report import (
     MAX_OFFENDING,
     DataValidationError,
@@ -141,13 +144,17 @@ def validate_manifest(
     *,
     min_images_per_class: int | None = None,
     docs_dir: Path,
+    report_html: Path | None = None,
     suite_name: str = "visionops_manifest",
     config: ValidateConfig | None = None,
     splits: Sequence[str] | None = None,
     plan: SplitPlan | None = None,
     reference: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Validate an ingest manifest with Great Expectations and build Data Docs in ``docs_dir``.
+    """Validate an ingest manifest with Great Expectations; Data Docs in ``docs_dir``, one page at ``report_html``.
+
+    ``report_html`` (default ``docs_dir/validation_report.html``) is the self-contained page that
+    shows every expectation of every suite with its result and the verdict.
 
     Per file: decodes, label present (and declared), size and mode, exact copies (same label: dropped,
     a ``duplicate_severity`` issue; another label: an error naming both), and, with ``plan`` (the
@@ -197,20 +204,22 @@ def validate_manifest(
                 tables.append(drift)
         context = _new_context(docs_dir)
         names = {"files": suite_name}
-        results = [
-            (t, _run(context, names.get(t.name, f"{suite_name}_{t.name}"), t)) for t in tables
-        ]
+        results = []
+        for t in tables:
+            name = names.get(t.name, f"{suite_name}_{t.name}")
+            results.append((t, name, _run(context, name, t)))
         built = context.build_data_docs(site_names=[_SITE_NAME])
+
+        issues, rows = [], []
+        for table, name, outcome in results:
+            for r, (_, severity) in zip(outcome.results, table.expectations, strict=True):
+                issue = None
+                if not r.success:
+                    issue = _issue_from_result(r, table.index_columns, severity, min_per_class, cfg)
+                    issues.append(issue)
+                rows.append(expectation_row(name, r, severity, issue and issue.description))
     finally:
         gx_logger.setLevel(previous_level)
-
-    issues = []
-    for table, outcome in results:
-        for r, (_, severity) in zip(outcome.results, table.expectations, strict=True):
-            if not r.success:
-                issues.append(
-                    _issue_from_result(r, table.index_columns, severity, min_per_class, cfg)
-                )
     counts = tables[1].frame
     index = docs_dir / "index.html"
     statistics: dict[str, Any] = {
@@ -232,10 +241,12 @@ def validate_manifest(
     if reference:
         statistics["champion_version"] = reference.get("version")
     for key in ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations"):
-        statistics[key] = int(sum(outcome.statistics[key] for _, outcome in results))
-    return ValidationReport(
+        statistics[key] = int(sum(outcome.statistics[key] for _, _, outcome in results))
+    report = ValidationReport(
         success=statistics["n_errors"] == 0,
         issues=issues,
         statistics=statistics,
         data_docs_index=index if _SITE_NAME in built and index.exists() else None,
     )
+    page = write_validation_html(report_html or docs_dir / "validation_report.html", report, rows)
+    return replace(report, html_report=page)

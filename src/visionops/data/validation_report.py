@@ -25,12 +25,13 @@ class ValidationIssue:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """Outcome of validating a manifest: issues, statistics and where the Data Docs are."""
+    """Outcome of validating a manifest: issues, statistics, where the Data Docs and the page are."""
 
     success: bool
     issues: list[ValidationIssue]
     statistics: dict
     data_docs_index: Path | None
+    html_report: Path | None = None  # the one self-contained page (data.validation_html)
 
     def summary(self) -> str:
         """Multi-line message naming each failed expectation and its offending files."""
@@ -56,6 +57,8 @@ class ValidationReport:
                 lines.append(f"    {name}  (observed: {row.get('observed')!r}{extra})")
             if len(issue.offending) >= MAX_OFFENDING:
                 lines.append(f"    (first {MAX_OFFENDING} shown; the Data Docs list all)")
+        if self.html_report is not None:
+            lines.append(f"Report: {self.html_report}")
         if self.data_docs_index is not None:
             lines.append(f"Data Docs: {self.data_docs_index}")
         return "\n".join(lines)
@@ -76,17 +79,19 @@ class ValidationReport:
             ],
             "statistics": dict(self.statistics),
             "data_docs_index": None if self.data_docs_index is None else str(self.data_docs_index),
+            "html_report": None if self.html_report is None else str(self.html_report),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ValidationReport:
         """Rebuild a report from :meth:`to_dict` output (e.g. after a JSON round trip)."""
-        index = data.get("data_docs_index")
+        index, page = data.get("data_docs_index"), data.get("html_report")
         return cls(
             success=bool(data["success"]),
             issues=[ValidationIssue(**issue) for issue in data["issues"]],
             statistics=dict(data["statistics"]),
             data_docs_index=None if index is None else Path(index),
+            html_report=None if page is None else Path(page),
         )
 
 
