@@ -5,7 +5,9 @@
   small redirect endpoint served by the Airflow API server.
 
 The MLflow UI address as a browser sees it comes from ``VISIONOPS_MLFLOW_UI_URL``
-(default http://127.0.0.1:5000). Nothing heavy is imported until a link is followed.
+(default http://127.0.0.1:5000). Both links open MLflow's model-training view: the 3.17 UI otherwise
+shows whichever of its GenAI and model-training views the browser last chose, GenAI when it never
+chose. Nothing heavy is imported until a link is followed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import RedirectResponse
+
+from visionops.core.constants import MLFLOW_ML_VIEW_QUERY
 
 ROUTE = "/visionops"
 
@@ -40,14 +44,21 @@ def mlflow_run(dag_id: str, run_id: str) -> RedirectResponse:
             404, f"no MLflow run is tagged with DAG {dag_id!r} and run {run_id!r} (yet)"
         )
     experiment_id, parent_run_id = found
-    return RedirectResponse(f"{mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{parent_run_id}")
+    return RedirectResponse(
+        f"{mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{parent_run_id}?{MLFLOW_ML_VIEW_QUERY}"
+    )
 
 
 class VisionopsMlflowPlugin(AirflowPlugin):
     name = "visionops_mlflow"
     fastapi_apps = [{"app": app, "url_prefix": ROUTE, "name": "visionops links"}]
     external_views = [
-        {"name": "MLflow", "href": mlflow_ui_url(), "destination": "nav", "category": "browse"},
+        {
+            "name": "MLflow",
+            "href": f"{mlflow_ui_url()}/#/experiments?{MLFLOW_ML_VIEW_QUERY}",
+            "destination": "nav",
+            "category": "browse",
+        },
         {
             "name": "MLflow run",
             "href": f"{ROUTE}/mlflow-run?dag_id={{DAG_ID}}&run_id={{RUN_ID}}",

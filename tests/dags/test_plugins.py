@@ -27,6 +27,8 @@ def test_plugin_declares_views_and_app(plugin_module):
     run_view = next(v for v in plugin.external_views if v["destination"] == "dag_run")
     assert "{DAG_ID}" in run_view["href"] and "{RUN_ID}" in run_view["href"]
     assert plugin.fastapi_apps[0]["url_prefix"] == plugin_module.ROUTE
+    nav = next(v for v in plugin.external_views if v["destination"] == "nav")
+    assert nav["href"].endswith("/#/experiments?workflowType=machine_learning")
 
 
 @pytest.mark.integration  # a parent run in an MLflow (SQLite) store
@@ -49,7 +51,10 @@ def test_mlflow_run_link_redirects_to_the_parent_run(plugin_module, tmp_path, mo
         follow_redirects=False,
     )
     assert ok.status_code == 307
-    assert ok.headers["location"] == f"http://mlflow.example:5000/#/experiments/{exp}/runs/{parent}"
+    assert ok.headers["location"] == (
+        f"http://mlflow.example:5000/#/experiments/{exp}/runs/{parent}"
+        "?workflowType=machine_learning"  # MLflow's model-training view, whatever the browser chose
+    )
     missing = client.get(
         "/mlflow-run",
         params={"dag_id": "train_pipeline", "run_id": "manual__2"},

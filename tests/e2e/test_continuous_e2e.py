@@ -262,7 +262,7 @@ def test_the_loop_closes_by_itself(stack, home: Path) -> None:
         time.sleep(3)
     assert parent is not None, "the drift event started no train_pipeline run"
     assert parent.data.tags["visionops.trigger"] == "drift"
-    assert parent.data.params["gate.require_approval"] == "True"  # a person decides
+    assert parent.data.params["require_approval"] == "True"  # a person decides
     events = api("GET", "/api/v2/assets/events?order_by=-timestamp&limit=50")["asset_events"]
     drift_events = [e for e in events if e["uri"].startswith("visionops://drift")]
     assert len(drift_events) == 1 and drift_events[0]["extra"]["model_version"] == "2"

@@ -1,13 +1,19 @@
 """Tracking layout against a real (temporary, SQLite) MLflow store: parent run found again on retry, stage
-failures marked, cleared after a successful retry. (Pure helpers: tests/unit/test_tracking.py.)"""
+failures marked, cleared after a successful retry; experiments of MLflow's model-training kind; a
+pipeline run as a person meets it in MLflow (name, params, figures, version link, description).
+(Pure helpers: tests/unit/test_tracking.py, test_run_view.py, test_run_note.py.)"""
 
 from __future__ import annotations
+
+import json
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow
 from visionops.core import tracking
+from visionops.core.constants import EXPERIMENT_KIND_TAG
 
 
 @pytest.fixture()
@@ -43,3 +49,104 @@ def test_parent_run_is_found_again_and_stage_failure_then_retry(store, tmp_path)
     assert run.info.status == "FINISHED"
     assert "visionops.failed_stage" not in run.data.tags
     assert run.data.tags["visionops.failed_stage_retried"] == "train"
+
+
+def test_experiments_are_of_mlflows_model_training_kind_new_and_old(store, tmp_path):
+    client = MlflowClient()
+    fresh = tracking.experiment_id("fresh")
+    assert client.get_experiment(fresh).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # An experiment made before the pipeline set the kind gets it when the pipeline next uses it.
+    old = client.create_experiment("made-before", artifact_location=(tmp_path / "a").as_uri())
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert tracking.experiment_id("made-before") == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_pipeline_run_reads_in_mlflow(store, repo, monkeypatch):
+    """Through the real stages (digits at 8 px, one epoch): the parent run's name, its few params, the
+    config as an artifact, the headline figures, the registered version linked, the description."""
+    from visionops.pipeline import stages as pipeline
+    from visionops.release import registry
+
+    monkeypatch.setenv("VISIONOPS_AIRFLOW_UI_URL", "http://airflow.example:8080")
+    name = "readable-runs"
+    overrides = {
+        "train.max_epochs": 1,
+        "tune.n_trials": 0,
+        "data.image_size": 8,
+        "gate.min_accuracy": 0.0,
+        "gate.min_macro_f1": 0.0,
+        "baseline.models": [],
+        "experiment": name,
+        "registry.model_name": name,
+    }
+    params = {"config": str(repo / "conf" / "digits.yaml"), "overrides": overrides}
+    ctx = pipeline.start(params, dag_id="train_pipeline", airflow_run_id="manual__1")
+    pre = pipeline.preprocess(ctx, pipeline.ingest(ctx))
+    trained = pipeline.train(ctx, pre, pipeline.tune(ctx, pre))
+    evaluated = pipeline.evaluate(ctx, pre, trained)
+    registered = pipeline.register(ctx, trained, evaluated, pipeline.gate(ctx, evaluated))
+    summary = pipeline.finish(ctx, registered)
+    client = MlflowClient()
+    exp = client.get_experiment(ctx["experiment_id"])
+    assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    parent = client.get_run(ctx["parent_run_id"])
+    tags = parent.data.tags
+
+    # A name a person tells apart; the stages keep their short names.
+    assert re.fullmatch(r"digits · small_cnn · manual · \d\d-\d\d \d\d:\d\d", parent.info.run_name)
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert {"ingest", "preprocess", "train", "evaluate", "gate", "register"} <= {
+        c.info.run_name for c in children
+    }
+    assert all(c.info.run_name == c.data.tags["visionops.stage"] for c in children)
+
+    # The params a person compares (tuning off: the configured values), not the flattened config.
+    p = parent.data.params
+    assert 10 <= len(p) <= 20, sorted(p)
+    assert not any("." in key for key in p)
+    assert (p["config"], p["model"], p["image_size"], p["n_trials"]) == (
+        "digits",
+        "small_cnn",
+        "8",
+        "0",
+    )
+    assert p["learning_rate"] == "0.001" and p["batch_size"] == "64" and p["max_epochs"] == "1"
+    assert p["data_fingerprint"] == tags["visionops.data_fingerprint"][:8]
+    assert p["n_images"] == "1797" and p["n_classes"] == "10"
+    # ... and the whole config stays an artifact.
+    config = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/config/config.json")
+    assert config["gate"]["min_accuracy"] == 0.0 and config["train"]["max_epochs"] == 1
+
+    # The headline figures on the parent run itself, not only two levels down.
+    on_parent = {f.path for f in client.list_artifacts(parent.info.run_id, "evaluation")}
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/misclassified.png",
+        "evaluation/report.md",
+    } <= on_parent
+    assert "model_card.md" in {f.path for f in client.list_artifacts(parent.info.run_id)}
+
+    # The registered version, linked as MLflow's run page reads it: the logged model is among the
+    # parent run's outputs, and the logged model names its versions; the tag says which.
+    version = registered["version"]
+    model_id = trained["model_uri"].removeprefix("models:/")
+    assert [o.model_id for o in parent.outputs.model_outputs] == [model_id]
+    assert {"name": name, "version": version} in json.loads(
+        client.get_logged_model(model_id).tags["mlflow.modelVersions"]
+    )
+    assert tags["visionops.registered_version"] == f"models:/{name}/{version}"
+    assert registry.link_version_to_run(parent.info.run_id, name, version, trained["model_uri"])
+    # ... once: a retried register task adds nothing.
+    assert len(json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])) == 1
+    assert len(client.get_run(parent.info.run_id).outputs.model_outputs) == 1
+
+    # The description: the run summary in Markdown, with its links.
+    note = tags["mlflow.note.content"]
+    assert note.splitlines()[0] == "**Run FINISHED**, started by manual"
+    assert "**Gate: PASSED**" in note
+    assert f"[{name} v{version}](#/models/{name}/versions/{version}) (`challenger`)" in note
+    assert f"| test accuracy | {summary['test_accuracy']:.4f} |" in note
+    assert "(http://airflow.example:8080/dags/train_pipeline/runs/manual__1)" in note

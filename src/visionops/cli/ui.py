@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from visionops.cli.pipeline import airflow_env, ensure_airflow_db
+from visionops.core.constants import MLFLOW_ML_VIEW_QUERY
 from visionops.core.storage import project_dir, visionops_home
 
 
@@ -39,11 +40,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "AIRFLOW__API__PORT": str(args.airflow_port),
         # Tasks talk to the API server's execution API: it must follow the port.
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.airflow_port}/execution/",
-        # The plugin's links to MLflow, as a browser on this machine reaches it.
+        # The plugin's links to MLflow, and the MLflow runs' links to Airflow, as a browser on this
+        # machine reaches them.
         "VISIONOPS_MLFLOW_UI_URL": f"http://127.0.0.1:{args.mlflow_port}",
+        "VISIONOPS_AIRFLOW_UI_URL": f"http://127.0.0.1:{args.airflow_port}",
     }
     password_file = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-    print(f"MLflow UI : http://127.0.0.1:{args.mlflow_port}")
+    # MLflow 3.17 opens in whichever view the browser last chose (GenAI when it never chose): this
+    # address opens the model-training one; "Model training" in its sidebar makes the browser keep it.
+    print(
+        f"MLflow UI : http://127.0.0.1:{args.mlflow_port}/#/experiments?{MLFLOW_ML_VIEW_QUERY} "
+        "(sidebar: 'Model training')"
+    )
     print(
         f"Airflow UI: http://127.0.0.1:{args.airflow_port} (user 'admin'; the password is in {password_file})"
     )

@@ -20,3 +20,12 @@ TTA_VIEWS = ("hflip", "shift", "crop")
 # MLflow caps tag values at 5,000 characters (8,000 on newer servers); long texts are cut here.
 MAX_TAG_CHARS = 4900
 REASON_SEPARATOR = "; "
+
+# The experiment tag MLflow 3 reads for an experiment's kind, and the kind of every pipeline experiment
+# (model training, not a GenAI app): the values of MLflow's ExperimentKind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The MLflow 3.17 UI chooses its GenAI or its model-training view from a switch in its sidebar that the
+# browser remembers (GenAI when it never chose), not from the experiment's kind; a link with this query
+# opens the model-training view whatever the browser remembers.
+MLFLOW_ML_VIEW_QUERY = "workflowType=machine_learning"

@@ -6,17 +6,16 @@ import hashlib
 import json
 import logging
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Param
-
-import mlflow
 from visionops import __version__
 from visionops.core import tracking
 from visionops.core.config import PipelineConfig, load_config
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
+from visionops.core.run_view import config_name, log_params_once, parent_run_name, start_params
 from visionops.core.storage import RunStore, data_root, fingerprint, project_dir, run_key_from
 
 log = logging.getLogger("visionops")
@@ -150,13 +149,16 @@ def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> Ru
     force = bool(params.get("force"))
     if force:
         tags[f"{T}force"] = "true"
-    parent = tracking.start_parent_run(exp_id, f"{dag_id}/{airflow_run_id}", tags)
-    client = mlflow.tracking.MlflowClient()
-    logged = set(client.get_run(parent).data.params)  # a retried task logs nothing twice
-    params_to_log = {
-        k: str(v)[:6000] for k, v in tracking.flatten("", cfg.to_dict()).items() if k not in logged
-    }
-    client.log_batch(parent, params=[Param(k, v) for k, v in params_to_log.items()])
+    name = config_name(config_file)
+    parent = tracking.start_parent_run(
+        exp_id,
+        f"{dag_id}/{airflow_run_id}",
+        tags,
+        run_name=parent_run_name(
+            name, cfg.model.name, tags[f"{T}trigger"], datetime.now().astimezone()
+        ),
+    )
+    log_params_once(parent, start_params(cfg, name))  # the whole config: the artifact below
     tracking.log_json(cfg.to_dict(), "config/config.json", run_id=parent)
     log.info(
         "run %s: experiment %s, parent MLflow run %s, config %s (hash %s), started by %s%s",

@@ -15,7 +15,13 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 import mlflow
-from visionops.core.constants import MAX_TAG_CHARS, REASON_SEPARATOR, TAG_PREFIX
+from visionops.core.constants import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    MAX_TAG_CHARS,
+    REASON_SEPARATOR,
+    TAG_PREFIX,
+)
 from visionops.core.storage import visionops_home
 
 log = logging.getLogger(__name__)
@@ -49,14 +55,21 @@ def _artifact_location(name: str) -> str | None:
 
 
 def experiment_id(name: str) -> str:
+    """The experiment ``name`` (created, or restored when deleted), of MLflow's kind for model training."""
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the pipeline set it
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(name))
+        return client.create_experiment(
+            name,
+            artifact_location=_artifact_location(name),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except mlflow.exceptions.MlflowException:
         # Another task created it meanwhile.
         return client.get_experiment_by_name(name).experiment_id
@@ -89,7 +102,9 @@ def find_parent_run(exp_id: str, pipeline_run_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def start_parent_run(exp_id: str, pipeline_run_id: str, tags: dict[str, str]) -> str:
+def start_parent_run(
+    exp_id: str, pipeline_run_id: str, tags: dict[str, str], run_name: str | None = None
+) -> str:
     """The parent run of a pipeline run, created once (a retried start task finds it again)."""
     existing = find_parent_run(exp_id, pipeline_run_id)
     if existing:
@@ -97,7 +112,7 @@ def start_parent_run(exp_id: str, pipeline_run_id: str, tags: dict[str, str]) ->
         return existing
     run = MlflowClient().create_run(
         exp_id,
-        run_name=tags.get(f"{TAG_PREFIX}run_key", pipeline_run_id),
+        run_name=run_name or tags.get(f"{TAG_PREFIX}run_key", pipeline_run_id),
         tags={**tags, f"{TAG_PREFIX}pipeline_run_id": pipeline_run_id},
     )
     return run.info.run_id

@@ -19,6 +19,7 @@ from visionops.core import tracking
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
 from visionops.core.contracts import Validated
+from visionops.core.run_view import data_params, log_params_once
 from visionops.core.storage import StageOutput, fingerprint
 from visionops.data.ingest import (
     build_manifest,
@@ -120,6 +121,10 @@ def ingest_stage(ctx: RunContext) -> StageOutput:
         mlflow.set_tag(f"{T}reused_output", str(out.reused).lower())
         mlflow.tracking.MlflowClient().set_tag(
             ctx.parent_run_id, f"{T}data_fingerprint", out.meta["data_fingerprint"]
+        )
+        log_params_once(
+            ctx.parent_run_id,
+            data_params(out.meta["data_fingerprint"], out.meta["n_images"], out.meta["n_classes"]),
         )
         if (
             faces_report

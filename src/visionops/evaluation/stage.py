@@ -34,6 +34,9 @@ from visionops.evaluation.report import render_markdown
 from visionops.evaluation.scoring import load_test_split, score_version
 from visionops.serving.model import load_classifier, model_tta, predict_probabilities, tta_label
 
+# The evaluate run's figures that the parent run carries as well (with evaluation/report.md).
+HEADLINE_FIGURES = ("confusion_matrix.png", "misclassified.png")
+
 
 def evaluate_stage(
     ctx: RunContext, preprocessed: StageOutput, trained: Trained, champion_version: str | None
@@ -125,8 +128,13 @@ def evaluate_stage(
             "tta": tta,
         }
         tracking.log_json(report, "evaluation/report.json")
-        mlflow.log_text(render_markdown(report), "evaluation/report.md")
-    client = mlflow.tracking.MlflowClient()
+        report_md = render_markdown(report)
+        mlflow.log_text(report_md, "evaluation/report.md")
+        client = mlflow.tracking.MlflowClient()
+        # What a person looks at first goes on the parent run too, not only two levels down.
+        for png in HEADLINE_FIGURES:
+            client.log_artifact(ctx.parent_run_id, str(tmp_path / png), "evaluation")
+        client.log_text(ctx.parent_run_id, report_md, "evaluation/report.md")
     for key, value in logged.items():
         client.log_metric(ctx.parent_run_id, key, value)
     best = best_baseline(baselines)

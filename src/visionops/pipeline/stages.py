@@ -154,7 +154,7 @@ def next_step(decision: GateDecision, registered: Registered | None = None) -> s
 def register(
     ctx: RunContext, trained: Trained, evaluated: Evaluated, decision: GateDecision
 ) -> Registered:
-    from visionops.release.stages import register_stage
+    from visionops.release.register import register_stage
 
     return register_stage(ctx, trained, evaluated, decision)
 

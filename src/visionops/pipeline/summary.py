@@ -13,6 +13,7 @@ from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
 from visionops.core.contracts import ApprovalAnswer, Registered, RunSummary
 from visionops.core.tracking import split_reasons
+from visionops.pipeline.run_note import NOTE_TAG, airflow_run_url, run_note
 from visionops.release import registry
 from visionops.release.approval import record_answer
 
@@ -143,11 +144,14 @@ def format_summary(summary: RunSummary, tracking_uri: str) -> str:
 def finish_run(
     ctx: RunContext, registered: Registered | None, approval: ApprovalAnswer | None
 ) -> RunSummary:
-    """Record a person's answer (when one was asked), close the parent run, store and log the summary."""
+    """Record a person's answer (when one was asked), close the parent run, store and log the summary
+    (``summary.json``, and as the parent run's description)."""
     if approval is not None and registered is not None:
         record_answer(ctx.parent_run_id, registered.model_name, registered.version, approval)
     tracking.end_parent_run(ctx.parent_run_id, "FINISHED")
     summary = build_summary(ctx.parent_run_id)
     tracking.log_json(summary.to_dict(), "summary.json", run_id=ctx.parent_run_id)
+    note = run_note(summary, airflow_run_url(ctx.dag_id, ctx.airflow_run_id))
+    MlflowClient().set_tag(ctx.parent_run_id, NOTE_TAG, note)  # the run's description in MLflow
     log.info("summary:\n%s", json.dumps(summary.to_dict(), indent=2))
     return summary

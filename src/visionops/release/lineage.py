@@ -148,5 +148,4 @@ def record_changes(ctx: RunContext, check: ChangeCheck) -> None:
     client.set_tag(ctx.parent_run_id, f"{TAG_PREFIX}changes", tracking.clip(check.message()))
     if not check.changed:
         client.set_tag(ctx.parent_run_id, f"{TAG_PREFIX}unchanged_since", check.champion_version)
-        client.set_tag(ctx.parent_run_id, "mlflow.note.content", check.message())
     log.info("changes since the champion: %s", check.message())

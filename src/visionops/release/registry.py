@@ -9,6 +9,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from visionops.core.constants import CHAMPION, PREVIOUS_CHAMPION, TAG_PREFIX
 
@@ -65,6 +66,34 @@ def register_version(
         model_id=_parse_model_id_if_present(model_uri),
     )
     return str(version.version)
+
+
+def version_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
+
+
+def link_version_to_run(run_id: str, name: str, version: str, model_uri: str) -> bool:
+    """Make MLflow's page of ``run_id`` list ``name`` ``version`` under "Registered models": the run
+    page reads the versions of the logged models among a run's outputs. So the logged model behind
+    ``model_uri`` becomes an output of the run, and names the version in its ``mlflow.modelVersions``
+    tag (``mlflow.register_model`` and a tracking server write that tag;
+    ``MlflowClient.create_model_version`` against a local store does not). Both once: a retried task
+    adds nothing. False when ``model_uri`` names no logged model."""
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+    model_id = _parse_model_id_if_present(model_uri)
+    if not model_id:
+        return False
+    client = MlflowClient()
+    known = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    if not any(v.get("name") == name and str(v.get("version")) == version for v in known):
+        entry = {"name": name, "version": version}
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*known, entry])})
+    outputs = client.get_run(run_id).outputs
+    if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else [])):
+        client.log_outputs(run_id, [LoggedModelOutput(model_id=model_id, step=0)])
+    return True
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

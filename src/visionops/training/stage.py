@@ -21,6 +21,7 @@ from visionops.core import tracking
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
 from visionops.core.contracts import Trained
+from visionops.core.run_view import log_params_once
 from visionops.core.storage import StageOutput, fingerprint, visionops_home
 from visionops.data.preprocess import load_labels, load_split, load_stats
 from visionops.serving.model import log_classifier, tta_label
@@ -29,7 +30,7 @@ from visionops.training.engine import EpochMetrics, fit, seed_everything, select
 from visionops.training.inputs import build_network, encoder_of, training_output
 from visionops.training.packaging import served_extras
 from visionops.training.precision import resolve_precision
-from visionops.training.settings import apply_params, fit_options
+from visionops.training.settings import apply_params, current_params, fit_options
 
 log = logging.getLogger("visionops")
 
@@ -133,6 +134,9 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
                 "tta": tta_label(t.tta),
             }
         )
+        # On the parent too: the values this model trained with (tuned or configured) are what a
+        # person compares between pipeline runs.
+        log_params_once(ctx.parent_run_id, current_params(cfg))
         seed_everything(t.seed)  # the initial weights come from the seed too
         net = build_network(cfg, len(labels), stats)
         mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
