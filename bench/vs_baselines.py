@@ -26,8 +26,9 @@ the tuning study's best value, wall time of the stages) and a Markdown table per
 accuracies over the seeds and model minus the best baseline (the baseline with the higher mean),
 in points. ``--set`` adds overrides to every run (experiments: e.g. ``--set train.max_epochs=30``).
 
-Cost on the 2-core development machine (CPU only), 3 seeds: about 15 s a run for yale and the
-small sets, 40-90 s for digits and coil20 -- see bench/README.md for the figures measured.
+Cost on the 2-core development machine (CPU only, shared with other jobs), 3 seeds: a run takes
+about 60 s on digits, 80 s on COIL-20, 50 s on Yale, 20-35 s on the small sets (stages only; a
+few seconds more to start the process); all six sets about 15 min. See bench/README.md.
 """
 
 from __future__ import annotations
