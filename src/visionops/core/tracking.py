@@ -39,6 +39,21 @@ def configure() -> str:
     return uri
 
 
+def mlflow_ui_url() -> str:
+    """The MLflow UI as a browser reaches it (``VISIONOPS_MLFLOW_UI_URL``), not the tracking URI."""
+    return os.environ.get("VISIONOPS_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def log_run_url(experiment_id: str, run_id: str) -> None:
+    """``MLflow run: <url>`` in the log: Airflow's log view turns it into a link to the run."""
+    logging.getLogger("visionops").info("MLflow run: %s", run_url(experiment_id, run_id))
+
+
 def _artifact_location(name: str) -> str | None:
     """Local stores keep artifacts beside the database (never in the current directory)."""
     uri = tracking_uri()
@@ -133,6 +148,7 @@ def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
         parent_run_id=parent_run_id,
         tags=child_tags,
     ) as run:
+        log_run_url(parent.info.experiment_id, run.info.run_id)
         try:
             yield run.info.run_id
         except BaseException as exc:
