@@ -78,6 +78,10 @@ def open_study(
     tune: TuneConfig, storage: BaseStorage | str, study_name: str, worker: int = 0
 ) -> optuna.Study:
     """Create or load the study; each worker seeds its sampler differently so they do not propose twins."""
+    # Optuna's records go through Python logging, like every other library's: its own handler writes
+    # them to stderr, which an Airflow task logs at level error whatever their level.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     return optuna.create_study(
         study_name=study_name,
         storage=storage,
