@@ -3,22 +3,55 @@
 A task names its adapter directly (``run_stage(stages.ingest, ctx)``), so that a reader or an editor
 can follow it to its code; the adapters import their domain modules only when they run, never at
 parse time. Bad input (``visionops.core.errors.InputError``, which includes a contract mismatch)
-fails the task at once, since a retry cannot fix it.
+fails the task at once, since a retry cannot fix it. Library logs reach the task log at their own
+level, and progress bars not at all (``library_logs_to_task_log``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+# The loggers MLflow's import gives a stream handler of its own (mlflow.utils.logging_utils), with the
+# levels it sets; None: MLFLOW_LOGGING_LEVEL if set, else the task's level.
+MLFLOW_LOGGERS = {
+    "mlflow": None,
+    "alembic": logging.WARNING,
+    "sqlalchemy.engine": logging.WARNING,
+    "huey": logging.WARNING,
+}
+
+
+def library_logs_to_task_log() -> None:
+    """Let MLflow's log records reach the task log through Python logging, at their own level.
+
+    Airflow's task runner logs whatever a task writes to stderr at level error, and MLflow writes its
+    records there through a handler of its own: its INFO lines would read as errors. So MLflow is told
+    not to configure logging when it is imported later (``MLFLOW_CONFIGURE_LOGGING``), its loggers lose
+    that handler if it was imported already, and they propagate to the task's handlers. Artifact
+    progress bars (tqdm on stderr) are turned off: in a log they are noise. Optuna's logger is routed
+    the same way where the study is opened (``visionops.tuning.study``).
+    """
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ["TQDM_DISABLE"] = "1"  # any other tqdm bar, where tqdm is imported from here on
+    for name, level in MLFLOW_LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(level or os.environ.get("MLFLOW_LOGGING_LEVEL", "NOTSET").upper())
+
 
 def run_stage(adapter: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a ``visionops.pipeline`` adapter inside a task; bad input fails it without retries."""
     from visionops.core.errors import InputError
 
+    library_logs_to_task_log()
     try:
         return adapter(*args, **kwargs)
     except InputError as exc:

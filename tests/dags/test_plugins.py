@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,9 +28,33 @@ def test_plugin_declares_views_and_app(plugin_module):
     assert destinations == {"MLflow": "nav", "MLflow run": "dag_run"}
     run_view = next(v for v in plugin.external_views if v["destination"] == "dag_run")
     assert "{DAG_ID}" in run_view["href"] and "{RUN_ID}" in run_view["href"]
-    assert plugin.fastapi_apps[0]["url_prefix"] == plugin_module.ROUTE
     nav = next(v for v in plugin.external_views if v["destination"] == "nav")
-    assert nav["href"].endswith("/#/experiments?workflowType=machine_learning")
+    assert (
+        nav["href"] == f"{plugin_module.ROUTE}/mlflow"
+    )  # a redirect: the URL is read when followed
+    assert plugin.fastapi_apps[0]["url_prefix"] == plugin_module.ROUTE
+
+
+@pytest.mark.integration  # a fresh interpreter (subprocess)
+def test_loading_the_plugins_imports_nothing_heavy(tmp_path):
+    # Every Airflow process loads the plugins, each task process too (for its listeners).
+    code = (
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'plugins')!r})\n"
+        f"for name in ('visionops_mlflow', 'visionops_tasks'):\n"
+        f"    runpy.run_path({str(REPO / 'plugins')!r} + '/' + name + '.py')\n"
+        "print('loaded=' + ','.join(m for m in ('mlflow', 'torch', 'optuna') if m in sys.modules))\n"
+    )
+    env = {
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "loaded="
 
 
 @pytest.mark.integration  # a parent run in an MLflow (SQLite) store
@@ -54,6 +80,11 @@ def test_mlflow_run_link_redirects_to_the_parent_run(plugin_module, tmp_path, mo
     assert ok.headers["location"] == (
         f"http://mlflow.example:5000/#/experiments/{exp}/runs/{parent}"
         "?workflowType=machine_learning"  # MLflow's model-training view, whatever the browser chose
+    )
+    ui = client.get("/mlflow", follow_redirects=False)
+    assert (ui.status_code, ui.headers["location"]) == (
+        307,
+        "http://mlflow.example:5000/#/experiments?workflowType=machine_learning",
     )
     missing = client.get(
         "/mlflow-run",

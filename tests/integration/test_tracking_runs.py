@@ -6,6 +6,7 @@ pipeline run as a person meets it in MLflow (name, params, figures, version link
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -25,7 +26,10 @@ def store(tmp_path, monkeypatch):
         mlflow.end_run()
 
 
-def test_parent_run_is_found_again_and_stage_failure_then_retry(store, tmp_path):
+def test_parent_run_is_found_again_and_stage_failure_then_retry(
+    store, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.delenv("VISIONOPS_MLFLOW_UI_URL", raising=False)
     exp = tracking.experiment_id("t")
     assert tracking._artifact_location("t").startswith("file://")  # never the current directory
     parent = tracking.start_parent_run(exp, "dag/run1", {"visionops.dag_id": "dag"})
@@ -39,8 +43,13 @@ def test_parent_run_is_found_again_and_stage_failure_then_retry(store, tmp_path)
     assert run.data.tags["visionops.failed_stage"] == "train"
     assert "out of memory" in run.data.tags["visionops.error"]
     # The retried task succeeds: the run is live again, and a finished run keeps no failure mark.
-    with tracking.stage_run(parent, "train") as child:
-        assert client.get_run(parent).info.status == "RUNNING"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="visionops"):
+        with tracking.stage_run(parent, "train") as child:
+            assert client.get_run(parent).info.status == "RUNNING"
+    # The stage's log names its run's page once (Airflow's log view makes it a link).
+    urls = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow run: ")]
+    assert urls == [f"MLflow run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{child}"]
     child_run = client.get_run(child)
     assert child_run.data.tags["mlflow.parentRunId"] == parent
     assert child_run.data.tags["visionops.stage"] == "train"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from visionops.core import tracking
 
 
@@ -11,3 +13,24 @@ def test_flatten_nested_config():
         "a.c.d": 2,
         "e": 3,
     }
+
+
+def test_run_url_is_the_mlflow_ui_page_of_the_run(monkeypatch):
+    monkeypatch.delenv("VISIONOPS_MLFLOW_UI_URL", raising=False)
+    assert tracking.run_url("3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    monkeypatch.setenv("VISIONOPS_MLFLOW_UI_URL", "https://mlflow.example/team/")
+    assert tracking.mlflow_ui_url() == "https://mlflow.example/team"
+    assert tracking.run_url("3", "abc") == "https://mlflow.example/team/#/experiments/3/runs/abc"
+
+
+def test_log_run_url_logs_one_info_line_on_the_visionops_logger(monkeypatch, caplog):
+    monkeypatch.setenv("VISIONOPS_MLFLOW_UI_URL", "http://mlflow.example:5000")
+    with caplog.at_level(logging.INFO, logger="visionops"):
+        tracking.log_run_url("7", "r1")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            "visionops",
+            logging.INFO,
+            "MLflow run: http://mlflow.example:5000/#/experiments/7/runs/r1",
+        )
+    ]

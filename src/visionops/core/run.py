@@ -170,6 +170,7 @@ def start_run(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> Ru
         tags[f"{T}trigger"],
         " (force)" if force else "",
     )
+    tracking.log_run_url(exp_id, parent)
     return RunContext(
         run_key=run_key,
         dag_id=dag_id,

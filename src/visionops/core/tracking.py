@@ -19,6 +19,7 @@ from visionops.core.constants import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     MAX_TAG_CHARS,
+    MLFLOW_ML_VIEW_QUERY,
     REASON_SEPARATOR,
     TAG_PREFIX,
 )
@@ -43,6 +44,21 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     return uri
+
+
+def mlflow_ui_url() -> str:
+    """The MLflow UI as a browser reaches it (``VISIONOPS_MLFLOW_UI_URL``), not the tracking URI."""
+    return os.environ.get("VISIONOPS_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run, in its model-training view (``MLFLOW_ML_VIEW_QUERY``)."""
+    return f"{mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{run_id}?{MLFLOW_ML_VIEW_QUERY}"
+
+
+def log_run_url(experiment_id: str, run_id: str) -> None:
+    """``MLflow run: <url>`` in the log: Airflow's log view turns it into a link to the run."""
+    logging.getLogger("visionops").info("MLflow run: %s", run_url(experiment_id, run_id))
 
 
 def _artifact_location(name: str) -> str | None:
@@ -148,6 +164,7 @@ def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
         parent_run_id=parent_run_id,
         tags=child_tags,
     ) as run:
+        log_run_url(parent.info.experiment_id, run.info.run_id)
         try:
             yield run.info.run_id
         except BaseException as exc:

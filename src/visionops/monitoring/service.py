@@ -194,6 +194,7 @@ def check_batch(recorded: Recorded, alpha: float = DEFAULT_ALPHA) -> DriftChecke
     )
     experiment = tracking.experiment_id(MONITOR_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment, run_name=f"monitor/{name}/v{version}") as run:
+        tracking.log_run_url(experiment, run.info.run_id)
         mlflow.set_tags(
             {
                 f"{T}model_name": name,

@@ -158,6 +158,7 @@ def score_folder(resolved: ModelRef, input_dir: str, output: str) -> BatchScored
     with mlflow.start_run(
         experiment_id=exp, run_name=f"batch_predict/{resolved.name}/v{resolved.version}"
     ) as run:
+        tracking.log_run_url(exp, run.info.run_id)
         mlflow.set_tags(
             {
                 f"{T}model_name": resolved.name,

@@ -76,6 +76,7 @@ def worker_stage(ctx: RunContext, preprocessed: StageOutput, task: TuneTask) -> 
         return TuneReport(**task.model_dump(), trials=0)
     cfg = ctx.config()
     tracking.configure()
+    tracking.log_run_url(ctx.experiment_id, task.tuning_run_id)  # the trials are its children
     folder = training_output(ctx, cfg, preprocessed).local_path()  # embeddings for face_embedding
     stats = load_stats(folder)
     n = run_worker(
@@ -101,6 +102,7 @@ def reduce_stage(ctx: RunContext, workers: list[TuneReport]) -> Tuned:
     defaults = current_params(cfg)
     first = workers[0]
     run_id = first.tuning_run_id
+    tracking.log_run_url(ctx.experiment_id, run_id)
     client = mlflow.tracking.MlflowClient()
     if first.skip:
         client.log_batch(
