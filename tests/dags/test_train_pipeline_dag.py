@@ -52,22 +52,8 @@ def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
 
 def test_task_graph_is_the_expected_chain(dag):
     expected = {
-        "start": {
-            "ingest",
-            "check_changes",
-            "validate",
-            "preprocess",
-            "tune_plan",
-            "tune_worker",
-            "tune",
-            "train",
-            "evaluate",
-            "gate",
-            "register",
-            "promote",
-            "reject",
-            "finish",
-        },
+        # start opens the run; its context reaches the tasks through XCom (run_context()), not edges.
+        "start": {"ingest"},
         "ingest": {"check_changes", "validate", "preprocess"},
         # Nothing changed since the champion: `unchanged`, and everything from validate on is skipped.
         "check_changes": {"after_check", "unchanged"},
@@ -114,12 +100,44 @@ def test_task_graph_is_the_expected_chain(dag):
         )
 
 
+def test_start_is_upstream_only_of_what_directly_follows_it(dag):
+    """The run context reaches every task from start's XCom (visionops_tasks.run_context), so the graph
+    view draws the pipeline's flow instead of an edge from start to every task."""
+    assert dag.get_task("start").downstream_task_ids == {"ingest"}
+    assert [t.task_id for t in dag.tasks if "start" in t.upstream_task_ids] == ["ingest"]
+    source = (REPO / "dags" / "train_pipeline.py").read_text()
+    tree = ast.parse(source)
+    bodies = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name not in ("train_pipeline", "start")
+    ]
+    for body in bodies:
+        assert "ctx" not in [arg.arg for arg in body.args.args], (
+            f"{body.name} takes the run context as an argument: an edge from start"
+        )
+    pulls = {
+        body.name
+        for body in bodies
+        for call in ast.walk(body)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "run_context"
+    }
+    needs_context = set(dag.task_ids) - {
+        "start",
+        "after_check",
+        "unchanged",
+        "decide",
+        "approve",
+    }  # the branches and `unchanged` read only their upstream's result
+    assert pulls == needs_context
+
+
 def test_tuning_workers_are_dynamically_mapped(dag):
     worker = dag.get_task("tune_worker")
     assert type(worker).__name__.endswith(
         "MappedOperator"
     )  # N instances, N from tune_plan's list at run time
-    assert set(worker.upstream_task_ids) == {"start", "preprocess", "tune_plan"}
+    assert set(worker.upstream_task_ids) == {"preprocess", "tune_plan"}
 
 
 def test_branch_and_join(dag):
