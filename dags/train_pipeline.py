@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from airflow.sdk import (
     AssetAny,
     AssetOrTimeSchedule,
-    CronTriggerTimetable,
     Param,
     dag,
     get_current_context,
@@ -20,6 +19,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowSkipException
 from visionops_assets import DRIFT, source_asset, trigger_of, watched_configs
+from visionops_schedule import CronWithoutCatchUp
 
 from visionops.pipeline import stages
 from visionops_tasks import AnsweredApprovalOperator, run_context, run_stage
@@ -43,7 +43,8 @@ the model in service (`models:/<name>@champion`), scored on the same split.
   champion's training run, the run stops after `check_changes` (`unchanged`; the rest is skipped)
   and registers nothing. Tick **Force** to train anyway.
 
-It runs daily, or sooner when a watched data source changes (`watch_sources`) or the model in
+It runs daily at midnight UTC (a midnight missed while the DAG was paused is not caught up on when
+it is unpaused), or sooner when a watched data source changes (`watch_sources`) or the model in
 service drifts (`monitor`; such a run asks a person before promoting). The summary and the MLflow
 parent run (`visionops.trigger`) say which started it.
 
@@ -64,9 +65,10 @@ default_args = {
 @dag(
     dag_id="train_pipeline",
     description="Ingest, validate, preprocess, tune, train, evaluate, gate and promote an image classifier.",
-    # Daily, or sooner when a source's asset or the drift asset has an event.
+    # Daily, or sooner when a source's asset or the drift asset has an event. A midnight missed while
+    # the DAG was paused is not run on unpausing: a person's run would queue behind it.
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 0 * * *", timezone="UTC"),
+        timetable=CronWithoutCatchUp("0 0 * * *", timezone="UTC"),
         assets=AssetAny(*(source_asset(c) for c in watched_configs()), DRIFT),
     ),
     start_date=datetime(2026, 1, 1),

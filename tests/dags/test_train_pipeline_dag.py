@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,58 @@ def test_start_is_upstream_only_of_what_directly_follows_it(dag):
     assert pulls == needs_context
 
 
+def _next_run(timetable, now, monkeypatch, last_midnight=None, catchup=False):
+    """The next scheduled run's time that ``timetable`` gives at ``now`` (the DAG's start_date applies)."""
+    import airflow.timetables.trigger as trigger
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    monkeypatch.setattr(trigger, "utcnow", lambda: now)
+    last = DataInterval(last_midnight, last_midnight) if last_midnight else None
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=last,
+        restriction=TimeRestriction(datetime(2026, 1, 1, tzinfo=timezone.utc), None, catchup),
+    )
+    return info.run_after
+
+
+def test_unpausing_after_a_missed_midnight_starts_no_catch_up_run(dag, monkeypatch):
+    """A person's triggered run ("Unpause on trigger") must not queue behind the missed daily run."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    # What the scheduler holds: the DAG as serialized, its timetable deserialized through the plugin.
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable.timetable
+    assert type(timetable).__name__ == "CronWithoutCatchUp"
+    morning = pendulum.datetime(2026, 12, 3, 9, 0, tz="UTC")
+    midnight = pendulum.datetime(2026, 12, 3, tz="UTC")
+    tomorrow = pendulum.datetime(2026, 12, 4, tz="UTC")
+    yesterday = pendulum.datetime(2026, 12, 2, tz="UTC")
+    # Airflow's own timetable, catchup=False: the missed midnight runs as soon as the DAG is unpaused,
+    # whether it ran the day before or never ran (run_immediately does not change that).
+    for run_immediately in (False, timedelta(minutes=30)):
+        plain = CronTriggerTimetable("0 0 * * *", timezone="UTC", run_immediately=run_immediately)
+        assert _next_run(plain, morning, monkeypatch, yesterday) == midnight
+        assert _next_run(plain, morning, monkeypatch) == midnight
+    # The DAG's: unpaused in the morning, the next run is tomorrow's, after yesterday's run or none.
+    assert _next_run(timetable, morning, monkeypatch, yesterday) == tomorrow
+    assert _next_run(timetable, morning, monkeypatch) == tomorrow
+    # The scheduler a few seconds (or minutes) late at midnight still starts that midnight's run.
+    assert _next_run(timetable, midnight + timedelta(seconds=5), monkeypatch, yesterday) == midnight
+    assert (
+        _next_run(timetable, midnight + timedelta(minutes=20), monkeypatch, yesterday) == midnight
+    )
+    # After it ran, the next is the next midnight; with catchup=True it behaves as Airflow's own.
+    assert _next_run(timetable, midnight + timedelta(seconds=5), monkeypatch, midnight) == tomorrow
+    assert _next_run(timetable, morning, monkeypatch, yesterday, catchup=True) == midnight
+    # VISIONOPS_SCHEDULE_GRACE_MIN=1440 (the continuous-training e2e test) runs the latest missed day.
+    from visionops_schedule import GRACE, CronWithoutCatchUp
+
+    assert timetable._run_immediately == GRACE
+    a_day = CronWithoutCatchUp("0 0 * * *", timezone="UTC", run_immediately=timedelta(days=1))
+    assert _next_run(a_day, morning, monkeypatch) == midnight
+
+
 def test_tuning_workers_are_dynamically_mapped(dag):
     worker = dag.get_task("tune_worker")
     assert type(worker).__name__.endswith(
@@ -191,7 +244,7 @@ def test_branch_choice(passed: bool, require_approval: bool, step: str) -> None:
 def test_schedule_docs_tags_retries_and_params(dag):
     # Daily, or sooner on an event of a watched source's asset or of the drift asset.
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
-    assert dag.timetable.timetable.expression == "0 0 * * *"
+    assert dag.timetable.timetable.summary == "0 0 * * *"
     names = {a.name for a in dag.timetable.asset_condition.objects}
     assert "visionops_drift" in names
     assert {f"visionops_source_{c}" for c in ("digits", "coil20", "faces")} <= names
