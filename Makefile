@@ -37,8 +37,9 @@ test: lint
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
 
+# exec: Ctrl-C and SIGTERM reach `visionops ui`, which stops Airflow and MLflow with all their processes.
 ui: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops ui
+	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/visionops ui $(ARGS)
 
 clean:
 	rm -rf .visionops
