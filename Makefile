@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run lint format test test-fast ui clean
+.PHONY: install run lint format test test-fast ui browser clean
 
 install: $(STAMP)
 
@@ -37,8 +37,13 @@ test: lint
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
 
+# exec: Ctrl-C and SIGTERM reach `visionops ui`, which stops Airflow and MLflow with all their processes.
 ui: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops ui
+	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/visionops ui $(ARGS)
+
+# Chromium from Debian for the browser tests (Playwright drives it; its own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf .visionops

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from airflow.sdk import (
     AssetAny,
     AssetOrTimeSchedule,
-    CronTriggerTimetable,
     Param,
     dag,
     get_current_context,
@@ -20,9 +19,10 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowSkipException
 from visionops_assets import DRIFT, source_asset, trigger_of, watched_configs
+from visionops_schedule import CronWithoutCatchUp
 
 from visionops.pipeline import stages
-from visionops_tasks import AnsweredApprovalOperator, run_stage
+from visionops_tasks import AnsweredApprovalOperator, run_context, run_stage
 
 DOC = """
 ### Train an image classifier and promote it only when it earns it
@@ -43,7 +43,8 @@ the model in service (`models:/<name>@champion`), scored on the same split.
   champion's training run, the run stops after `check_changes` (`unchanged`; the rest is skipped)
   and registers nothing. Tick **Force** to train anyway.
 
-It runs daily, or sooner when a watched data source changes (`watch_sources`) or the model in
+It runs daily at midnight UTC (a midnight missed while the DAG was paused is not caught up on when
+it is unpaused), or sooner when a watched data source changes (`watch_sources`) or the model in
 service drifts (`monitor`; such a run asks a person before promoting). The summary and the MLflow
 parent run (`visionops.trigger`) say which started it.
 
@@ -64,9 +65,10 @@ default_args = {
 @dag(
     dag_id="train_pipeline",
     description="Ingest, validate, preprocess, tune, train, evaluate, gate and promote an image classifier.",
-    # Daily, or sooner when a source's asset or the drift asset has an event.
+    # Daily, or sooner when a source's asset or the drift asset has an event. A midnight missed while
+    # the DAG was paused is not run on unpausing: a person's run would queue behind it.
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 0 * * *", timezone="UTC"),
+        timetable=CronWithoutCatchUp("0 0 * * *", timezone="UTC"),
         assets=AssetAny(*(source_asset(c) for c in watched_configs()), DRIFT),
     ),
     start_date=datetime(2026, 1, 1),
@@ -137,13 +139,15 @@ def train_pipeline():
             stages.start, params, dag_id=context["dag"].dag_id, airflow_run_id=context["run_id"]
         )
 
+    # Every task below reads the run context from start's XCom (run_context()) rather than taking it
+    # as an argument, so that the graph shows the pipeline's flow, not an edge from start to each task.
     @task
-    def ingest(ctx: dict) -> dict:
-        return run_stage(stages.ingest, ctx)
+    def ingest() -> dict:
+        return run_stage(stages.ingest, run_context())
 
     @task
-    def check_changes(ctx: dict, ingested: dict) -> dict:
-        return run_stage(stages.check_changes, ctx, ingested)
+    def check_changes(ingested: dict) -> dict:
+        return run_stage(stages.check_changes, run_context(), ingested)
 
     @task.branch
     def after_check(check: dict) -> str:
@@ -154,41 +158,41 @@ def train_pipeline():
         return run_stage(stages.unchanged, check)
 
     @task
-    def validate(ctx: dict, ingested: dict) -> dict:
-        return run_stage(stages.validate, ctx, ingested)
+    def validate(ingested: dict) -> dict:
+        return run_stage(stages.validate, run_context(), ingested)
 
     @task
-    def preprocess(ctx: dict, ingested: dict, validated: dict) -> dict:
-        return run_stage(stages.preprocess, ctx, ingested)
+    def preprocess(ingested: dict, validated: dict) -> dict:
+        return run_stage(stages.preprocess, run_context(), ingested)
 
     @task
-    def tune_plan(ctx: dict, preprocessed: dict) -> list:
-        return run_stage(stages.tune_plan, ctx, preprocessed)
+    def tune_plan(preprocessed: dict) -> list:
+        return run_stage(stages.tune_plan, run_context(), preprocessed)
 
     # One mapped instance per item of tune_plan's list (tune.workers of them), all sharing one study.
     @task
-    def tune_worker(ctx: dict, preprocessed: dict, item: dict) -> dict:
-        return run_stage(stages.tune_worker, ctx, preprocessed, item)
+    def tune_worker(preprocessed: dict, item: dict) -> dict:
+        return run_stage(stages.tune_worker, run_context(), preprocessed, item)
 
     @task
-    def tune(ctx: dict, workers: list) -> dict:
-        return run_stage(stages.tune_reduce, ctx, list(workers))
+    def tune(workers: list) -> dict:
+        return run_stage(stages.tune_reduce, run_context(), list(workers))
 
     @task
-    def train(ctx: dict, preprocessed: dict, tuned: dict) -> dict:
-        return run_stage(stages.train, ctx, preprocessed, tuned)
+    def train(preprocessed: dict, tuned: dict) -> dict:
+        return run_stage(stages.train, run_context(), preprocessed, tuned)
 
     @task
-    def evaluate(ctx: dict, preprocessed: dict, trained: dict) -> dict:
-        return run_stage(stages.evaluate, ctx, preprocessed, trained)
+    def evaluate(preprocessed: dict, trained: dict) -> dict:
+        return run_stage(stages.evaluate, run_context(), preprocessed, trained)
 
     @task
-    def gate(ctx: dict, evaluated: dict) -> dict:
-        return run_stage(stages.gate, ctx, evaluated)
+    def gate(evaluated: dict) -> dict:
+        return run_stage(stages.gate, run_context(), evaluated)
 
     @task
-    def register(ctx: dict, trained: dict, evaluated: dict, decision: dict) -> dict:
-        return run_stage(stages.register, ctx, trained, evaluated, decision)
+    def register(trained: dict, evaluated: dict, decision: dict) -> dict:
+        return run_stage(stages.register, run_context(), trained, evaluated, decision)
 
     @task.branch
     def decide(decision: dict, registered: dict) -> str:
@@ -206,48 +210,48 @@ def train_pipeline():
     )
 
     # After decide directly, or after approve: one of the two is skipped, hence the trigger rule.
+    # On the `unchanged` path every upstream task is skipped, and so is promote.
     @task(trigger_rule="none_failed_min_one_success")
-    def promote(ctx: dict, registered: dict | None, evaluated: dict | None) -> dict:
-        # The rule also fires on the `unchanged` path (start succeeded, the rest was skipped):
-        # nothing was registered there, so there is nothing to promote.
-        if registered is None:
+    def promote(registered: dict | None, evaluated: dict | None) -> dict:
+        if registered is None:  # defensive: the rule lets promote run only after register succeeded
             raise AirflowSkipException("nothing registered (nothing changed since the champion)")
         answer = get_current_context()["ti"].xcom_pull(task_ids="approve", key="answer")
-        return run_stage(stages.promote, ctx, registered, evaluated, answer)
+        return run_stage(stages.promote, run_context(), registered, evaluated, answer)
 
     @task
-    def reject(ctx: dict, registered: dict, decision: dict) -> dict:
-        return run_stage(stages.reject, ctx, registered, decision)
+    def reject(registered: dict, decision: dict) -> dict:
+        return run_stage(stages.reject, run_context(), registered, decision)
 
     # none_failed: also after a person rejected (approve skipped promote, and reject was not chosen),
     # and after `unchanged` (everything from validate on skipped, so nothing was registered).
     @task(trigger_rule="none_failed")
-    def finish(ctx: dict) -> dict:
+    def finish() -> dict:
         ti = get_current_context()["ti"]
         registered = ti.xcom_pull(task_ids="register")
         answer = ti.xcom_pull(task_ids="approve", key="answer")
-        return run_stage(stages.finish, ctx, registered, answer)
+        return run_stage(stages.finish, run_context(), registered, answer)
 
-    ctx = start()
-    ingested = ingest(ctx)
-    check = check_changes(ctx, ingested)
+    # The data flow; start only opens the run (its context reaches the tasks through XCom).
+    ingested = ingest()
+    start() >> ingested
+    check = check_changes(ingested)
     stop = unchanged(check)
-    validated = validate(ctx, ingested)
+    validated = validate(ingested)
     after_check(check) >> [validated, stop]
-    preprocessed = preprocess(ctx, ingested, validated)
-    plan = tune_plan(ctx, preprocessed)
-    workers = tune_worker.partial(ctx=ctx, preprocessed=preprocessed).expand(item=plan)
-    tuned = tune(ctx, workers)
-    trained = train(ctx, preprocessed, tuned)
-    evaluated = evaluate(ctx, preprocessed, trained)
-    decision = gate(ctx, evaluated)
-    registered = register(ctx, trained, evaluated, decision)
+    preprocessed = preprocess(ingested, validated)
+    plan = tune_plan(preprocessed)
+    workers = tune_worker.partial(preprocessed=preprocessed).expand(item=plan)
+    tuned = tune(workers)
+    trained = train(preprocessed, tuned)
+    evaluated = evaluate(preprocessed, trained)
+    decision = gate(evaluated)
+    registered = register(trained, evaluated, decision)
     branch = decide(decision, registered)
-    promoted = promote(ctx, registered, evaluated)
-    rejected = reject(ctx, registered, decision)
+    promoted = promote(registered, evaluated)
+    rejected = reject(registered, decision)
     branch >> [promoted, approve, rejected]
     approve >> promoted
-    [promoted, rejected, stop] >> finish(ctx)
+    [promoted, rejected, stop] >> finish()
 
 
 train_pipeline()

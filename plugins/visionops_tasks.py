@@ -1,10 +1,14 @@
 """Shared by the DAG files: how a task calls into visionops (in plugins/, which Airflow puts on sys.path).
 
-A task names its adapter directly (``run_stage(stages.ingest, ctx)``), so that a reader or an editor
-can follow it to its code; the adapters import their domain modules only when they run, never at
-parse time. Bad input (``visionops.core.errors.InputError``, which includes a contract mismatch)
+A task names its adapter directly (``run_stage(stages.ingest, run_context())``), so that a reader or
+an editor can follow it to its code; the adapters import their domain modules only when they run, never
+at parse time. Bad input (``visionops.core.errors.InputError``, which includes a contract mismatch)
 fails the task at once, since a retry cannot fix it. Library logs reach the task log at their own
 level, and progress bars not at all (``library_logs_to_task_log``).
+
+``run_context()`` hands a task the run context its DAG's ``start`` task returned, from XCom. Passing
+it as an argument instead would draw an edge from ``start`` to every task, and the graph view would
+show a bundle of lines instead of the pipeline's flow.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
+
+START_TASK = "start"
 
 # The loggers MLflow's import gives a stream handler of its own (mlflow.utils.logging_utils), with the
 # levels it sets; None: MLFLOW_LOGGING_LEVEL if set, else the task's level.
@@ -56,6 +63,17 @@ def run_stage(adapter: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return adapter(*args, **kwargs)
     except InputError as exc:
         raise AirflowFailException(f"{adapter.__name__}: {exc}") from exc
+
+
+def run_context() -> dict[str, Any]:
+    """The run context (``RunContext`` as JSON) that this DAG run's ``start`` task returned."""
+    ctx = get_current_context()["ti"].xcom_pull(task_ids=START_TASK)
+    if not isinstance(ctx, dict):
+        # A task cleared and re-run after `start`'s XCom was cleared with it: start again.
+        raise AirflowFailException(
+            f"no run context: task {START_TASK!r} of this run has no result (clear and re-run it first)"
+        )
+    return ctx
 
 
 class AnsweredApprovalOperator(ApprovalOperator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -52,22 +53,8 @@ def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
 
 def test_task_graph_is_the_expected_chain(dag):
     expected = {
-        "start": {
-            "ingest",
-            "check_changes",
-            "validate",
-            "preprocess",
-            "tune_plan",
-            "tune_worker",
-            "tune",
-            "train",
-            "evaluate",
-            "gate",
-            "register",
-            "promote",
-            "reject",
-            "finish",
-        },
+        # start opens the run; its context reaches the tasks through XCom (run_context()), not edges.
+        "start": {"ingest"},
         "ingest": {"check_changes", "validate", "preprocess"},
         # Nothing changed since the champion: `unchanged`, and everything from validate on is skipped.
         "check_changes": {"after_check", "unchanged"},
@@ -114,12 +101,96 @@ def test_task_graph_is_the_expected_chain(dag):
         )
 
 
+def test_start_is_upstream_only_of_what_directly_follows_it(dag):
+    """The run context reaches every task from start's XCom (visionops_tasks.run_context), so the graph
+    view draws the pipeline's flow instead of an edge from start to every task."""
+    assert dag.get_task("start").downstream_task_ids == {"ingest"}
+    assert [t.task_id for t in dag.tasks if "start" in t.upstream_task_ids] == ["ingest"]
+    source = (REPO / "dags" / "train_pipeline.py").read_text()
+    tree = ast.parse(source)
+    bodies = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name not in ("train_pipeline", "start")
+    ]
+    for body in bodies:
+        assert "ctx" not in [arg.arg for arg in body.args.args], (
+            f"{body.name} takes the run context as an argument: an edge from start"
+        )
+    pulls = {
+        body.name
+        for body in bodies
+        for call in ast.walk(body)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "run_context"
+    }
+    needs_context = set(dag.task_ids) - {
+        "start",
+        "after_check",
+        "unchanged",
+        "decide",
+        "approve",
+    }  # the branches and `unchanged` read only their upstream's result
+    assert pulls == needs_context
+
+
+def _next_run(timetable, now, monkeypatch, last_midnight=None, catchup=False):
+    """The next scheduled run's time that ``timetable`` gives at ``now`` (the DAG's start_date applies)."""
+    import airflow.timetables.trigger as trigger
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    monkeypatch.setattr(trigger, "utcnow", lambda: now)
+    last = DataInterval(last_midnight, last_midnight) if last_midnight else None
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=last,
+        restriction=TimeRestriction(datetime(2026, 1, 1, tzinfo=timezone.utc), None, catchup),
+    )
+    return info.run_after
+
+
+def test_unpausing_after_a_missed_midnight_starts_no_catch_up_run(dag, monkeypatch):
+    """A person's triggered run ("Unpause on trigger") must not queue behind the missed daily run."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    # What the scheduler holds: the DAG as serialized, its timetable deserialized through the plugin.
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable.timetable
+    assert type(timetable).__name__ == "CronWithoutCatchUp"
+    morning = pendulum.datetime(2026, 12, 3, 9, 0, tz="UTC")
+    midnight = pendulum.datetime(2026, 12, 3, tz="UTC")
+    tomorrow = pendulum.datetime(2026, 12, 4, tz="UTC")
+    yesterday = pendulum.datetime(2026, 12, 2, tz="UTC")
+    # Airflow's own timetable, catchup=False: the missed midnight runs as soon as the DAG is unpaused,
+    # whether it ran the day before or never ran (run_immediately does not change that).
+    for run_immediately in (False, timedelta(minutes=30)):
+        plain = CronTriggerTimetable("0 0 * * *", timezone="UTC", run_immediately=run_immediately)
+        assert _next_run(plain, morning, monkeypatch, yesterday) == midnight
+        assert _next_run(plain, morning, monkeypatch) == midnight
+    # The DAG's: unpaused in the morning, the next run is tomorrow's, after yesterday's run or none.
+    assert _next_run(timetable, morning, monkeypatch, yesterday) == tomorrow
+    assert _next_run(timetable, morning, monkeypatch) == tomorrow
+    # The scheduler a few seconds (or minutes) late at midnight still starts that midnight's run.
+    assert _next_run(timetable, midnight + timedelta(seconds=5), monkeypatch, yesterday) == midnight
+    assert (
+        _next_run(timetable, midnight + timedelta(minutes=20), monkeypatch, yesterday) == midnight
+    )
+    # After it ran, the next is the next midnight; with catchup=True it behaves as Airflow's own.
+    assert _next_run(timetable, midnight + timedelta(seconds=5), monkeypatch, midnight) == tomorrow
+    assert _next_run(timetable, morning, monkeypatch, yesterday, catchup=True) == midnight
+    # VISIONOPS_SCHEDULE_GRACE_MIN=1440 (the continuous-training e2e test) runs the latest missed day.
+    from visionops_schedule import GRACE, CronWithoutCatchUp
+
+    assert timetable._run_immediately == GRACE
+    a_day = CronWithoutCatchUp("0 0 * * *", timezone="UTC", run_immediately=timedelta(days=1))
+    assert _next_run(a_day, morning, monkeypatch) == midnight
+
+
 def test_tuning_workers_are_dynamically_mapped(dag):
     worker = dag.get_task("tune_worker")
     assert type(worker).__name__.endswith(
         "MappedOperator"
     )  # N instances, N from tune_plan's list at run time
-    assert set(worker.upstream_task_ids) == {"start", "preprocess", "tune_plan"}
+    assert set(worker.upstream_task_ids) == {"preprocess", "tune_plan"}
 
 
 def test_branch_and_join(dag):
@@ -173,7 +244,7 @@ def test_branch_choice(passed: bool, require_approval: bool, step: str) -> None:
 def test_schedule_docs_tags_retries_and_params(dag):
     # Daily, or sooner on an event of a watched source's asset or of the drift asset.
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
-    assert dag.timetable.timetable.expression == "0 0 * * *"
+    assert dag.timetable.timetable.summary == "0 0 * * *"
     names = {a.name for a in dag.timetable.asset_condition.objects}
     assert "visionops_drift" in names
     assert {f"visionops_source_{c}" for c in ("digits", "coil20", "faces")} <= names

@@ -86,6 +86,9 @@ def _env(home: Path, port: int) -> dict[str, str]:
     return {
         **pipeline_env(home),
         "VISIONOPS_CONFIG": str(home / "ct.json"),  # what scheduled runs train
+        # The latest midnight, however long ago today, still runs when the scheduler starts: the
+        # schedule's path without waiting for midnight (by default a missed midnight does not run).
+        "VISIONOPS_SCHEDULE_GRACE_MIN": "1440",
         "VISIONOPS_WATCH_CONFIGS": str(home / "ct.json"),
         "VISIONOPS_WATCH_INTERVAL_S": "10",
         # tests/conftest.py turns Airflow's unit-test mode on for the in-process tests; a real
