@@ -17,10 +17,16 @@ def test_flatten_nested_config():
 
 def test_run_url_is_the_mlflow_ui_page_of_the_run(monkeypatch):
     monkeypatch.delenv("VISIONOPS_MLFLOW_UI_URL", raising=False)
-    assert tracking.run_url("3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    view = (
+        "?workflowType=machine_learning"  # MLflow's model-training view, whatever the browser chose
+    )
+    assert tracking.run_url("3", "abc") == f"http://127.0.0.1:5000/#/experiments/3/runs/abc{view}"
     monkeypatch.setenv("VISIONOPS_MLFLOW_UI_URL", "https://mlflow.example/team/")
     assert tracking.mlflow_ui_url() == "https://mlflow.example/team"
-    assert tracking.run_url("3", "abc") == "https://mlflow.example/team/#/experiments/3/runs/abc"
+    assert (
+        tracking.run_url("3", "abc")
+        == f"https://mlflow.example/team/#/experiments/3/runs/abc{view}"
+    )
 
 
 def test_log_run_url_logs_one_info_line_on_the_visionops_logger(monkeypatch, caplog):
@@ -31,6 +37,7 @@ def test_log_run_url_logs_one_info_line_on_the_visionops_logger(monkeypatch, cap
         (
             "visionops",
             logging.INFO,
-            "MLflow run: http://mlflow.example:5000/#/experiments/7/runs/r1",
+            "MLflow run: http://mlflow.example:5000/#/experiments/7/runs/r1"
+            "?workflowType=machine_learning",
         )
     ]
