@@ -152,7 +152,8 @@ def test_stage_logs_name_their_mlflow_runs(
             and line.get("logger") == "visionops"
         ]
 
-    assert urls("start") == [f"MLflow run: {UI}/#/experiments/{exp}/runs/{parent}"]
-    assert urls("train") == [f"MLflow run: {UI}/#/experiments/{exp}/runs/{train.info.run_id}"]
+    view = "?workflowType=machine_learning"
+    assert urls("start") == [f"MLflow run: {UI}/#/experiments/{exp}/runs/{parent}{view}"]
+    assert urls("train") == [f"MLflow run: {UI}/#/experiments/{exp}/runs/{train.info.run_id}{view}"]
     for task in ("ingest", "validate", "preprocess", "tune_plan", "evaluate", "gate", "register"):
         assert len(urls(task)) == 1, task

@@ -49,7 +49,10 @@ def test_parent_run_is_found_again_and_stage_failure_then_retry(
             assert client.get_run(parent).info.status == "RUNNING"
     # The stage's log names its run's page once (Airflow's log view makes it a link).
     urls = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow run: ")]
-    assert urls == [f"MLflow run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{child}"]
+    assert urls == [
+        f"MLflow run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{child}"
+        "?workflowType=machine_learning"
+    ]
     child_run = client.get_run(child)
     assert child_run.data.tags["mlflow.parentRunId"] == parent
     assert child_run.data.tags["visionops.stage"] == "train"
