@@ -2,7 +2,7 @@
 
 What Airflow 3.3's UI shows of a plugin: a run-page view only with a ``url_route`` (in a frame, on
 the Airflow origin here), and a task's extra links from ``GET .../taskInstances/{task}/links``, which
-asks each global link's ``get_link``. tests/integration/test_ui.py asks that endpoint of a running
+asks each global link's ``get_link``. tests/e2e/test_browser_e2e.py asks that endpoint of a running
 API server.
 """
 

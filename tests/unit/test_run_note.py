@@ -52,7 +52,7 @@ def test_a_promoted_run_says_status_gate_version_figures_and_where_to_look() -> 
     assert "**Gate: PASSED**" in lines
     assert "- accuracy 0.9712 >= required 0.9000" in lines
     assert (
-        "**Registered:** [visionops-digits v4](#/models/visionops-digits/versions/4) "
+        "**Registered:** [visionops-digits v4](#/models/visionops-digits/versions/4?workflowType=machine_learning) "
         "(`challenger`, `champion`)"
     ) in lines
     assert any(
@@ -83,7 +83,10 @@ def test_a_rejected_version_has_no_alias_and_the_reasons() -> None:
     )
     assert "**Gate: REJECTED**" in note
     assert "- accuracy 0.8700 < required 0.9000" in note
-    assert "[visionops-digits v5](#/models/visionops-digits/versions/5) (no alias)" in note
+    assert (
+        "[visionops-digits v5](#/models/visionops-digits/versions/5?workflowType=machine_learning) (no alias)"
+        in note
+    )
     assert "**Champion:** [visionops-digits v4]" in note
 
 

@@ -23,7 +23,7 @@ def airflow_run_url(dag_id: str, airflow_run_id: str, base: str | None = None) -
 
 def version_link(name: str, version: str) -> str:
     """A Markdown link to a model version's page, relative to the MLflow UI that shows the note."""
-    return f"[{name} v{version}](#/models/{quote(name, safe='')}/versions/{version})"
+    return f"[{name} v{version}](#/models/{quote(name, safe='')}/versions/{version}?{MLFLOW_ML_VIEW_QUERY})"
 
 
 def experiment_link(experiment_id: str) -> str:
