@@ -42,8 +42,13 @@ ARGS = [
     f"registry.model_name={MODEL}",
     "--set",
     "experiment=e2e-approval",
+    # The approval mechanics: the gate must pass whatever 4 epochs reach (the person decides here).
     "--set",
-    "gate.min_gain_over_baseline=null",  # the approval mechanics, not 4 epochs against the baselines
+    "gate.min_gain_over_baseline=null",
+    "--set",
+    "gate.min_accuracy=0.5",
+    "--set",
+    "gate.min_macro_f1=0.5",
 ]
 USER, PASSWORD = "reviewer", "approve-me"
 
@@ -133,6 +138,9 @@ def _run_answering(
                 token=api["token"],
             )["hitl_details"]
             pending = next((d for d in details if not d["response_received"]), None)
+            # The request is written while the task still runs; it waits once it is deferred.
+            if pending is not None and pending["task_instance"]["state"] == "running":
+                pending = None
             if pending is None:
                 time.sleep(2)
         ti = pending["task_instance"]

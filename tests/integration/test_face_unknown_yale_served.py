@@ -21,11 +21,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_served_face_model_takes_chips_and_photos(
-    yale: dict[str, Any], mlflow_store: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def served(yale: dict[str, Any], mlflow_store: Path, tmp_path_factory) -> dict[str, Any]:
+    """One fold (three people held out as strangers) logged as the served pyfunc, once per module."""
     from visionops.core import tracking
-    from visionops.serving.model import log_classifier, predict_probabilities
+    from visionops.serving.model import log_classifier
 
     people = sorted(set(yale["labels"]))
     fold = _fold(yale, people[:3])
@@ -37,13 +37,20 @@ def test_served_face_model_takes_chips_and_photos(
             image_size=150,
             channels=3,
             example=chips[:2].transpose(0, 3, 1, 2),
-            workdir=tmp_path,
+            workdir=tmp_path_factory.mktemp("served-face"),
             encoder="dlib_face_v1",
             enrolled=fold["enrolled"],
             network_example=fold["enrolled"][:2],
             unknown={"score": "distance", "threshold": fold["threshold"]},
             faces=yale["settings"],
         )
+    return {"fold": fold, "uris": uris}
+
+
+def test_served_face_model_takes_chips_and_photos(yale: dict[str, Any], served) -> None:
+    from visionops.serving.model import predict_probabilities
+
+    fold, uris, chips = served["fold"], served["uris"], yale["chips"]
     model = mlflow.pyfunc.load_model(uris["model_uri"])
     test_rows = fold["part"]["test"]
     out = model.predict(
@@ -82,7 +89,7 @@ def test_served_face_model_takes_chips_and_photos(
 
 
 def test_a_served_face_model_is_monitored_on_its_embeddings(
-    yale: dict[str, Any], mlflow_store: Path, tmp_path: Path
+    yale: dict[str, Any], served, tmp_path: Path
 ) -> None:
     """The served model returns its embeddings; registration's reference and a scored batch carry
     them, and the monitor's embedding check (MMD) runs on them: quiet on photos of the enrolled
@@ -92,31 +99,14 @@ def test_a_served_face_model_is_monitored_on_its_embeddings(
 
     import numpy as np
 
-    from visionops.core import tracking
     from visionops.core.contracts import ModelRef
     from visionops.data.embeddings import embed_chips
     from visionops.monitoring.service import check_batch, record_reference, record_scored
     from visionops.serving.batch import score_folder
-    from visionops.serving.model import embedding_matrix, log_classifier
+    from visionops.serving.model import embedding_matrix
 
     name = "faces-monitored"
-    people = sorted(set(yale["labels"]))
-    fold = _fold(yale, people[:3])
-    chips = yale["chips"]
-    with mlflow.start_run(experiment_id=tracking.experiment_id("unit-faces")):
-        uris = log_classifier(
-            fold["model"],
-            labels=fold["names"],
-            image_size=150,
-            channels=3,
-            example=chips[:2].transpose(0, 3, 1, 2),
-            workdir=tmp_path,
-            encoder="dlib_face_v1",
-            enrolled=fold["enrolled"],
-            network_example=fold["enrolled"][:2],
-            unknown={"score": "distance", "threshold": fold["threshold"]},
-            faces=yale["settings"],
-        )
+    fold, uris, chips = served["fold"], served["uris"], yale["chips"]
     model = mlflow.pyfunc.load_model(uris["model_uri"])
     test_rows = fold["part"]["test"]
     answer = model.predict(chips[test_rows], params={"input": "chip", "return_embeddings": True})
