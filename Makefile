@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run lint format test test-fast ui browser clean
+.PHONY: install run lint format test test-fast ui browser secrets clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ ui: $(STAMP)
 # Chromium from Debian for the browser tests (Playwright drives it; its own browser download is not used).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+# The passwords and keys of docker-compose.yaml, random, in .env (mode 600; existing values kept).
+secrets:
+	python3 docker/make_secrets.py
 
 clean:
 	rm -rf .visionops

@@ -1,6 +1,7 @@
 -- One PostgreSQL server, one database and one login role per component:
 --   airflow  Airflow metadata database (also the Celery result backend)
---   mlflow   MLflow tracking store and model registry
+--   mlflow   MLflow tracking store and model registry, and (database mlflow_auth) the users,
+--            roles and grants of its basic-auth app
 --   optuna   Optuna studies shared by tuning workers on different hosts
 --
 -- The official postgres image runs this file with psql once, when it initialises an empty
@@ -40,6 +41,9 @@ CREATE DATABASE airflow OWNER airflow;
 
 CREATE ROLE mlflow LOGIN PASSWORD :'mlflow_password';
 CREATE DATABASE mlflow OWNER mlflow;
+-- Kept apart from the tracking store: it holds password hashes, and is backed up and restored
+-- on its own. A volume made before it existed needs: CREATE DATABASE mlflow_auth OWNER mlflow;
+CREATE DATABASE mlflow_auth OWNER mlflow;
 
 CREATE ROLE optuna LOGIN PASSWORD :'optuna_password';
 CREATE DATABASE optuna OWNER optuna;
@@ -49,6 +53,8 @@ CREATE DATABASE optuna OWNER optuna;
 \connect airflow
 GRANT ALL ON SCHEMA public TO airflow;
 \connect mlflow
+GRANT ALL ON SCHEMA public TO mlflow;
+\connect mlflow_auth
 GRANT ALL ON SCHEMA public TO mlflow;
 \connect optuna
 GRANT ALL ON SCHEMA public TO optuna;

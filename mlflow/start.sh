@@ -15,6 +15,14 @@
 #   MLFLOW_DB_WAIT_INTERVAL       seconds between attempts    (2)
 #   MLFLOW_SERVER_ALLOWED_HOSTS   read by mlflow itself: Host headers accepted besides the default
 #                                 localhost and private IPs (set it when clients use a DNS name)
+#   MLFLOW_AUTH                   basic: MLflow's basic-auth app (basic_auth.ini beside this
+#                                 script); none: no login at all, for a server on this machine only
+#                                 (basic)
+#   MLFLOW_AUTH_CONFIG_TEMPLATE   the auth ini                (basic_auth.ini beside this script)
+#   MLFLOW_AUTH_DATABASE_URI      users, roles and grants     (the ini's database_uri)
+#   MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY
+#                                 read by mlflow itself with MLFLOW_AUTH=basic: the admin created on
+#                                 the first start, and the key that signs CSRF tokens (no defaults)
 # Extra arguments are passed on to `mlflow server`.
 set -euo pipefail
 
@@ -25,6 +33,9 @@ MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 MLFLOW_WORKERS="${MLFLOW_WORKERS:-2}"
 export MLFLOW_DB_WAIT_TRIES="${MLFLOW_DB_WAIT_TRIES:-30}"
 export MLFLOW_DB_WAIT_INTERVAL="${MLFLOW_DB_WAIT_INTERVAL:-2}"
+MLFLOW_AUTH="${MLFLOW_AUTH:-basic}"
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MLFLOW_AUTH_CONFIG_TEMPLATE="${MLFLOW_AUTH_CONFIG_TEMPLATE:-$script_dir/basic_auth.ini}"
 
 if ! mlflow_bin="$(command -v mlflow)"; then
     echo "start.sh: the 'mlflow' command is not on PATH (pip install mlflow, or activate the venv)" >&2
@@ -108,9 +119,58 @@ if [[ -n "$artifacts_path" ]]; then
     mkdir -p "$artifacts_path"
 fi
 
+# MLflow reads the auth store's URI from the ini only, so the ini is copied with the URI of
+# MLFLOW_AUTH_DATABASE_URI into a folder only this user can read (the URI may hold a password),
+# and a SQLite store's folder is made as for the tracking store.
+configure_auth() {
+    [[ -r "$MLFLOW_AUTH_CONFIG_TEMPLATE" ]] || {
+        echo "start.sh: no auth config at $MLFLOW_AUTH_CONFIG_TEMPLATE" >&2
+        exit 1
+    }
+    local folder
+    folder="$(mktemp -d "${TMPDIR:-/tmp}/mlflow-auth.XXXXXX")"  # mode 700
+    export MLFLOW_AUTH_CONFIG_PATH="$folder/basic_auth.ini"
+    auth_db_uri="$("$python_bin" - "$MLFLOW_AUTH_CONFIG_TEMPLATE" "$MLFLOW_AUTH_CONFIG_PATH" <<'PY'
+import configparser
+import os
+import sys
+
+template, target = sys.argv[1:3]
+config = configparser.ConfigParser(interpolation=None)
+config.read(template)
+uri = os.environ.get("MLFLOW_AUTH_DATABASE_URI") or config["mlflow"]["database_uri"]
+# MLflow reads the file with configparser's default interpolation, where % must be doubled
+# (a percent-encoded password).
+config["mlflow"]["database_uri"] = uri.replace("%", "%%")
+with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+    config.write(handle)
+print(uri)
+PY
+)"
+    local auth_db_path
+    auth_db_path="$(local_path_of "$auth_db_uri")"
+    if [[ -n "$auth_db_path" ]]; then
+        mkdir -p "$(dirname "$auth_db_path")"
+    fi
+}
+
+app_args=()
+case "$MLFLOW_AUTH" in
+    basic)
+        configure_auth
+        app_args=(--app-name basic-auth)
+        ;;
+    none) ;;
+    *)
+        echo "start.sh: MLFLOW_AUTH must be basic or none, not '$MLFLOW_AUTH'" >&2
+        exit 2
+        ;;
+esac
+
 # The backend store URI reaches mlflow through MLFLOW_BACKEND_STORE_URI (mlflow reads that
 # variable itself), which keeps a database password off the process list.
 exec "$mlflow_bin" server \
+    "${app_args[@]}" \
     --host "$MLFLOW_HOST" \
     --port "$MLFLOW_PORT" \
     --workers "$MLFLOW_WORKERS" \

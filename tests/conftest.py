@@ -143,6 +143,8 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
             "MLFLOW_HOST": "127.0.0.1",
             "MLFLOW_PORT": str(port),
             "MLFLOW_WORKERS": "1",
+            # These tests are about the store and the artifact proxy; login: test_mlflow_auth.py.
+            "MLFLOW_AUTH": "none",
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
         }

@@ -1,6 +1,7 @@
 """Deployment files, run: mlflow/start.sh is syntax-checked and then really started on SQLite, and an
 artifact is uploaded through its artifact proxy; ``docker compose config`` accepts docker-compose.yaml
-where a compose command is installed. No container engine is needed. (The checks that only read the
+with the secrets docker/make_secrets.py makes, and refuses it without them, where a compose command is
+installed. No container engine is needed. (The checks that only read the
 files: tests/unit/test_deployment_files.py.)
 """
 
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -42,20 +44,47 @@ def compose_command() -> list[str] | None:
     return [standalone] if standalone is not None else None
 
 
-def test_docker_compose_accepts_the_file() -> None:
-    command = compose_command()
-    if command is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    # `config` parses, interpolates and validates the file without talking to an engine.
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "--profile", "gpu", "config", "-q"],
+def compose_config(command: list[str], env_file: Path) -> subprocess.CompletedProcess:
+    # `config` parses, interpolates and validates the file without talking to an engine. The
+    # environment would win over the env file: no secret of this shell may take part.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not any(w in k for w in ("PASSWORD", "SECRET", "KEY"))
+    }
+    return subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "--profile", "gpu"]
+        + ["config", "-q"],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=env,
         check=False,
         timeout=120,
     )
+
+
+def test_docker_compose_accepts_the_file_with_the_secrets_and_refuses_it_without(
+    tmp_path: Path,
+) -> None:
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env_file = tmp_path / ".env"
+    made = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "make_secrets.py"), "--env-file", str(env_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    result = compose_config(command, env_file)
     assert result.returncode == 0, result.stderr
+
+    env_file.write_text("")  # no secrets: an error naming one, not a default
+    result = compose_config(command, env_file)
+    assert result.returncode != 0
+    assert "docker/make_secrets.py" in result.stderr
 
 
 def http(method: str, url: str, body: bytes | None = None, json_body: Any = None) -> bytes:

@@ -1,13 +1,16 @@
 """Checks of the deployment files that need no container engine and no process.
 
 docker-compose.yaml is parsed and checked for the services, shared settings and repository
-paths it relies on; the Airflow Dockerfile copies only paths that exist. Running the commands
-(``bash -n mlflow/start.sh``, ``docker compose config``, start.sh really started on SQLite):
-tests/integration/test_deployment_commands.py.
+paths it relies on; the Airflow and MLflow Dockerfiles copy only paths that exist; MLflow asks for a
+login and the pipeline's processes log in. Running the commands (``bash -n mlflow/start.sh``,
+``docker compose config``, start.sh really started on SQLite): tests/integration/test_deployment_commands.py;
+the login itself: tests/integration/test_mlflow_auth.py; the secrets: test_deployment_secrets.py.
 """
 
 from __future__ import annotations
 
+import configparser
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 AIRFLOW_DOCKERFILE = REPO / "docker" / "airflow.Dockerfile"
+MLFLOW_DOCKERFILE = REPO / "mlflow" / "Dockerfile"
 
 EXPECTED_SERVICES = {
     "postgres",
     "redis",
     "mlflow",
+    "mlflow-init",
     "airflow-apiserver",
     "airflow-scheduler",
     "airflow-dag-processor",
@@ -37,6 +42,8 @@ SHARED_AIRFLOW_SETTINGS = (
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
     "VISIONOPS_DATA_ROOT",
     "VISIONOPS_OPTUNA_STORAGE",
     "VISIONOPS_PROMOTION_LOCK_URL",
@@ -177,11 +184,47 @@ def test_mlflow_service_builds_from_mlflow_folder_on_postgres(
     assert "mlflow:*" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
 
 
+def test_mlflow_asks_for_a_login_and_the_pipeline_logs_in_as_its_service_account(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    server = environment_of(services["mlflow"])
+    assert server["MLFLOW_AUTH"] == "basic"
+    assert server["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    assert server["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_FLASK_SECRET_KEY:?")
+
+    init = services["mlflow-init"]
+    assert init["entrypoint"] == ["python", "/opt/mlflow/setup_auth.py"]
+    assert init["image"] == services["mlflow"]["image"]
+    assert init["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    setup = environment_of(init)
+    assert setup["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert setup["MLFLOW_AUTH_ADMIN_PASSWORD"] == server["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+    # The account mlflow-init makes is the one every Airflow process logs in with.
+    for name, spec in airflow_services(services).items():
+        env = environment_of(spec)
+        assert env["MLFLOW_TRACKING_USERNAME"] == setup["MLFLOW_SERVICE_USERNAME"], name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == setup["MLFLOW_SERVICE_PASSWORD"], name
+    for worker in ("airflow-worker", "airflow-worker-gpu"):
+        condition = services[worker]["depends_on"]["mlflow-init"]["condition"]
+        assert condition == "service_completed_successfully", worker
+
+
+def test_the_auth_config_refuses_by_default_and_holds_no_secret() -> None:
+    config = configparser.ConfigParser()
+    config.read(REPO / "mlflow" / "basic_auth.ini")
+    auth = config["mlflow"]
+    assert auth["default_permission"] in {"NO_PERMISSIONS", "READ"}
+    assert "admin_password" not in auth  # from MLFLOW_AUTH_ADMIN_PASSWORD only
+    assert auth["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+
+
 def test_every_service_has_a_healthcheck_except_the_one_off_init(
     services: dict[str, dict[str, Any]],
 ) -> None:
     without = {name for name, spec in services.items() if "healthcheck" not in spec}
-    assert without == {"airflow-init"}
+    assert without == {"airflow-init", "mlflow-init"}
 
 
 def test_every_depends_on_names_an_existing_service(
@@ -205,6 +248,37 @@ def test_every_repository_path_used_by_the_compose_file_exists(
     assert {"./dags", "./plugins", "./conf", "./docker/postgres-init.sql"} <= used
     missing = sorted(path for path in used if not repo_path(path).exists())
     assert not missing, f"paths used by docker-compose.yaml missing from the repo: {missing}"
+
+
+def pins(text: str) -> dict[str, str]:
+    """name (lower case) -> version of the ``name==version`` pins in requirements.txt."""
+    found = {}
+    for line in text.splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==", 1)
+            found[name.strip().lower()] = version.strip()
+    return found
+
+
+def test_mlflow_image_installs_what_requirements_pins_and_copies_existing_files() -> None:
+    text = MLFLOW_DOCKERFILE.read_text(encoding="utf-8")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.MULTILINE))
+    pinned = pins((REPO / "requirements.txt").read_text(encoding="utf-8"))
+    for package, arg in {
+        "mlflow": "MLFLOW_VERSION",
+        "psycopg2-binary": "PSYCOPG2_VERSION",
+        "flask-wtf": "FLASK_WTF_VERSION",  # the basic-auth app needs it
+    }.items():
+        assert args[arg] == pinned[package], f"{arg} differs from requirements.txt's {package}"
+    copied = [
+        word
+        for line in text.splitlines()
+        if line.startswith("COPY ")
+        for word in line.split()[1:-1]
+        if not word.startswith("--")
+    ]
+    assert {"start.sh", "basic_auth.ini", "setup_auth.py"} <= set(copied)
+    assert all((REPO / "mlflow" / source).exists() for source in copied)
 
 
 def test_airflow_dockerfile_copies_only_existing_paths() -> None:
