@@ -122,7 +122,10 @@ def _run_answering(
     """Start a run, wait for its approval request, answer it as the user; returns (request, summary)."""
     cmd, summary_file = pipeline_command(home, *ARGS, *extra)
     log = (home / f"run-{answer}.log").open("w")
-    proc = subprocess.Popen(cmd, env=_env(home), stdout=log, stderr=subprocess.STDOUT)
+    # Its own session: a failed test stops the run and the `airflow dags test` it started, together.
+    proc = subprocess.Popen(
+        cmd, env=_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 480
         pending = None
@@ -155,8 +158,7 @@ def _run_answering(
         )
         assert proc.wait(timeout=300) == 0, (home / f"run-{answer}.log").read_text()[-4000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_process_group(proc)
         log.close()
     return pending, json.loads(summary_file.read_text())
 
