@@ -159,6 +159,7 @@ def test_a_pipeline_run_reads_in_mlflow(store, repo, monkeypatch):
     note = tags["mlflow.note.content"]
     assert note.splitlines()[0] == "**Run FINISHED**, started by manual"
     assert "**Gate: PASSED**" in note
-    assert f"[{name} v{version}](#/models/{name}/versions/{version}) (`challenger`)" in note
+    link = f"#/models/{name}/versions/{version}?workflowType=machine_learning"
+    assert f"[{name} v{version}]({link}) (`challenger`)" in note
     assert f"| test accuracy | {summary['test_accuracy']:.4f} |" in note
     assert "(http://airflow.example:8080/dags/train_pipeline/runs/manual__1)" in note
