@@ -124,6 +124,7 @@ def test_pyfunc_returns_per_class_probabilities_when_asked(
     params = model.metadata.get_params_schema()
     assert params is not None and [p.name for p in params.params] == [
         "return_probabilities",
+        "return_embeddings",
         "unknown_threshold",
         "input",
     ]

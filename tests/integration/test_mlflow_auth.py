@@ -163,17 +163,29 @@ def status(method: str, url: str, user: tuple[str, str] | None = None, body: Any
 
 
 @pytest.fixture()
-def login(accounts: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[tuple[str, str]], Any]:
+def login(
+    accounts: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[tuple[str, str]], Any]]:
     """``login(user)``: an MlflowClient that sends the user's credentials, as compose's services do."""
+    import mlflow
     from mlflow import MlflowClient
+
+    # Earlier test modules leave MLflow's process-wide URIs on their own stores (set_registry_uri
+    # also exports MLFLOW_REGISTRY_URI): mlflow.artifacts must resolve models:/ on this server.
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
 
     def as_user(user: tuple[str, str]) -> MlflowClient:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", accounts)
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", accounts)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user[0])
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", user[1])
+        mlflow.set_tracking_uri(accounts)
+        mlflow.set_registry_uri(accounts)
         return MlflowClient(accounts, accounts)
 
-    return as_user
+    yield as_user
+    mlflow.set_tracking_uri(before[0])
+    mlflow.set_registry_uri(before[1])
 
 
 def register_version(client: Any, name: str, experiment_id: str, tmp: Path) -> tuple[str, str]:

@@ -53,8 +53,11 @@ def test_a_registered_version_is_monitored_batch_by_batch(mlflow_store, repo, tm
     assert tags["visionops.config_file"].endswith("digits.yaml")
 
     val = load_split(StageOutput(**pre).local_path(), "val")
-    held_out = _write(to_raw_images(np.asarray(val.x))[:200], tmp_path / "held_out")
-    inverted = _write(255 - to_raw_images(np.asarray(val.x))[:200], tmp_path / "inverted")
+    # 200 validation images drawn at random, like a served batch: the first 200 in the split's
+    # stored order need not have the classes in their shares (a shift the check rightly finds).
+    drawn = np.random.default_rng(0).permutation(len(val.x))[:200]
+    held_out = _write(to_raw_images(np.asarray(val.x)[drawn]), tmp_path / "held_out")
+    inverted = _write(255 - to_raw_images(np.asarray(val.x)[drawn]), tmp_path / "inverted")
     ref = batch.resolve(NAME, "challenger")
     verdicts = {}
     for folder in (held_out, inverted):
