@@ -14,9 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from testkit import YALE, free_port, stop_process_group
+from testkit import YALE, start_project_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,51 +129,13 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     started: list[subprocess.Popen] = []
 
     def start(backend_uri: str, timeout_s: float = 90.0) -> str:
-        port = free_port()
-        folder = tmp_path / f"mlflow-server-{port}"
-        folder.mkdir()
-        env = {
-            **os.environ,
-            "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "MLFLOW_BACKEND_STORE_URI": backend_uri,
-            "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "artifacts"),
-            "MLFLOW_HOST": "127.0.0.1",
-            "MLFLOW_PORT": str(port),
-            "MLFLOW_WORKERS": "1",
-            # These tests are about the store and the artifact proxy; login: test_mlflow_auth.py.
-            "MLFLOW_AUTH": "none",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "true",
-        }
-        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_SERVER_ALLOWED_HOSTS"):
-            env.pop(key, None)
-        log = folder / "server.log"
-        with log.open("wb") as handle:
-            server = subprocess.Popen(
-                [str(REPO / "mlflow" / "start.sh")],
-                cwd=folder,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-server-", dir=tmp_path))
+        # These tests are about the store and the artifact proxy; login: test_mlflow_auth.py.
+        server, url = start_project_mlflow_server(
+            folder, backend_uri, {"MLFLOW_AUTH": "none"}, timeout_s
+        )
         started.append(server)
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(
-                    f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return base_url
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"no 200 from {base_url}/health within {timeout_s:.0f} s:\n{log.read_text()}")
+        return url
 
     try:
         yield start

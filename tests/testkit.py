@@ -104,6 +104,65 @@ def stop_process_group(server: subprocess.Popen) -> None:
         pass
 
 
+def start_project_mlflow_server(
+    folder: Path, backend_uri: str, env: dict[str, str], timeout_s: float = 90.0
+) -> tuple[subprocess.Popen, str]:
+    """The project's MLflow server (``mlflow/start.sh``) on a free port, in its own session, with
+    artifacts under ``folder``; returns it and its URL once ``/health`` answers (no login needed).
+
+    ``env`` adds to or overrides the server's settings (``MLFLOW_AUTH`` and the auth store, say).
+    The caller stops it with ``stop_process_group``; if it never answers, it is stopped here.
+    """
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    full = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_BACKEND_STORE_URI": backend_uri,
+        "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "artifacts"),
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        **env,
+    }
+    # The test session's own store must not leak into the server's.
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_SERVER_ALLOWED_HOSTS"):
+        full.pop(key, None)
+    log = folder / "server.log"
+    with log.open("wb") as handle:
+        server = subprocess.Popen(
+            [str(REPO / "mlflow" / "start.sh")],
+            cwd=folder,
+            env=full,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            assert server.poll() is None, (
+                f"start.sh exited with {server.returncode} before answering:\n{log.read_text()}"
+            )
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return server, url
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (
+                f"no 200 from {url}/health within {timeout_s:.0f} s:\n{log.read_text()}"
+            )
+            time.sleep(0.5)
+    except BaseException:
+        stop_process_group(server)
+        raise
+
+
 @contextlib.contextmanager
 def model_server(
     model_uri: str, workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 180

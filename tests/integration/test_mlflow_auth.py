@@ -17,7 +17,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from testkit import free_port, stop_process_group
+from testkit import start_project_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_AUTH = REPO / "mlflow" / "setup_auth.py"
@@ -41,44 +40,19 @@ MODEL = f"auth-{uuid.uuid4().hex[:8]}"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server's URL, once it answers /health (which needs no login)."""
     folder = tmp_path_factory.mktemp("mlflow-auth")
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder}/mlflow.db",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(folder / "artifacts"),
-        "MLFLOW_HOST": "127.0.0.1",
-        "MLFLOW_PORT": str(port),
-        "MLFLOW_WORKERS": "1",
-        "MLFLOW_AUTH": "basic",
-        "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{folder}/auth/basic_auth.db",
-        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-    }
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_SERVER_ALLOWED_HOSTS"):
-        env.pop(key, None)
-    log = folder / "server.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [str(REPO / "mlflow" / "start.sh")],
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_project_mlflow_server(
+        folder,
+        f"sqlite:///{folder}/mlflow.db",
+        {
+            "MLFLOW_AUTH": "basic",
+            "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{folder}/auth/basic_auth.db",
+            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+        },
+        timeout_s=120,
+    )
     try:
-        deadline = time.monotonic() + 120
-        while status("GET", f"{url}/health") != 200:
-            assert process.poll() is None, f"start.sh exited:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"no /health:\n{log.read_text()[-4000:]}"
-            time.sleep(0.5)
         assert (folder / "auth" / "basic_auth.db").is_file(), (
             "the auth store is not where it was told"
         )
