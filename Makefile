@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run lint format test test-fast ui browser secrets clean
+.PHONY: install run lint format test test-fast ui stack stack-down stack-status browser secrets clean
 
 install: $(STAMP)
 
@@ -40,6 +40,17 @@ test-fast: $(STAMP)
 # exec: Ctrl-C and SIGTERM reach `visionops ui`, which stops Airflow and MLflow with all their processes.
 ui: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/visionops ui $(ARGS)
+
+# The multi-service deployment of docker-compose.yaml as processes on this machine (Celery workers,
+# PostgreSQL, Redis, the MLflow server with its login): secrets made into .env on the first start.
+stack: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops stack up $(ARGS)
+
+stack-down: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops stack down $(ARGS)
+
+stack-status: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/visionops stack status $(ARGS)
 
 # Chromium from Debian for the browser tests (Playwright drives it; its own browser download is not used).
 browser:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+from mlflow.entities import Run, RunData, RunInfo, RunTag
+
 from visionops.core import tracking
 
 
@@ -41,3 +44,26 @@ def test_log_run_url_logs_one_info_line_on_the_visionops_logger(monkeypatch, cap
             "?workflowType=machine_learning",
         )
     ]
+
+
+def _run(status: str = "RUNNING", parent: str | None = "p1", lifecycle: str = "active") -> Run:
+    tags = [RunTag("mlflow.parentRunId", parent)] if parent else []
+    info = RunInfo("r1", "0", "me", status, 0, None, lifecycle)
+    return Run(info, RunData(tags=tags))
+
+
+@pytest.mark.parametrize(
+    ("run", "reopen"),
+    [
+        (_run("RUNNING"), True),  # its worker was killed: nobody ended it
+        (_run("FAILED"), True),  # the attempt raised
+        (_run("KILLED"), True),
+        (_run("FINISHED"), False),  # a finished run is never written to again
+        (_run(lifecycle="deleted"), False),
+        (_run(parent="other"), False),  # another pipeline run's
+        (_run(parent=None), False),  # not a stage's child run
+        (None, False),  # gone
+    ],
+)
+def test_a_stage_run_is_reopened_only_when_unfinished_alive_and_of_the_same_parent(run, reopen):
+    assert tracking.can_reopen(run, "p1") is reopen

@@ -1,20 +1,20 @@
 """visionops: run the training pipeline, manage the model registry, label images, start the UIs.
 
 Sub-command groups: ``pipeline run``, ``registry show|promote|rollback``, ``predict``,
-``data add|watch``, ``ui``.
+``data add|watch``, ``ui``, ``stack up|down|status``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from visionops.cli import data, pipeline, predict, registry, ui
+from visionops.cli import data, pipeline, predict, registry, stack, ui
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
-    for group in (pipeline, registry, predict, data, ui):
+    for group in (pipeline, registry, predict, data, ui, stack):
         group.add_commands(sub)
     return parser
 

@@ -11,8 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunStatus
+from mlflow.entities import LifecycleStage, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import mlflow
 from visionops.core.constants import (
@@ -146,9 +148,38 @@ def end_parent_run(parent_run_id: str, status: str = "FINISHED") -> None:
     client.set_terminated(parent_run_id, status=status)
 
 
+def can_reopen(run: Run | None, parent_run_id: str) -> bool:
+    """Whether a stage's earlier child run may take the retry's logging: it exists, is not deleted,
+    is a child of ``parent_run_id`` and did not finish (an interrupted attempt is RUNNING or FAILED)."""
+    return (
+        run is not None
+        and run.info.lifecycle_stage == LifecycleStage.ACTIVE
+        and run.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent_run_id
+        and run.info.status != RunStatus.to_string(RunStatus.FINISHED)
+    )
+
+
+def _get_run(client: MlflowClient, run_id: str) -> Run | None:
+    try:
+        return client.get_run(run_id)
+    except MlflowException:  # never existed, or removed for good
+        return None
+
+
 @contextmanager
-def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """A child run for one stage; on error it and the parent are marked FAILED with the stage named."""
+def stage_run(
+    parent_run_id: str,
+    stage: str,
+    tags: dict[str, str] | None = None,
+    *,
+    resume_run_id: str | None = None,
+) -> Iterator[str]:
+    """A child run for one stage; on error it and the parent are marked FAILED with the stage named.
+
+    ``resume_run_id``: an earlier attempt's child run, reopened (status RUNNING again) when
+    ``can_reopen`` allows, so a resumed stage goes on logging where it stopped; otherwise a new
+    child run is opened. The yielded run id says which happened.
+    """
     client = MlflowClient()
     parent = client.get_run(parent_run_id)
     if parent.info.status != "RUNNING":
@@ -158,12 +189,18 @@ def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
     for key in ("dag_id", "airflow_run_id", "config_hash", "run_key"):
         if f"{TAG_PREFIX}{key}" in parent.data.tags:
             child_tags.setdefault(f"{TAG_PREFIX}{key}", parent.data.tags[f"{TAG_PREFIX}{key}"])
-    with mlflow.start_run(
-        experiment_id=parent.info.experiment_id,
-        run_name=stage,
-        parent_run_id=parent_run_id,
-        tags=child_tags,
-    ) as run:
+    earlier = _get_run(client, resume_run_id) if resume_run_id else None
+    if can_reopen(earlier, parent_run_id):
+        log.info("%s: reopening MLflow run %s of an interrupted attempt", stage, resume_run_id)
+        started = mlflow.start_run(run_id=resume_run_id, tags=child_tags)
+    else:
+        started = mlflow.start_run(
+            experiment_id=parent.info.experiment_id,
+            run_name=stage,
+            parent_run_id=parent_run_id,
+            tags=child_tags,
+        )
+    with started as run:
         log_run_url(parent.info.experiment_id, run.info.run_id)
         try:
             yield run.info.run_id

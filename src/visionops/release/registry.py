@@ -21,7 +21,17 @@ def get_alias(name: str, alias: str = CHAMPION) -> ModelVersion | None:
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
+        # A server with MLflow's basic-auth app answers 403, not 404, to an account other than the
+        # admin when the model does not exist (it does not tell names apart). A model the account
+        # cannot see is absent from a search too; one it can see but not read is a real refusal.
+        if exc.error_code == "PERMISSION_DENIED" and not _model_exists(name):
+            return None
         raise
+
+
+def _model_exists(name: str) -> bool:
+    quoted = name.replace("'", "\\'")
+    return bool(MlflowClient().search_registered_models(filter_string=f"name = '{quoted}'"))
 
 
 def champion_version(name: str) -> str | None:

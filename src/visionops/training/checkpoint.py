@@ -2,11 +2,13 @@
 
 A checkpoint holds everything needed to continue as if never stopped: model, optimizer and
 scheduler state, the fp16 gradient scaler's state, every RNG state, the history and the best
-weights so far.
+weights so far. Beside it, ``<checkpoint>.run.json`` names the MLflow run that the checkpointed
+attempt logged to, so a retry that resumes from the checkpoint goes on logging to that run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -74,3 +76,30 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def run_record_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f"{checkpoint.name}.run.json")
+
+
+def record_run_id(checkpoint: Path, run_id: str) -> None:
+    """Name the MLflow run the checkpoints at ``checkpoint`` belong to (atomically, like them)."""
+    path = run_record_path(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"run_id": run_id}))
+    os.replace(tmp, path)
+
+
+def recorded_run_id(checkpoint: Path) -> str | None:
+    """The MLflow run named by ``record_run_id``, or None when none is (or the record is unreadable)."""
+    try:
+        return json.loads(run_record_path(checkpoint).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """The checkpoint and its run record, once the stage's output is committed and answers any retry."""
+    checkpoint.unlink(missing_ok=True)
+    run_record_path(checkpoint).unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """The train stage: full training with the tuned parameters, per-epoch metrics, the served model logged.
 
 Every epoch is checkpointed into the run folder, so a retried train task resumes after the last
-finished epoch instead of starting over.
+finished epoch instead of starting over, logging on in the MLflow run the interrupted attempt opened.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 
 import mlflow
 from visionops.core import tracking
@@ -25,7 +26,12 @@ from visionops.core.run_view import log_params_once
 from visionops.core.storage import StageOutput, fingerprint, visionops_home
 from visionops.data.preprocess import load_labels, load_split, load_stats
 from visionops.serving.model import log_classifier, tta_label
-from visionops.training.checkpoint import load_checkpoint
+from visionops.training.checkpoint import (
+    load_checkpoint,
+    record_run_id,
+    recorded_run_id,
+    remove_checkpoint,
+)
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
 from visionops.training.inputs import build_network, encoder_of, training_output
 from visionops.training.packaging import served_extras
@@ -93,6 +99,22 @@ def checkpoint_path(ctx: RunContext, fp: str) -> Path:
     return visionops_home() / "checkpoints" / ctx.run_key / f"{fp[:16]}.pt"
 
 
+def _log_missing_epochs(run_id: str, history: list[dict[str, Any]], reopened: bool) -> None:
+    """Log the checkpoint's epochs that ``run_id`` lacks (step = epoch): every one in a new run; in a
+    reopened run only those the interrupted attempt checkpointed but did not live to log (the loop
+    saves an epoch's checkpoint before it reports the epoch)."""
+    client = MlflowClient()
+    logged: dict[str, set[int]] = {}
+    for m in history:
+        metrics = epoch_metrics(EpochMetrics(**m))
+        for key in metrics.keys() - logged.keys():
+            steps = client.get_metric_history(run_id, key) if reopened else []
+            logged[key] = {s.step for s in steps}
+        missing = {k: v for k, v in metrics.items() if m["epoch"] not in logged[k]}
+        if missing:
+            mlflow.log_metrics(missing, step=m["epoch"])
+
+
 def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, Any]) -> Trained:
     """Train with ``params`` (tuned or configured), log metrics and the model; reuse a finished run's model."""
     cfg = apply_params(ctx.config(), params)
@@ -101,12 +123,19 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         "train", preprocessed.fingerprint, params, cfg.model.model_dump(), cfg.train.model_dump()
     )
     store = ctx.store()
-    with tracking.stage_run(ctx.parent_run_id, "train") as run_id:
+    ckpt = checkpoint_path(ctx, fp) if cfg.train.checkpoint else None
+    # An interrupted attempt (an exception, or a worker killed without a word) left its run id
+    # beside the checkpoint: the retry reopens that run instead of leaving it behind.
+    earlier_run = recorded_run_id(ckpt) if ckpt is not None else None
+    with tracking.stage_run(ctx.parent_run_id, "train", resume_run_id=earlier_run) as run_id:
         done = store.find("train", fp)
         if done is not None and done.meta.get("run_key") == ctx.run_key:
             # A retried task: the model of this run is already logged.
             mlflow.set_tag(f"{T}reused_output", "true")
             return Trained.model_validate(done.meta)
+        reopened = earlier_run is not None and run_id == earlier_run
+        if ckpt is not None and not reopened:
+            record_run_id(ckpt, run_id)  # before the first epoch: a kill at any point finds it
         folder = preprocessed.local_path()
         stats, labels = load_stats(folder), load_labels(folder)
         # Images, or for a feature model (face_embedding) their cached embeddings.
@@ -139,18 +168,25 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         log_params_once(ctx.parent_run_id, current_params(cfg))
         seed_everything(t.seed)  # the initial weights come from the seed too
         net = build_network(cfg, len(labels), stats)
-        mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
-        mlflow.log_metric(
-            "n_trainable_parameters", sum(p.numel() for p in net.parameters() if p.requires_grad)
-        )
-        ckpt = checkpoint_path(ctx, fp) if t.checkpoint else None
+        if not reopened or "n_parameters" not in MlflowClient().get_run(run_id).data.metrics:
+            mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
+            mlflow.log_metric(
+                "n_trainable_parameters",
+                sum(p.numel() for p in net.parameters() if p.requires_grad),
+            )
         earlier = load_checkpoint(ckpt) if ckpt is not None else None
         if earlier is not None:
-            # A retry: this run gets the epochs before the interruption too, so its curves are whole.
+            # A retry: the run gets the epochs before the interruption (a reopened run has most of
+            # them already), so its curves are whole and every epoch is logged once.
             mlflow.set_tag(f"{T}resumed_after_epoch", str(earlier["epoch"]))
-            for m in earlier["history"]:
-                mlflow.log_metrics(epoch_metrics(EpochMetrics(**m)), step=m["epoch"])
-            log.info("train: resuming after epoch %d from %s", earlier["epoch"], ckpt)
+            _log_missing_epochs(run_id, earlier["history"], reopened)
+            log.info(
+                "train: resuming after epoch %d from %s in %s run %s",
+                earlier["epoch"],
+                ckpt,
+                "the interrupted attempt's" if reopened else "a new",
+                run_id,
+            )
 
         def on_epoch(m: EpochMetrics) -> None:
             mlflow.log_metrics(epoch_metrics(m), step=m.epoch)
@@ -216,7 +252,8 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             (pending.path / "train.json").write_text(json.dumps(meta, indent=2))
             pending.meta = meta
         if ckpt is not None:
-            ckpt.unlink(missing_ok=True)  # the committed output now answers any retry
+            # With its run record: the committed output now answers any retry.
+            remove_checkpoint(ckpt)
     log.info(
         "train: best val_accuracy %.4f at epoch %d of %d; model %s",
         result.best_val_accuracy,
