@@ -73,7 +73,9 @@ default_args = {
     ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    # One run at a time by default; a multi-worker stack (docker-compose, `make stack`) allows more,
+    # and their promotions serialise on the promotion lock.
+    max_active_runs=int(os.environ.get("VISIONOPS_MAX_ACTIVE_RUNS", "1")),
     doc_md=DOC,
     tags=["visionops", "training", "mlflow"],
     default_args=default_args,

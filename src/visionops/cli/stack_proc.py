@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ class Service:
     pid: int
     command: list[str]
     log: str
-    env: dict[str, str]
-    cwd: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "."
 
 
 class StackState:
