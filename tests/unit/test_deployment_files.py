@@ -165,7 +165,8 @@ def test_workers_listen_on_their_queues_and_the_gpu_worker_reserves_a_gpu(
 ) -> None:
     assert "--queues default" in services["airflow-worker"]["command"]
     gpu_worker = services["airflow-worker-gpu"]
-    assert "--queues gpu" in gpu_worker["command"]
+    # gpu first, default in a free slot; the queues are a setting (AIRFLOW_GPU_WORKER_QUEUES).
+    assert "--queues ${AIRFLOW_GPU_WORKER_QUEUES:-gpu,default}" in gpu_worker["command"]
     devices = gpu_worker["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
 

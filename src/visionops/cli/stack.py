@@ -531,7 +531,9 @@ def add_commands(sub: Any) -> None:
             )
             p.add_argument("--own-postgres", action="store_true", help="start a server of its own")
             p.add_argument("--own-redis", action="store_true", help="start a server of its own")
-        if name == "down":
+        if name == "restart":
+            p.add_argument("service", help="e.g. airflow-scheduler, airflow-worker, mlflow")
+        if name in ("down", "restart"):
             p.add_argument(
                 "--grace", type=float, default=30.0, help="seconds before what is left is killed"
             )
