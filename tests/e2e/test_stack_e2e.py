@@ -3,17 +3,19 @@
 One stack serves the module: PostgreSQL databases of its own on the local server, Redis, the MLflow
 server with its login, the Airflow API server, scheduler, DAG processor and triggerer, and two Celery
 workers under host names of their own. Runs are triggered through the REST API with a token, as the
-README shows. In order:
+README shows (one of them through ``visionops pipeline run --stack``). Three runs carry the faults, in
+order:
 
-1. refusals: the Airflow API and MLflow without credentials (401), MLflow's read-only user writing (403);
-2. a CPU run: tuning tasks on both workers, the scheduler restarted while it tunes, champion promoted;
-3. a run asking for a GPU (``train.device: auto``): train, tune and evaluate on the ``gpu`` queue
-   and pool, on the gpu worker (on CPU here); the MLflow server stopped for 20 s while it trains: one
-   parent run, one registered version;
-4. the worker running ``train`` killed (SIGKILL, the whole process group): the retry runs on the other
-   worker and resumes from the epoch checkpoint in the same MLflow run, one model logged;
-5. two runs of one model waiting for approval, approved at the same moment: both promote tasks run
-   at once on the two workers, and the better model ends as champion.
+1. refusals: the Airflow API without a token or with a forged one, MLflow without credentials (401),
+   MLflow's read-only user writing (403);
+2. a CPU run: its tuning tasks on both workers, sharing one Optuna study on PostgreSQL, while the
+   scheduler is restarted; the worker running ``train`` killed after the first epoch checkpoint:
+   the retry runs on the other worker and resumes in the same MLflow run, one model; champion;
+3. two runs of one model waiting for approval, approved at the same moment: both promote tasks run
+   at once on the two workers, and the better model ends as champion. The better one asks for a GPU
+   (``train.device: auto``): train and evaluate on the ``gpu`` queue, pool and worker (on CPU
+   here); the MLflow server is stopped for 20 s while it trains: one parent run, one registered
+   version each.
 
 Teardown brings the stack down and checks that no process of it is left.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -36,6 +39,7 @@ from typing import Any
 import pytest
 
 from testkit import free_port
+from visionops.cli.airflow_api import AirflowApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -59,55 +63,30 @@ def _have_services() -> str | None:
 
 
 class Api:
-    """The Airflow REST API with a token from ``/auth/token`` (the documented way)."""
+    """The project's Airflow REST client (a token from ``/auth/token``), bound to ``train_pipeline``."""
 
     def __init__(self, base: str, user: str, password: str) -> None:
+        self.rest = AirflowApi(base, user, password)
         self.base = base
-        body = json.dumps({"username": user, "password": password}).encode()
-        req = urllib.request.Request(
-            f"{base}/auth/token", body, {"Content-Type": "application/json"}, method="POST"
-        )
-        with urllib.request.urlopen(req, timeout=30) as response:
-            self.token = json.load(response)["access_token"]
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        req = urllib.request.Request(f"{self.base}{path}", data, headers, method=method)
-        with urllib.request.urlopen(req, timeout=60) as response:
-            return json.load(response)
+        self.call = self.rest.call
 
     def trigger(self, overrides: dict[str, Any], **params: Any) -> str:
-        conf = {"overrides": {**SMALL, **overrides}, **params}
-        run = self.call("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})
-        return run["dag_run_id"]
+        return self.rest.trigger(DAG, {"overrides": {**SMALL, **overrides}, **params})
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
+        return self.rest.run(DAG, run_id)
 
     def tasks(self, run_id: str) -> list[dict[str, Any]]:
-        rid = urllib.parse.quote(run_id, safe="")
-        return self.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{rid}/taskInstances?limit=100")[
-            "task_instances"
-        ]
+        return self.rest.tasks(DAG, run_id)
 
     def tries(self, run_id: str, task_id: str) -> list[dict[str, Any]]:
-        rid = urllib.parse.quote(run_id, safe="")
-        path = f"/api/v2/dags/{DAG}/dagRuns/{rid}/taskInstances/{task_id}/tries"
-        return self.call("GET", path)["task_instances"]
+        return self.rest.tries(DAG, run_id, task_id)
 
     def task(self, run_id: str, task_id: str) -> dict[str, Any]:
         return next(t for t in self.tasks(run_id) if t["task_id"] == task_id)
 
     def wait(self, run_id: str, timeout_s: float = 600) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            run = self.run(run_id)
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(3)
-        states = {t["task_id"]: t["state"] for t in self.tasks(run_id)}
-        raise AssertionError(f"run {run_id} not finished after {timeout_s} s: {states}")
+        return self.rest.wait(DAG, run_id, timeout_s)
 
     def wait_task(self, run_id: str, task_id: str, states: set[str], timeout_s: float = 400):
         deadline = time.monotonic() + timeout_s
@@ -162,7 +141,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     secrets = _env_values(env_file)
     state = json.loads((home / "stack" / "stack.json").read_text())
     api = Api(f"http://127.0.0.1:{airflow_port}", "admin", secrets["AIRFLOW_ADMIN_PASSWORD"])
-    api.call("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+    api.rest.unpause(DAG)
     info = {
         "home": home / "stack",
         "api": api,
@@ -253,126 +232,132 @@ def _parents(client, run_id: str) -> list:  # noqa: ANN001
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 
-def test_cpu_run_spreads_tuning_over_both_workers_and_survives_a_scheduler_restart(
-    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    api = stack["api"]
-    run_id = api.trigger(
-        {
-            "train.device": "cpu",
-            "tune.workers": 2,
-            "tune.n_trials": 4,
-            "train.max_epochs": 3,
-            **GATE,
-        }
-    )
-    api.wait_task(run_id, "tune_worker", {"running", "success"})
-    _stack(stack["home"], "restart", "airflow-scheduler")
-    run = api.wait(run_id)
-    tasks = api.tasks(run_id)
-    assert run["state"] == "success", {t["task_id"]: t["state"] for t in tasks}
-    tuners = [t for t in tasks if t["task_id"] == "tune_worker"]
-    assert {t["hostname"] for t in tuners} == set(stack["hosts"].values()), tuners
-    assert all(t["queue"] == "default" for t in tasks if t["state"] == "success")
-    client = _mlflow(stack, monkeypatch)
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert champion.tags["visionops.airflow_run_id"] == run_id
-    assert len(_parents(client, run_id)) == 1
+def _start_cli_run(stack: dict[str, Any], overrides: dict[str, Any], folder: Path):  # noqa: ANN202
+    """``visionops pipeline run --stack`` as a person runs it; returns (process, log, run id)."""
+    cmd = [str(Path(sys.executable).parent / "visionops"), "pipeline", "run"]
+    cmd += [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
+    cmd += ["--stack", str(stack["home"]), "--summary-json", str(folder / "summary.json")]
+    log = (folder / "cli.log").open("w+")
+    cli = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (found := re.search(r"triggered train_pipeline run (\S+) on the stack", _read(log))):
+        if cli.poll() is not None or time.monotonic() > deadline:
+            cli.kill()
+            raise AssertionError(_read(log))
+        time.sleep(0.5)
+    return cli, log, found.group(1)
 
 
-def test_gpu_run_is_routed_to_the_gpu_worker_and_outlives_an_mlflow_outage(
-    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def _read(log: Any) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()
+
+
+def _wait_for_checkpoint(stack: dict[str, Any], run_id: str) -> None:
+    from visionops.core.run import new_run_key
+
+    checkpoints = stack["home"] / "data" / "runs" / new_run_key(DAG, run_id) / "train-checkpoint"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*.pt")):
+        assert time.monotonic() < deadline, f"no checkpoint in {checkpoints}"
+        time.sleep(0.3)
+
+
+def test_a_run_spreads_over_both_workers_and_survives_a_scheduler_restart_and_a_lost_worker(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """One CPU run through ``visionops pipeline run --stack`` (the CLI triggers it through the REST
+    API, follows it and prints its summary). Its tuning tasks run on both workers at once; the
+    scheduler is restarted while they tune; the worker running ``train`` is killed after the first
+    epoch checkpoint (SIGKILL to its whole session: the host is gone), so the scheduler notices the
+    lost heartbeat and the retry runs on the other worker, resuming from the checkpoint in the same
+    MLflow run. The run ends promoted, with one train run and one model."""
     from visionops.cli.stack_proc import StackState, start_service, stop_service
 
     api = stack["api"]
-    run_id = api.trigger(
-        {"train.device": "auto", "tune.n_trials": 0, "train.max_epochs": 6, **GATE}, force=True
+    overrides = {**SMALL, "train.device": "cpu", "tune.workers": 2, "tune.n_trials": 4}
+    overrides |= {"train.max_epochs": 10, "train.patience": 10, **GATE}
+    cli, log, run_id = _start_cli_run(stack, overrides, tmp_path)
+    state = StackState(stack["home"])
+    victim = None
+    try:
+        api.wait_task(run_id, "tune_worker", {"running", "success"})
+        _stack(stack["home"], "restart", "airflow-scheduler")
+        (train,) = api.wait_task(run_id, "train", {"running"}, timeout_s=600)
+        _wait_for_checkpoint(stack, run_id)
+        victim = next(s for s, h in stack["hosts"].items() if h == train["hostname"])
+        worker = state.services[victim]
+        stop_service(state, victim, kill=True)
+        assert cli.wait(timeout=900) == 0, _read(log)
+    finally:
+        cli.kill()
+        log.close()
+        if victim is not None:
+            start_service(state, victim, worker.command, worker.env, Path(worker.cwd))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    printed = (tmp_path / "cli.log").read_text()
+    assert f"UIs               : Airflow {api.base} and MLflow {stack['mlflow']}" in printed
+    assert summary["status"] == "FINISHED" and summary["gate"] == "passed", summary
+    assert "champion" in summary["model_aliases"], summary
+    tasks = api.tasks(run_id)
+    tuners = [t for t in tasks if t["task_id"] == "tune_worker"]
+    assert {t["hostname"] for t in tuners} == set(stack["hosts"].values()), tuners
+    assert all(t["queue"] == "default" for t in tasks if t["state"] == "success")
+    tries = api.tries(run_id, "train")
+    assert tries[-1]["state"] == "success" and tries[-1]["hostname"] != train["hostname"], tries
+    client = _mlflow(stack, monkeypatch)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["visionops.airflow_run_id"] == run_id
+    (parent,) = _parents(client, run_id)
+    assert parent.info.run_id == summary["parent_run_id"]
+    exp = [parent.info.experiment_id]
+    children = client.search_runs(exp, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # One study on PostgreSQL, its trials children of the one tuning run, whichever worker ran them.
+    (tune,) = [r for r in children if r.data.tags.get("visionops.stage") == "tune"]
+    trials = client.search_runs(exp, f"tags.mlflow.parentRunId = '{tune.info.run_id}'")
+    finished = [t for t in trials if t.data.tags.get("optuna.state") in ("COMPLETE", "PRUNED")]
+    # Two workers stop at tune.n_trials finished together: each may have one more trial under way.
+    assert 4 <= len(finished) <= 5, [t.data.tags for t in trials]
+    assert len({t.data.tags["optuna.study"] for t in trials}) == 1
+    # The retry went on in the interrupted attempt's MLflow run: one run, every epoch logged once.
+    (trained,) = [r for r in children if r.data.tags.get("visionops.stage") == "train"]
+    assert trained.info.status == "FINISHED"
+    assert int(trained.data.tags["visionops.resumed_after_epoch"]) >= 1
+    steps = [m.step for m in client.get_metric_history(trained.info.run_id, "val_accuracy")]
+    assert sorted(steps) == list(range(1, len(steps) + 1)), steps
+    models = client.search_logged_models(
+        exp, filter_string=f"source_run_id = '{trained.info.run_id}'"
     )
-    api.wait_task(run_id, "train", {"running"})
+    assert len([m for m in models if m.name == "model"]) == 1
+
+
+def test_two_promotions_at_once_end_with_the_better_model_through_an_mlflow_outage(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of one model wait for approval and are approved at the same moment: their promote
+    tasks run at once on the two workers, and the better model ends as champion. The better run asks
+    for a GPU (``train.device: auto``): its train and evaluate go to the ``gpu`` queue and pool, on the
+    gpu worker (on CPU here). While it trains, the MLflow server is stopped for 20 s: both runs go on
+    or retry, and each ends with one parent run and one registered version."""
+    from visionops.cli.stack_proc import StackState, start_service, stop_service
+
+    api = stack["api"]
+    race = {"registry.model_name": "visionops-race", "gate.require_approval": True}
+    race |= {"tune.n_trials": 0, "gate.min_accuracy": 0.2, "gate.min_macro_f1": 0.1}
+    worse = api.trigger({**race, "train.device": "cpu", "train.max_epochs": 2}, force=True)
+    better = api.trigger({**race, "train.device": "auto", "train.max_epochs": 8}, force=True)
+    api.wait_task(better, "train", {"running"}, timeout_s=600)
     state = StackState(stack["home"])
     server = state.services["mlflow"]
     stop_service(state, "mlflow", grace_s=5)
     time.sleep(20)
     start_service(state, "mlflow", server.command, server.env, Path(server.cwd))
-    run = api.wait(run_id)
-    tasks = {t["task_id"]: t for t in api.tasks(run_id)}
-    assert run["state"] == "success", {k: t["state"] for k, t in tasks.items()}
-    gpu_host = stack["hosts"]["airflow-worker-gpu"]
-    for name in ("train", "evaluate"):
-        t = tasks[name]
-        assert (t["queue"], t["pool"], t["hostname"]) == ("gpu", "gpu", gpu_host), (name, t)
-    assert (tasks["ingest"]["queue"], tasks["ingest"]["pool"]) == ("default", "default_pool")
-    client = _mlflow(stack, monkeypatch)
-    mine = [
-        v
-        for v in client.search_model_versions(f"name = '{MODEL}'")
-        if v.tags.get("visionops.airflow_run_id") == run_id
-    ]
-    assert len(mine) == 1, [v.version for v in mine]
-    assert len(_parents(client, run_id)) == 1
-
-
-def test_worker_killed_during_train_is_retried_on_the_other_and_resumes(
-    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from visionops.cli.stack_proc import StackState, start_service, stop_service
-
-    api = stack["api"]
-    overrides = {"train.device": "cpu", "tune.n_trials": 0, "train.max_epochs": 12}
-    overrides |= {"train.patience": 12, "model.width": 2, **GATE}
-    run_id = api.trigger(overrides, force=True)
-    (train,) = api.wait_task(run_id, "train", {"running"})
-    key = "".join(c if c.isalnum() or c in "_.-" else "_" for c in run_id).strip("._")
-    checkpoints = stack["home"] / "data" / "runs" / key / "train-checkpoint"
-    deadline = time.monotonic() + 300
-    while not list(checkpoints.glob("*.pt")):
-        assert time.monotonic() < deadline, f"no checkpoint in {checkpoints}"
-        time.sleep(0.3)
-    victim = next(s for s, h in stack["hosts"].items() if h == train["hostname"])
-    state = StackState(stack["home"])
-    worker = state.services[victim]
-    stop_service(state, victim, kill=True)  # the host is gone: no warm shutdown
-    try:
-        run = api.wait(run_id, timeout_s=600)
-    finally:
-        start_service(state, victim, worker.command, worker.env, Path(worker.cwd))
-    tries = api.tries(run_id, "train")
-    assert run["state"] == "success", tries
-    assert tries[-1]["state"] == "success" and tries[-1]["hostname"] != train["hostname"], tries
-    client = _mlflow(stack, monkeypatch)
-    (parent,) = _parents(client, run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
-    trains = [r for r in children if r.data.tags.get("visionops.stage") == "train"]
-    assert len(trains) == 1 and trains[0].info.status == "FINISHED", trains
-    resumed = trains[0].data.tags.get("visionops.resumed_after_epoch")
-    assert resumed is not None and int(resumed) >= 1
-    steps = [m.step for m in client.get_metric_history(trains[0].info.run_id, "val_accuracy")]
-    assert sorted(steps) == list(range(1, len(steps) + 1)), steps
-    models = client.search_logged_models(
-        [parent.info.experiment_id], filter_string=f"source_run_id = '{trains[0].info.run_id}'"
-    )
-    assert len([m for m in models if m.name == "model"]) == 1
-
-
-def test_two_promotions_at_once_end_with_the_better_model(
-    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    api = stack["api"]
-    race = {"registry.model_name": "visionops-race", "gate.require_approval": True}
-    race |= {"train.device": "cpu", "tune.n_trials": 0}
-    race |= {"gate.min_accuracy": 0.2, "gate.min_macro_f1": 0.1}  # the worse one must pass too
-    worse = api.trigger({**race, "train.max_epochs": 2}, force=True)
-    better = api.trigger({**race, "train.max_epochs": 8}, force=True)
     for run_id in (worse, better):
         api.wait_task(run_id, "approve", {"deferred", "awaiting_input"}, timeout_s=600)
 
     def approve(run_id: str) -> None:
-        rid = urllib.parse.quote(run_id, safe="")
-        path = f"/api/v2/dags/{DAG}/dagRuns/{rid}/taskInstances/approve/-1/hitlDetails"
-        api.call("PATCH", path, {"chosen_options": ["Approve"], "params_input": {}})
+        api.rest.answer(DAG, run_id, "approve", "Approve")
 
     answers = [threading.Thread(target=approve, args=(r,)) for r in (worse, better)]
     for t in answers:
@@ -380,17 +365,37 @@ def test_two_promotions_at_once_end_with_the_better_model(
     for t in answers:
         t.join()
     runs = {r: api.wait(r) for r in (worse, better)}
-    promotes = {r: api.task(r, "promote") for r in runs}
-    assert all(p["state"] in ("success", "failed") for p in promotes.values()), promotes
-    client = _mlflow(stack, monkeypatch)
-    versions = {
-        v.tags["visionops.airflow_run_id"]: v
-        for v in client.search_model_versions("name = 'visionops-race'")
+    tasks = {r: {t["task_id"]: t for t in api.tasks(r)} for r in runs}
+    assert all(run["state"] == "success" for run in runs.values()), {
+        r: {k: t["state"] for k, t in ts.items()} for r, ts in tasks.items()
     }
+    gpu_host = stack["hosts"]["airflow-worker-gpu"]
+    for name in ("train", "evaluate"):
+        t = tasks[better][name]
+        assert (t["queue"], t["pool"], t["hostname"]) == ("gpu", "gpu", gpu_host), (name, t)
+        assert (tasks[worse][name]["queue"], tasks[worse][name]["pool"]) == (
+            "default",
+            "default_pool",
+        )
+    assert (tasks[better]["ingest"]["queue"], tasks[better]["ingest"]["pool"]) == (
+        "default",
+        "default_pool",
+    )
+    client = _mlflow(stack, monkeypatch)
+    versions: dict[str, list] = {r: [] for r in runs}
+    for v in client.search_model_versions("name = 'visionops-race'"):
+        versions[v.tags["visionops.airflow_run_id"]].append(v)
+    assert all(len(v) == 1 for v in versions.values()), versions
+    assert all(len(_parents(client, r)) == 1 for r in runs)
     champion = client.get_model_version_by_alias("visionops-race", "champion")
-    accuracy = {r: float(versions[r].tags["visionops.accuracy"]) for r in runs}
+    accuracy = {r: float(versions[r][0].tags["visionops.accuracy"]) for r in runs}
     assert accuracy[better] > accuracy[worse], accuracy
-    assert champion.version == versions[better].version, (champion.version, accuracy)
+    assert champion.version == versions[better][0].version, (champion.version, accuracy)
+    assert champion.tags["visionops.approved_by"] == "admin"
     # Both promote tasks overlapped in time, on the two workers.
+    promotes = {r: tasks[r]["promote"] for r in runs}
     hosts = {promotes[r]["hostname"] for r in runs if promotes[r]["hostname"]}
     assert len(hosts) == 2, promotes
+    starts = [promotes[r]["start_date"] for r in runs]
+    ends = [promotes[r]["end_date"] for r in runs]
+    assert max(starts) < min(ends), promotes  # ISO-8601 UTC strings sort as times

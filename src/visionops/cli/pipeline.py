@@ -1,7 +1,9 @@
 """``visionops pipeline run``: the ``train_pipeline`` DAG through real Airflow, then its summary.
 
-The DAG runs in one process (``airflow dags test``) with the run's conf; the outcome is read back
-from MLflow (the parent run carries the request id the CLI set) and printed.
+The DAG runs in one process (``airflow dags test``) with the run's conf, or, with ``--stack``, is
+triggered through the REST API of the running multi-service stack (``make stack``), where the
+scheduler hands its tasks to the Celery workers. Either way the outcome is read back from MLflow
+(the parent run carries the request id the CLI set) and printed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         "request_id": request_id,
         "force": bool(args.force),
     }
+    if args.stack is not None:
+        return _run_on_stack(Path(args.stack), conf, args)
     env = airflow_env()
     ensure_airflow_db(env)
     logs = visionops_home() / "logs"
@@ -113,16 +118,70 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
             print("".join(log_file.read_text().splitlines(keepends=True)[-60:]), file=sys.stderr)
         print(f"error: the run did not start (see {log_file})", file=sys.stderr)
         return code or 1
-    from visionops.core.tracking import tracking_uri
-    from visionops.pipeline.summary import build_summary, format_summary
-
-    summary = build_summary(parent)
-    print(format_summary(summary, tracking_uri()))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+    _print_summary(parent, args)
     if code != 0 and not args.verbose:
         print(f"the DAG run failed; full Airflow log: {log_file}", file=sys.stderr)
     return 0 if code == 0 else 1
+
+
+def _print_summary(parent_run_id: str, args: argparse.Namespace, uis: str | None = None) -> None:
+    from visionops.core.tracking import tracking_uri
+    from visionops.pipeline.summary import LOCAL_UIS, build_summary, format_summary
+
+    summary = build_summary(parent_run_id)
+    print(format_summary(summary, tracking_uri(), uis or LOCAL_UIS))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+
+
+def _run_on_stack(home: Path, conf: dict[str, Any], args: argparse.Namespace) -> int:
+    """Trigger the run through the stack's REST API (as its admin), follow it, print its summary."""
+    from visionops.cli.airflow_api import AirflowApi
+    from visionops.cli.stack_env import read_env_file
+    from visionops.cli.stack_proc import StackState
+
+    state = StackState(home.resolve())
+    if "urls" not in state.info or not any(state.alive(n) for n in state.services):
+        print(f"error: no stack runs in {state.home}: start one with `make stack`", file=sys.stderr)
+        return 2
+    secrets = read_env_file(Path(state.info["env_file"]))
+    # The stack's MLflow server and its service account: where the run's summary is read.
+    # (only the stack's: a registry URI left in this shell by another store must not win)
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in state.info["env"].items() if k.startswith("MLFLOW_")})
+    api = AirflowApi(
+        state.info["urls"]["airflow"],
+        secrets.get("AIRFLOW_ADMIN_USERNAME") or "admin",
+        secrets["AIRFLOW_ADMIN_PASSWORD"],
+    )
+    api.unpause(DAG_ID)
+    run_id = api.trigger(DAG_ID, conf)
+    quoted = urllib.parse.quote(run_id, safe="")
+    print(
+        f"triggered {DAG_ID} run {run_id} on the stack: "
+        f"{state.info['urls']['airflow']}/dags/{DAG_ID}/runs/{quoted}",
+        flush=True,
+    )
+    run = api.wait(DAG_ID, run_id, timeout_s=args.timeout)
+    parent = _find_parent_run(conf["request_id"])
+    if parent is None:
+        states = {t["task_id"]: t["state"] for t in api.tasks(DAG_ID, run_id)}
+        print(
+            f"error: the run did not start its MLflow run; task states: {states}", file=sys.stderr
+        )
+        return 1
+    urls = state.info["urls"]
+    _print_summary(
+        parent, args, f"Airflow {urls['airflow']} and MLflow {urls['mlflow']} (the stack)"
+    )
+    if run["state"] != "success":
+        print(
+            f"the DAG run {run_id} ended {run['state']}; task logs in the Airflow UI",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def add_commands(sub: Any) -> None:
@@ -152,5 +211,20 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="train even when data, config and code are those of the champion "
         "(otherwise such a run stops after ingest: nothing changed)",
+    )
+    run.add_argument(
+        "--stack",
+        nargs="?",
+        const=str(visionops_home() / "stack"),
+        default=None,
+        metavar="HOME",
+        help="trigger the run on the running multi-service stack (make stack; its home, default "
+        "%(const)s) through Airflow's REST API: the tasks run on its Celery workers",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=6 * 3600.0,
+        help="with --stack: seconds to wait for the run to end (%(default)s)",
     )
     run.set_defaults(func=cmd_pipeline_run)

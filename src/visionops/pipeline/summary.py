@@ -80,8 +80,11 @@ def _json_tag(text: str | None) -> dict:
         return {"text": text}
 
 
-def format_summary(summary: RunSummary, tracking_uri: str) -> str:
-    """The text the CLI prints at the end of a run."""
+LOCAL_UIS = "`make ui`, then Airflow http://127.0.0.1:8080 and MLflow http://127.0.0.1:5000"
+
+
+def format_summary(summary: RunSummary, tracking_uri: str, uis: str = LOCAL_UIS) -> str:
+    """The text the CLI prints at the end of a run; ``uis`` says where a person looks further."""
     s = summary
     lines = ["", "=" * 72, f"visionops pipeline run: {s.status}"]
     lines.append(f"  MLflow experiment : {s.experiment} (id {s.experiment_id})")
@@ -133,10 +136,7 @@ def format_summary(summary: RunSummary, tracking_uri: str) -> str:
             f"`visionops registry rollback {s.model_name}` restores it)"
         )
     lines.append(f"  tracking store    : {tracking_uri}")
-    lines.append(
-        "  UIs               : `make ui`, then Airflow http://127.0.0.1:8080 and MLflow "
-        "http://127.0.0.1:5000"
-    )
+    lines.append(f"  UIs               : {uis}")
     lines.append("=" * 72)
     return "\n".join(lines)
 
