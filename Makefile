@@ -31,11 +31,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Two lanes (pytest-xdist): the multi-service stack and the real-photo e2e runs, which mostly wait on
-# their services, beside the rest in collection order (tests/conftest.py assigns them). TEST_LANES=0: one.
-TEST_LANES ?= 2
 test: lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_LANES) --dist loadgroup $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)

@@ -41,19 +41,6 @@ os.environ.setdefault(
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
-# ``make test`` runs two pytest-xdist lanes (``--dist loadgroup``). These modules share one lane: the
-# multi-service stack spends most of its time waiting on its services and Celery, and the real-photo
-# runs are self-contained. Everything else runs in the other lane in collection order, as without
-# xdist, so module fixtures and the order the tiers rely on stay as they are.
-SERVICE_LANE = frozenset({"test_stack_e2e.py", "test_real_sets_e2e.py", "test_faces_e2e.py"})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        lane = "services" if item.path.name in SERVICE_LANE else "main"
-        item.add_marker(pytest.mark.xdist_group(lane))
-
-
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -36,7 +36,6 @@ def test_the_default_config_passes_on_coil20_and_reports_the_clean_subset(tmp_pa
         "registry.model_name=e2e-coil20",
         "--set",
         "experiment=e2e-coil20",
-        timeout=1500,  # a guard against a hang only: it shares the machine with the other test lane
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert summary["status"] == "FINISHED"

@@ -129,6 +129,10 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     prefix = f"vstest{os.getpid()}_"
     airflow_port, mlflow_port = free_port(), free_port()
     os.environ["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = "20"
+    # Seen once under load: the first task's Celery message was never delivered, and Airflow
+    # requeued it only after its default 600 s; here after 180 s (longer than any task waits for a
+    # free worker in these runs).
+    os.environ["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] = "180"
     up = [
         "up", "--env-file", str(env_file), "--airflow-port", str(airflow_port),
         "--mlflow-port", str(mlflow_port), "--db-prefix", prefix, "--redis-db", "9",
@@ -137,6 +141,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         started = _stack(home / "stack", *up)
     finally:
         os.environ.pop("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", None)
+        os.environ.pop("AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT", None)
     assert "visionops stack: ready" in started.stdout
     secrets = _env_values(env_file)
     state = json.loads((home / "stack" / "stack.json").read_text())
@@ -282,7 +287,7 @@ def test_a_run_spreads_over_both_workers_and_survives_a_scheduler_restart_and_a_
     state = StackState(stack["home"])
     victim = None
     try:
-        api.wait_task(run_id, "tune_worker", {"running", "success"})
+        api.wait_task(run_id, "tune_worker", {"running", "success"}, timeout_s=600)
         _stack(stack["home"], "restart", "airflow-scheduler")
         (train,) = api.wait_task(run_id, "train", {"running"}, timeout_s=600)
         _wait_for_checkpoint(stack, run_id)

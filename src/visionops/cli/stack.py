@@ -191,9 +191,11 @@ def airflow_env(
     sizes = ui_settings()
     for key in ("AIRFLOW__API__WORKERS", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES"):
         env.setdefault(key, os.environ.get(key, sizes[key]))
-    # Faster notice of a lost worker where the caller asks for it (the fault tests do).
+    # Faster notice of a lost worker or of a task message the broker never delivered (Airflow
+    # requeues a task "stuck in queued") where the caller asks for it (the fault tests do).
     for key in (
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY",
     ):
         if os.environ.get(key):
