@@ -136,31 +136,45 @@ def _print_summary(parent_run_id: str, args: argparse.Namespace, uis: str | None
 
 def _run_on_stack(home: Path, conf: dict[str, Any], args: argparse.Namespace) -> int:
     """Trigger the run through the stack's REST API (as its admin), follow it, print its summary."""
-    from visionops.cli.airflow_api import AirflowApi
+    from visionops.cli.airflow_api import AirflowApi, AirflowApiError
     from visionops.cli.stack_env import read_env_file
-    from visionops.cli.stack_proc import StackState
 
-    state = StackState(home.resolve())
-    if "urls" not in state.info or not any(state.alive(n) for n in state.services):
-        print(f"error: no stack runs in {state.home}: start one with `make stack`", file=sys.stderr)
+    # The stack's record (written by `visionops stack up`), read as data: importing the stack's
+    # process helpers here would tie this module to the ui module that imports it.
+    record = home.resolve() / "stack.json"
+    state = json.loads(record.read_text()) if record.is_file() else {}
+    info = state.get("info", {})
+    if "urls" not in info or not state.get("services"):
+        print(
+            f"error: no stack runs in {home.resolve()}: start one with `make stack`",
+            file=sys.stderr,
+        )
         return 2
-    secrets = read_env_file(Path(state.info["env_file"]))
-    # The stack's MLflow server and its service account: where the run's summary is read.
-    # (only the stack's: a registry URI left in this shell by another store must not win)
+    secrets = read_env_file(Path(info["env_file"]))
+    # The stack's MLflow server and its service account: where the run's summary is read
+    # (only the stack's: a registry URI left in this shell by another store must not win).
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         del os.environ[key]
-    os.environ.update({k: v for k, v in state.info["env"].items() if k.startswith("MLFLOW_")})
-    api = AirflowApi(
-        state.info["urls"]["airflow"],
-        secrets.get("AIRFLOW_ADMIN_USERNAME") or "admin",
-        secrets["AIRFLOW_ADMIN_PASSWORD"],
-    )
+    os.environ.update({k: v for k, v in info["env"].items() if k.startswith("MLFLOW_")})
+    urls = info["urls"]
+    try:
+        api = AirflowApi(
+            urls["airflow"],
+            secrets.get("AIRFLOW_ADMIN_USERNAME") or "admin",
+            secrets["AIRFLOW_ADMIN_PASSWORD"],
+        )
+    except (OSError, AirflowApiError) as exc:
+        print(
+            f"error: the stack's Airflow at {urls['airflow']} refused or did not answer ({exc})",
+            file=sys.stderr,
+        )
+        return 2
     api.unpause(DAG_ID)
     run_id = api.trigger(DAG_ID, conf)
     quoted = urllib.parse.quote(run_id, safe="")
     print(
         f"triggered {DAG_ID} run {run_id} on the stack: "
-        f"{state.info['urls']['airflow']}/dags/{DAG_ID}/runs/{quoted}",
+        f"{urls['airflow']}/dags/{DAG_ID}/runs/{quoted}",
         flush=True,
     )
     run = api.wait(DAG_ID, run_id, timeout_s=args.timeout)
@@ -171,7 +185,6 @@ def _run_on_stack(home: Path, conf: dict[str, Any], args: argparse.Namespace) ->
             f"error: the run did not start its MLflow run; task states: {states}", file=sys.stderr
         )
         return 1
-    urls = state.info["urls"]
     _print_summary(
         parent, args, f"Airflow {urls['airflow']} and MLflow {urls['mlflow']} (the stack)"
     )
