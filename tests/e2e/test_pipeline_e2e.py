@@ -48,6 +48,12 @@ SMALL = [
     # tests/unit/test_gate.py) would judge the short training instead.
     "--set",
     "gate.min_gain_over_baseline=null",
+    # The bar for these short runs: two tuning workers sharing a 2-trial study make run 1's model vary
+    # (it once reached 0.86 against the shipped 0.90 and was rejected, failing the mechanics tests).
+    "--set",
+    "gate.min_accuracy=0.8",
+    "--set",
+    "gate.min_macro_f1=0.8",
 ]
 
 
