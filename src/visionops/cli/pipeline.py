@@ -137,11 +137,11 @@ def _print_summary(parent_run_id: str, args: argparse.Namespace, uis: str | None
 def _run_on_stack(home: Path, conf: dict[str, Any], args: argparse.Namespace) -> int:
     """Trigger the run through the stack's REST API (as its admin), follow it, print its summary."""
     from visionops.cli.airflow_api import AirflowApi, AirflowApiError
-    from visionops.cli.stack_env import read_env_file
+    from visionops.cli.stack_env import STATE_FILE, read_env_file
 
     # The stack's record (written by `visionops stack up`), read as data: importing the stack's
     # process helpers here would tie this module to the ui module that imports it.
-    record = home.resolve() / "stack.json"
+    record = home.resolve() / STATE_FILE
     state = json.loads(record.read_text()) if record.is_file() else {}
     info = state.get("info", {})
     if "urls" not in info or not state.get("services"):

@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+# The stack's record of its services and addresses under its home (``visionops stack up`` writes it).
+STATE_FILE = "stack.json"
+
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; $$ is a literal $.
 _REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")
 # A PostgreSQL URL on the compose network: user, database.

@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionops.cli.stack_env import STATE_FILE
 from visionops.cli.ui import _signal_all, session_processes
-
-STATE_FILE = "stack.json"
 
 
 @dataclass
