@@ -130,7 +130,13 @@ def test_unknown_label_and_empty_declared_class(clean, tmp_path: Path, corpus) -
     (labels,) = _issues(report, "label")
     assert labels.offending == [{"path": str(stray), "observed": "zebra"}]
     (count,) = _issues(report, "count")
-    assert count.offending == [{"label": "d", "observed": 0}]
+    assert count.offending == [
+        {
+            "label": "d",
+            "why": "d: 0 usable of 0 images; needs validate.min_images_per_class=1",
+            "observed": 0,
+        }
+    ]
 
 
 def test_empty_class_folder_is_not_a_class_but_a_declared_one_is_missing(
@@ -143,7 +149,13 @@ def test_empty_class_folder_is_not_a_class_but_a_declared_one_is_missing(
     assert {i.label for i in items} == {"a"}
     report = _check(items, tmp_path, classes=["a", "empty"])
     (count,) = _issues(report, "count")
-    assert count.offending == [{"label": "empty", "observed": 0}]
+    assert count.offending == [
+        {
+            "label": "empty",
+            "why": "empty: 0 usable of 0 images; needs validate.min_images_per_class=4",
+            "observed": 0,
+        }
+    ]
 
 
 def test_imbalance_is_a_warning_or_an_error_per_config(clean, tmp_path: Path, corpus) -> None:
@@ -204,8 +216,13 @@ def test_copy_of_a_training_image_in_test_is_leakage(
     assert str(original) in report.summary() and str(copy) in report.summary()
     # Copies across a user-given split are kept (one per split) so that the leak shows, not dropped.
     assert not _issues(report, "duplicate_of")
-    # Without a split: an exact copy with the same label is dropped with a warning; a near-copy is silent.
-    no_split = validate_manifest(manifest, config=rules, docs_dir=tmp_path / "docs2")
+    # Without a split: an exact copy with the same label is dropped with a warning; a near-copy is
+    # silent. (Dropping the copy leaves class a 3 usable images: 3 are asked for here.)
+    no_split = validate_manifest(
+        manifest,
+        config=rules.model_copy(update={"min_images_per_class": 3}),
+        docs_dir=tmp_path / "docs2",
+    )
     assert no_split.success
     assert bool(_issues(no_split, "duplicate_of")) is (copy_kind == "exact")
 

@@ -21,7 +21,6 @@ from visionops.core.errors import InputError
 from visionops.data.faces import (
     FaceResult,
     balance,
-    check_class_losses,
     choose_face,
     crop_faces,
     face_settings,
@@ -163,30 +162,6 @@ def test_reason_kinds() -> None:
     assert reason_kind("several faces (2 of at least 40 px)") == "several faces"
     assert reason_kind("face too small (30 px < faces.min_face=40)") == "face too small"
     assert reason_kind("no face found") == "no face found"
-
-
-def test_class_loss_error_names_class_counts_and_reasons() -> None:
-    report = {
-        "per_class": {
-            "subject03": {"photos": 11, "kept": 11, "lost": {}},
-            "subject07": {
-                "photos": 11,
-                "kept": 6,
-                "lost": {"face tilted > faces.max_roll_deg=20": 2, "no face found": 3},
-            },
-            "subject09": {"photos": 4, "kept": 4, "lost": {}},
-        }
-    }
-    with pytest.raises(InputError) as err:
-        check_class_losses(report, min_images=10)
-    message = str(err.value)
-    assert (
-        "subject07: 6 of 11 photos kept (5 lost: 3 no face found, 2 face tilted > faces.max_roll_deg=20)"
-        in message
-    )
-    assert "subject09: 4 of 4 photos kept (none lost)" in message and "subject03" not in message
-    assert message.endswith("; validate.min_images_per_class=10")
-    check_class_losses(report, min_images=4)  # every class has enough: nothing raised
 
 
 def test_balance_weights_by_default_and_downsample() -> None:

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from visionops.core.config import FacesConfig, load_config
-from visionops.core.errors import InputError
 from visionops.data.face_detect import detect_dlib, landmarks, roll_degrees
 from visionops.data.faces import crop_faces, face_settings, faces_dir, photo_to_face
 from visionops.data.ingest import build_manifest, list_items
+from visionops.data.validate import DataValidationError
 from visionops.pipeline import stages as pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,10 +112,15 @@ def test_haar_still_an_option(photo: Image.Image) -> None:
     assert face.reason is None and face.chip.shape == (150, 150, 3)
 
 
-@pytest.mark.integration  # the ingest stage, on an MLflow store
-def test_ingest_stops_naming_the_person_who_lost_photos(tmp_path: Path, store: Path) -> None:
-    """Three people; five of subject03's photos tilted 30 degrees: the ingest stage names them, with
-    the reasons, and a second run with the same data reuses the stage output (and still says so)."""
+@pytest.mark.integration  # the ingest, validate and preprocess stages, on an MLflow store
+def test_a_person_left_too_small_is_dropped_or_stops_the_run_per_policy(
+    tmp_path: Path, store: Path
+) -> None:
+    """Three people; five of subject03's photos tilted 30 degrees. Ingest keeps going and records
+    why; validate drops subject03 (6 usable, 8 needed) with a line naming the reasons, and stops
+    the run because one person of three is over validate.max_dropped_class_fraction; allowing a
+    third, the run goes on without subject03 in any split; asking for 6, nobody is dropped and the
+    first run's ingest output is reused."""
     rows = ["path,label"]
     for person in ("subject02", "subject03", "subject04"):
         for i, src in enumerate(sorted((YALE / "images" / person).glob("*.png"))):
@@ -129,28 +134,39 @@ def test_ingest_stops_naming_the_person_who_lost_photos(tmp_path: Path, store: P
             rows.append(f"{person}/{src.name},{person}")
     (tmp_path / "photos" / "labels.csv").write_text("\n".join(rows) + "\n")
 
-    def run(name: str, minimum: int) -> dict:
+    def run(name: str, minimum: int, max_dropped: float = 0.2) -> dict:
         params = {
             "config": str(FACES_YAML),
             "overrides": {
                 "data.path": str(tmp_path / "photos" / "labels.csv"),
                 "validate.min_images_per_class": minimum,
+                "validate.max_dropped_class_fraction": max_dropped,
             },
         }
         return pipeline.start(params, dag_id="faces_tests", airflow_run_id=name)
 
-    first = run("first", 8)
-    with pytest.raises(InputError) as err:
-        pipeline.ingest(first)
-    assert str(err.value) == (
-        "too few usable faces after detection: subject03: 6 of 11 photos kept (5 lost: "
-        "5 face tilted > faces.max_roll_deg=20); validate.min_images_per_class=8"
+    why = (
+        "subject03: 6 usable of 11 photos (5 face tilted > faces.max_roll_deg=20); "
+        "needs validate.min_images_per_class=8"
     )
-    second = run("second", 8)
-    with pytest.raises(InputError, match="subject03: 6 of 11"):  # the stored output, checked again
-        pipeline.ingest(second)
-    ingested = pipeline.ingest(run("third", 6))
+    first = run("first", 8)
+    ingested = pipeline.ingest(first)
+    with pytest.raises(DataValidationError) as err:
+        pipeline.validate(first, ingested)
+    assert why in str(err.value) and "validate.max_dropped_class_fraction=0.2" in str(err.value)
+
+    second = run("second", 8, max_dropped=0.34)
+    ingested = pipeline.ingest(second)
     assert ingested["reused"]  # same photos, same crop settings: the first run's output
+    validated = pipeline.validate(second, ingested)
+    assert validated["statistics"]["dropped_classes"] == {"subject03": why}
+    assert any(why in w for w in validated["warnings"])
+    splits = pd.read_parquet(Path(pipeline.preprocess(second, ingested)["uri"]) / "splits.parquet")
+    assert set(splits["label"]) == {"subject02", "subject04"}
+
+    third = run("third", 6)
+    ingested = pipeline.ingest(third)
+    assert pipeline.validate(third, ingested)["statistics"]["dropped_classes"] == {}
     folder = Path(ingested["uri"])
     report = json.loads((folder / "ingest_report.json").read_text())["faces"]
     assert len(report["rejected"]) == 5 and all(

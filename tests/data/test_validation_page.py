@@ -14,9 +14,8 @@ import pytest
 
 import mlflow
 from visionops.core.context import RunContext
-from visionops.data.checks import class_table, file_table, schema_table
 from visionops.data.split import plan_split
-from visionops.data.validate import DataValidationError
+from visionops.data.validate import DataValidationError, suite_tables
 from visionops.pipeline import stages as pipeline
 from visionops.release.lineage import champion_reference
 
@@ -115,13 +114,8 @@ def _suite_expectations(ctx: dict, ingested: dict) -> set[tuple[str, str]]:
     cfg = RunContext.from_dict(ctx).config()
     manifest = pd.read_parquet(Path(ingested["uri"]) / "manifest.parquet")
     plan = plan_split(manifest, cfg.preprocess, cfg.validate_)
-    tables = [
-        file_table(manifest, cfg.validate_, plan),
-        class_table(manifest, cfg.validate_.min_images_per_class, cfg.validate_),
-    ]
     reference = champion_reference(cfg.registry.model_name)
-    if reference:
-        tables.append(schema_table(manifest, reference["labels"], cfg.validate_))
+    tables, _ = suite_tables(manifest, cfg.validate_, plan, reference, None)
     return {
         (e.expectation_type, str(getattr(e, "column", None) or ""))
         for t in tables

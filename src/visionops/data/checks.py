@@ -44,11 +44,25 @@ ADVICE: dict[tuple[str, str], str] = {
     (
         "expect_column_values_to_be_null",
         "label_conflict",
-    ): "{n} file(s) have the same content (sha256) as a file with another label; keep one, correctly labelled",
+    ): "{n} file(s) have the same content (sha256) as a file with another label, more than "
+    "validate.max_label_conflict_fraction={cfg.max_label_conflict_fraction} of the images; keep one "
+    "copy of each, correctly labelled",
     (
         "expect_column_values_to_be_between",
         "count",
-    ): "{n} class(es) have fewer than {min} images; add images or drop the class",
+    ): "{n} class(es) have fewer than {min} usable images, more than "
+    "validate.max_dropped_class_fraction={cfg.max_dropped_class_fraction} of the classes (or all of "
+    "them); add images or remove the classes from the source",
+    (
+        "expect_column_values_to_be_null",
+        "face_problem",
+    ): "{n} photo(s) have no single usable face, more than "
+    "validate.max_rejected_photo_fraction={cfg.max_rejected_photo_fraction} of the photos; check the "
+    "photos and the faces.* settings",
+    (
+        "expect_column_values_to_be_null",
+        "near_copy_other_label",
+    ): "{n} image(s) are near-copies of an image with another label (kept; check their labels)",
     (
         "expect_column_values_to_be_between",
         "imbalance",
@@ -84,7 +98,8 @@ ADVICE: dict[tuple[str, str], str] = {
     (
         "expect_column_values_to_be_in_set",
         "change",
-    ): "{n} class(es) were added or removed compared with the champion's label map",
+    ): "{n} class(es) were added, removed or dropped (too few usable images in this run) compared "
+    "with the champion's label map",
     (
         "expect_column_values_to_be_between",
         "psi",
@@ -183,7 +198,12 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
         (gxe.ExpectColumnValuesToNotBeNull(column="label"), "error"),
         (gxe.ExpectColumnValuesToMatchRegex(column="label", regex=r"\S"), "error"),
         (gxe.ExpectColumnValuesToBeNull(column="duplicate_of"), cfg.duplicate_severity),
-        (gxe.ExpectColumnValuesToBeNull(column="label_conflict"), "error"),
+        (
+            gxe.ExpectColumnValuesToBeNull(
+                column="label_conflict", mostly=1.0 - cfg.max_label_conflict_fraction
+            ),
+            "error",
+        ),
     ]
     if cfg.classes is not None:
         exp.append(
@@ -232,29 +252,45 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
             )
         )
         index = ["path", "split", "leaks_train_file", "dhash_bits"]
+        if plan.near_conflict:
+            frame["near_copy_other_label"] = pd.array(plan.near_conflict, dtype="string")
+            exp.append((gxe.ExpectColumnValuesToBeNull(column="near_copy_other_label"), "warning"))
     return Table("files", frame, index, exp)
 
 
-def class_table(manifest: pd.DataFrame, min_per_class: int, cfg: ValidateConfig) -> Table:
+def class_table(
+    per_class: dict[str, int], whys: dict[str, str], min_per_class: int, cfg: ValidateConfig
+) -> Table:
+    """Usable images per class (after faces, exact copies and label conflicts): a class below
+    ``min_per_class`` is dropped, and the run stops when more than
+    ``validate.max_dropped_class_fraction`` of the classes are (``mostly``)."""
     import great_expectations.expectations as gxe
 
-    labels = manifest["label"]
-    per_class = labels[usable_labels(labels)].astype(str).value_counts().sort_index()
-    if cfg.classes is not None:  # a declared class without images is a class with 0 images
-        per_class = per_class.reindex(sorted(set(per_class.index) | set(cfg.classes)), fill_value=0)
     counts = pd.DataFrame(
-        {"label": per_class.index.astype(str), "count": per_class.to_numpy(dtype=int)}
+        {
+            "label": pd.array(list(per_class), dtype="string"),
+            "count": np.array(list(per_class.values()), dtype=int),
+            "why": pd.array([whys.get(k) for k in per_class], dtype="string"),
+        }
     )
     # How many times larger the biggest class is than this one: the small classes are the problem.
-    # Empty classes get no ratio (null is skipped): the count check already names them.
-    nonzero = counts["count"].where(counts["count"] > 0)
-    counts["imbalance"] = (counts["count"].max() / nonzero).round(3).astype("Float64")
+    # Dropped classes get no ratio (null is skipped): the count check already names them.
+    nonzero = counts["count"].where(counts["count"] >= min_per_class)
+    counts["imbalance"] = (nonzero.max() / nonzero).round(3).astype("Float64")
+    mostly = 1.0 - cfg.max_dropped_class_fraction
+    if len(counts) and (counts["count"] < min_per_class).all():
+        mostly = 1.0  # never every class: nothing would be left to learn
     return Table(
         "class_counts",
         counts,
-        ["label"],
+        ["label", "why"],
         [
-            (gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class), "error"),
+            (
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="count", min_value=min_per_class, mostly=mostly
+                ),
+                "error",
+            ),
             (
                 gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance),
                 cfg.imbalance_severity,
@@ -263,21 +299,64 @@ def class_table(manifest: pd.DataFrame, min_per_class: int, cfg: ValidateConfig)
     )
 
 
-def schema_table(manifest: pd.DataFrame, champion_labels: list[str], cfg: ValidateConfig) -> Table:
+def photo_table(faces: dict[str, Any], cfg: ValidateConfig) -> Table:
+    """One row per photo given to face detection: the reason it has no usable face (null when it
+    has one). More than ``validate.max_rejected_photo_fraction`` of such photos stops the run."""
+    import great_expectations.expectations as gxe
+
+    rejected = {str(r["path"]): r for r in faces.get("rejected", [])}
+    kept = int(faces.get("photos", 0)) - len(rejected)
+    frame = pd.DataFrame(
+        {
+            "path": pd.array(
+                [*rejected, *[f"(face found) #{i}" for i in range(max(kept, 0))]], dtype="string"
+            ),
+            "label": pd.array(
+                [str(r.get("label")) for r in rejected.values()] + [None] * max(kept, 0),
+                dtype="string",
+            ),
+            "face_problem": pd.array(
+                [r["reason"] for r in rejected.values()] + [None] * max(kept, 0), dtype="string"
+            ),
+        }
+    )
+    return Table(
+        "photos",
+        frame,
+        ["path", "label"],
+        [
+            (
+                gxe.ExpectColumnValuesToBeNull(
+                    column="face_problem", mostly=1.0 - cfg.max_rejected_photo_fraction
+                ),
+                "error",
+            )
+        ],
+    )
+
+
+def _change(label: str, current: set[str], before: set[str], dropped: set[str]) -> str:
+    if label in current:
+        return "unchanged" if label in before else "added"
+    return "dropped" if label in dropped else "removed"
+
+
+def schema_table(
+    manifest: pd.DataFrame,
+    champion_labels: list[str],
+    cfg: ValidateConfig,
+    dropped: set[str] | None = None,
+) -> Table:
+    """Classes against the champion's: ``dropped`` ones are in the data but left out of this run
+    (too few usable images), ``removed`` ones are no longer in the data at all."""
     import great_expectations.expectations as gxe
 
     labels = manifest["label"]
-    current = set(labels[usable_labels(labels)].astype(str))
+    dropped = dropped or set()
+    current = set(labels[usable_labels(labels)].astype(str)) - dropped
     before = set(map(str, champion_labels))
     rows = [
-        {
-            "label": lab,
-            "change": "unchanged"
-            if lab in current and lab in before
-            else "added"
-            if lab in current
-            else "removed",
-        }
+        {"label": lab, "change": _change(lab, current, before, dropped)}
         for lab in sorted(current | before)
     ]
     frame = pd.DataFrame(rows, columns=["label", "change"])

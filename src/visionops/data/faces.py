@@ -222,29 +222,6 @@ def _cached_face(
     return result, False
 
 
-def check_class_losses(report: dict[str, Any], min_images: int) -> None:
-    """Raise ``InputError`` naming every class left below ``validate.min_images_per_class`` after face
-    detection, with how many photos it had, kept and lost, and the count of each reason."""
-    lines = []
-    for label, c in report.get("per_class", {}).items():
-        if c["kept"] >= min_images:
-            continue
-        lost = c["photos"] - c["kept"]
-        why = ", ".join(
-            f"{n} {kind}" for kind, n in sorted(c["lost"].items(), key=lambda kv: -kv[1])
-        )
-        lines.append(
-            f"{label}: {c['kept']} of {c['photos']} photos kept "
-            + (f"({lost} lost: {why})" if lost else "(none lost)")
-        )
-    if lines:
-        raise InputError(
-            "too few usable faces after detection: "
-            + "; ".join(lines)
-            + f"; validate.min_images_per_class={min_images}"
-        )
-
-
 def balance(frame: pd.DataFrame, how: str, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``weights``: a ``weight`` column (inverse class frequency) for weighted sampling, nothing thrown
     away; ``downsample``: every class cut to the smallest (the old face service); ``none``: unchanged."""

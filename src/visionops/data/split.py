@@ -18,6 +18,7 @@ import pandas as pd
 
 from visionops.core.config import PreprocessConfig, ValidateConfig
 from visionops.data.grouping import components, cut_components, find_duplicates, near_copy_pairs
+from visionops.data.quality import Quarantine, quarantine
 
 SPLITS = ("train", "val", "test")
 _MAX_FOLDS = 20
@@ -37,6 +38,8 @@ class SplitPlan:
     leak_bits: np.ndarray  # int64, -1 if none
     forced: bool  # the split came from the user (a `split` column)
     stats: dict[str, Any] = field(default_factory=dict)
+    quarantine: Quarantine | None = None  # rows left out for label conflicts and dropped classes
+    near_conflict: list[str | None] = field(default_factory=list)  # a near-copy under another label
 
     @property
     def kept(self) -> np.ndarray:
@@ -135,7 +138,7 @@ def _every_class_everywhere(split: np.ndarray, y: np.ndarray, g: np.ndarray) -> 
                 break
 
 
-def _usable(manifest: pd.DataFrame) -> np.ndarray:
+def usable_rows(manifest: pd.DataFrame) -> np.ndarray:
     label = manifest["label"]
     ok = label.notna() & label.astype("string").str.strip().ne("").fillna(False)
     if "decode_error" in manifest.columns:
@@ -173,7 +176,9 @@ def plan_split(
     n = len(manifest)
     forced = _forced_split(manifest, split)
     dups = find_duplicates(manifest, forced)
-    kept = _usable(manifest) & ~dups.dropped
+    usable = usable_rows(manifest)
+    held = quarantine(manifest, val, dups, usable)
+    kept = usable & ~dups.dropped & ~held.mask
     labels = manifest["label"].astype("string").fillna("").to_numpy(dtype=object)
     pi, pj, pdiff, pbits = (np.zeros(0, np.int64),) * 4
     if {"dhash", "thumb"} <= set(manifest.columns):
@@ -185,6 +190,7 @@ def plan_split(
         )
         both = kept[pi] & kept[pj]
         pi, pj, pdiff, pbits = pi[both], pj[both], pdiff[both], pbits[both]
+    near_conflict = _near_conflicts(manifest, labels, pi, pj)
     # The bound: a group may hold at most this many images of its class, so that every class still
     # has a group small enough for each held-out split.
     fraction = pre.max_group_fraction or min(pre.val_fraction, pre.test_fraction)
@@ -220,6 +226,9 @@ def plan_split(
         "n_kept": int(kept.sum()),
         "n_duplicates_dropped": int(dups.dropped.sum()),
         "n_label_conflicts": sum(c is not None for c in dups.conflict),
+        "n_quarantined": int(held.mask.sum()),
+        "dropped_classes": sorted(held.dropped_classes),
+        "n_near_copy_label_conflicts": sum(c is not None for c in near_conflict),
         "n_near_copy_pairs": int(len(pi)),
         "n_cut_groups": int(n_cut),
         "n_links_across_split": int(cross.sum()),
@@ -237,7 +246,24 @@ def plan_split(
         bits,
         forced is not None,
         stats,
+        held,
+        near_conflict,
     )
+
+
+def _near_conflicts(
+    manifest: pd.DataFrame, labels: np.ndarray, pi: np.ndarray, pj: np.ndarray
+) -> list[str | None]:
+    """Per row, the near-copies it has under another label (reported, kept: unlike exact copies,
+    two near-copies may still differ where it matters, e.g. a 1 and a 7 drawn alike)."""
+    out: list[str | None] = [None] * len(manifest)
+    paths = manifest["path"].astype(str).to_numpy()
+    for a, b in zip(pi.tolist(), pj.tolist(), strict=True):
+        if labels[a] != labels[b]:
+            for me, other in ((a, b), (b, a)):
+                if out[me] is None:
+                    out[me] = f"{paths[other]} ({labels[other]})"
+    return out
 
 
 def near_group_first(group: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from visionops.data.split import plan_split
 
 log = logging.getLogger("visionops")
 VALIDATION_PAGE = "validation_report.html"  # at the artifact root of the validate run
-STAGE_VERSION = "2"  # bump to invalidate earlier outputs when a stage's logic changes
+STAGE_VERSION = "3"  # bump to invalidate earlier outputs when a stage's logic changes
 
 
 def ingest_stage(ctx: RunContext) -> StageOutput:
@@ -126,12 +126,13 @@ def ingest_stage(ctx: RunContext) -> StageOutput:
             ctx.parent_run_id,
             data_params(out.meta["data_fingerprint"], out.meta["n_images"], out.meta["n_classes"]),
         )
-        if (
-            faces_report
-        ):  # on reuse too: validate.min_images_per_class is not part of the fingerprint
-            from visionops.data.faces import check_class_losses
-
-            check_class_losses(faces_report, cfg.validate_.min_images_per_class)
+    if faces_report:  # a class left too small is dropped by validate's policy, not stopped here
+        log.info(
+            "ingest: a usable face in %d of %d photos (%d left out; ingest_report.json says why)",
+            faces_report["faces"],
+            faces_report["photos"],
+            len(faces_report["rejected"]),
+        )
     log.info(
         "ingest: %d images in %d classes (%s)",
         out.meta["n_images"],
@@ -154,6 +155,8 @@ def validate_stage(
     cfg = ctx.config()
     tracking.configure()
     manifest = pd.read_parquet(ingested.local_path() / "manifest.parquet")
+    ingest_report = ingested.local_path() / "ingest_report.json"
+    faces = json.loads(ingest_report.read_text()).get("faces") if ingest_report.exists() else None
     try:  # the split preprocess will make, so that leakage across it is checked before any training
         plan = plan_split(manifest, cfg.preprocess, cfg.validate_)
     except ValueError as exc:  # too few images to split, or a bad split column: reported here
@@ -170,6 +173,7 @@ def validate_stage(
             report_html=Path(tmp) / VALIDATION_PAGE,
             plan=plan,
             reference=reference,
+            faces=faces,
         )
         if report.data_docs_index is not None:  # GX's own pages: they need its CDNs to render
             mlflow.log_artifacts(str(Path(report.data_docs_index).parent), "data_docs")
@@ -194,6 +198,7 @@ def validate_stage(
                 },
             }
         )
+        record_quality(ctx.parent_run_id, report.statistics)
         if not report.success:
             raise DataValidationError(report)
     warnings = [f"{i.expectation} on {i.column}: {i.description}" for i in report.issues]
@@ -204,6 +209,25 @@ def validate_stage(
         )
     log.info("validate: %d images passed the suite", len(manifest))
     return Validated(success=True, statistics=report.statistics, warnings=warnings)
+
+
+def record_quality(parent_run_id: str, statistics: dict[str, Any]) -> None:
+    """The policy's table and one line on it (``data quality: 1 class dropped (s2), ...``): in the
+    task log, as metrics of the validate run, and as tags of the parent run (summary, model card,
+    gate)."""
+    from visionops.data.quality import summary_line
+
+    problems = statistics.get("quality", [])
+    line = summary_line(problems)
+    (log.warning if line != "clean" else log.info)("data quality: %s", line)
+    mlflow.log_metrics({f"n_{p['kind']}": p["count"] for p in problems})
+    client = mlflow.tracking.MlflowClient()
+    for key, value in {
+        "data_quality": line,
+        "data_quality_table": json.dumps(problems),
+        "dropped_classes": json.dumps(statistics.get("dropped_classes", {})),
+    }.items():
+        client.set_tag(parent_run_id, f"{T}{key}", tracking.clip(value))
 
 
 def preprocess_stage(ctx: RunContext, ingested: StageOutput) -> StageOutput:
@@ -222,6 +246,7 @@ def preprocess_stage(ctx: RunContext, ingested: StageOutput) -> StageOutput:
         cfg.data.channels,
         cfg.preprocess.model_dump(exclude={"workers"}),
         near,
+        (cfg.validate_.min_images_per_class, cfg.validate_.classes),  # they decide the quarantine
     )  # any worker count
     with tracking.stage_run(ctx.parent_run_id, "preprocess"):
         out = store.find("preprocess", fp)
@@ -242,6 +267,12 @@ def preprocess_stage(ctx: RunContext, ingested: StageOutput) -> StageOutput:
                     "n_classes": len(result.labels),
                     "n_test_clean": int((~plan.near_copy_in_train[plan.split == "test"]).sum()),
                     "n_duplicates_dropped": plan.stats["n_duplicates_dropped"],
+                    "quality": {
+                        "exact_copies": plan.stats["n_duplicates_dropped"],
+                        "label_conflicts": plan.stats["n_label_conflicts"],
+                        "dropped_classes": len(plan.stats["dropped_classes"]),
+                        "quarantined": plan.stats["n_quarantined"],
+                    },
                 }
             out = pending.output
         folder = out.local_path()

@@ -150,6 +150,7 @@ def validate_manifest(
     splits: Sequence[str] | None = None,
     plan: SplitPlan | None = None,
     reference: dict[str, Any] | None = None,
+    faces: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Validate an ingest manifest with Great Expectations; Data Docs in ``docs_dir``, one page at ``report_html``.
 
@@ -163,15 +164,17 @@ def validate_manifest(
     split name per row, or a ``split`` column), a warning listing the cut links otherwise. Per class:
     at least ``min_images_per_class`` images and an imbalance within limits. Against ``reference``
     (the champion's ``labels`` and ``profile``, see ``release.lineage.champion_reference``): classes
-    added or removed, and drift per feature (PSI).
+    added, removed or dropped, and drift per feature (PSI). ``faces`` (ingest's face report): photos
+    without a usable face, and each class's losses in the reasons a class is dropped.
+
+    Minority problems follow one policy (``data.quality``): below their threshold they are
+    quarantined and reported as warnings, with a table in ``statistics["quality"]``.
     Returns the report; ``success`` is False only when an error-severity check failed.
     """
-    from visionops.data.checks import class_table, drift_table_for, file_table, schema_table
-
     cfg = config or ValidateConfig()
-    min_per_class = (
-        cfg.min_images_per_class if min_images_per_class is None else min_images_per_class
-    )
+    if min_images_per_class is not None:
+        cfg = cfg.model_copy(update={"min_images_per_class": min_images_per_class})
+    min_per_class = cfg.min_images_per_class
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(
@@ -195,13 +198,7 @@ def validate_manifest(
     previous_level = gx_logger.level
     gx_logger.setLevel(logging.WARNING)
     try:
-        tables = [file_table(manifest, cfg, plan), class_table(manifest, min_per_class, cfg)]
-        if reference and reference.get("labels"):
-            tables.append(schema_table(manifest, reference["labels"], cfg))
-        if reference and reference.get("profile"):
-            drift = drift_table_for(manifest, reference["profile"], cfg)
-            if drift is not None:
-                tables.append(drift)
+        tables, details = suite_tables(manifest, cfg, plan, reference, faces)
         context = _new_context(docs_dir)
         names = {"files": suite_name}
         results = []
@@ -210,22 +207,31 @@ def validate_manifest(
             results.append((t, name, _run(context, name, t)))
         built = context.build_data_docs(site_names=[_SITE_NAME])
 
-        issues, rows = [], []
+        issues, rows, problems = [], [], []
         for table, name, outcome in results:
-            for r, (_, severity) in zip(outcome.results, table.expectations, strict=True):
-                issue = None
-                if not r.success:
-                    issue = _issue_from_result(r, table.index_columns, severity, min_per_class, cfg)
+            # GX orders results by severity, not as the suite lists them: matched by type and column.
+            severities = {
+                _key(e.expectation_type, getattr(e, "column", None)): sev
+                for e, sev in table.expectations
+            }
+            for r in outcome.results:
+                conf = r.expectation_config
+                severity = severities[_key(conf.type, conf.kwargs.get("column"))]
+                issue, problem = _judge(r, table, severity, cfg, details)
+                if issue is not None:
                     issues.append(issue)
+                if problem is not None:
+                    problems.append(problem.to_dict())
                 rows.append(expectation_row(name, r, severity, issue and issue.description))
     finally:
         gx_logger.setLevel(previous_level)
-    counts = tables[1].frame
+    counts = next(t.frame for t in tables if t.name == "class_counts")
     index = docs_dir / "index.html"
     statistics: dict[str, Any] = {
         "n_images": int(len(manifest)),
         "n_classes": int(len(counts)),
         "images_per_class": {str(k): int(v) for k, v in zip(counts["label"], counts["count"])},
+        "n_classes_kept": int((counts["count"] >= min_per_class).sum()),
         "min_images_per_class": int(min_per_class),
         "n_errors": sum(i.severity == "error" for i in issues),
         "n_warnings": sum(i.severity == "warning" for i in issues),
@@ -236,8 +242,11 @@ def validate_manifest(
         statistics["split_plan"] = {
             "n_duplicates_dropped": int(tables[0].frame["duplicate_of"].notna().sum())
         }
-    for table in tables[2:]:
-        statistics[table.name] = table.frame.to_dict("records")
+    for table in tables:
+        if table.name in ("schema", "drift"):
+            statistics[table.name] = table.frame.to_dict("records")
+    statistics["quality"] = problems
+    statistics["dropped_classes"] = details["dropped_classes"]
     if reference:
         statistics["champion_version"] = reference.get("version")
     for key in ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations"):
@@ -250,3 +259,94 @@ def validate_manifest(
     )
     page = write_validation_html(report_html or docs_dir / "validation_report.html", report, rows)
     return replace(report, html_report=page)
+
+
+def _key(etype: str, column: str | None) -> tuple[str, str]:
+    return etype, column or ""
+
+
+def suite_tables(
+    manifest: pd.DataFrame,
+    cfg: ValidateConfig,
+    plan: SplitPlan | None,
+    reference: dict[str, Any] | None,
+    faces: dict[str, Any] | None,
+) -> tuple[list[Table], dict[str, Any]]:
+    """The tables to validate, and what the policy's warnings name (``details``): each dropped
+    class with why, the pairs of classes that share images."""
+    from visionops.data.checks import (
+        class_table,
+        drift_table_for,
+        file_table,
+        photo_table,
+        schema_table,
+    )
+    from visionops.data.grouping import find_duplicates
+    from visionops.data.quality import class_loss, conflict_lines, quarantine
+    from visionops.data.split import usable_rows
+
+    dups = find_duplicates(manifest) if plan is None else None
+    held = plan.quarantine if plan is not None and plan.quarantine is not None else None
+    if dups is None:
+        from visionops.data.grouping import Duplicates
+
+        dups = Duplicates(plan.duplicate_of, plan.conflict)
+    if held is None:
+        held = quarantine(manifest, cfg, dups, usable_rows(manifest))
+    per_class = dict(held.usable_per_class)
+    for label in (faces or {}).get("per_class", {}):  # a person who lost every photo has no rows
+        per_class.setdefault(str(label), 0)
+    per_class = dict(sorted(per_class.items()))
+    small = [k for k, n in per_class.items() if n < cfg.min_images_per_class]
+    whys = {k: class_loss(k, manifest, dups, cfg.min_images_per_class, faces) for k in small}
+    details = {
+        "label_conflicts": conflict_lines(manifest, dups),
+        "small_classes": list(whys.values()),
+        "dropped_classes": whys,
+    }
+    tables = [
+        file_table(manifest, cfg, plan),
+        class_table(per_class, whys, cfg.min_images_per_class, cfg),
+    ]
+    if faces and faces.get("photos"):
+        tables.append(photo_table(faces, cfg))
+    if reference and reference.get("labels"):
+        tables.append(schema_table(manifest, reference["labels"], cfg, set(small)))
+    if reference and reference.get("profile"):
+        drift = drift_table_for(manifest, reference["profile"], cfg)
+        if drift is not None:
+            tables.append(drift)
+    return tables, details
+
+
+def _judge(
+    result: Any, table: Table, severity: str, cfg: ValidateConfig, details: dict[str, Any]
+) -> tuple[ValidationIssue | None, Any]:
+    """The issue of one GX result (a failure; or, for a policy check, a problem handled below its
+    threshold, as a warning) and its row of the policy's table."""
+    from visionops.data.quality import handled_text, problem_from_result
+
+    config = result.expectation_config
+    key = (config.type, config.kwargs.get("column") or "")
+    kind_names = {
+        "small_classes": list(details["dropped_classes"]),
+    }
+    problem = problem_from_result(key, result, severity, [])
+    if problem is not None:
+        problem = replace(problem, names=kind_names.get(problem.kind, []))
+    detail = details.get(problem.kind, []) if problem is not None else []
+    if not result.success:
+        issue = _issue_from_result(
+            result, table.index_columns, severity, cfg.min_images_per_class, cfg
+        )
+        if detail:
+            issue = replace(issue, description=f"{issue.description}: {'; '.join(detail)}")
+        return issue, problem
+    if problem is None or not problem.count or problem.threshold is None:
+        return None, problem
+    issue = _issue_from_result(
+        result, table.index_columns, "warning", cfg.min_images_per_class, cfg
+    )
+    # Conflicts are named per pair of classes in the text: their 20 first files would only repeat it.
+    rows = [] if problem.kind == "label_conflicts" and detail else issue.offending
+    return replace(issue, description=handled_text(problem, detail), offending=rows), problem

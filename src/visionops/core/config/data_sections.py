@@ -53,7 +53,40 @@ Severity = Literal["error", "warning"]
 
 
 class ValidateConfig(_Section):
-    min_images_per_class: int = Field(10, ge=1)
+    """The suite's checks, and the one policy for minority problems (``data.quality``): below its
+    threshold a problem's images or classes are quarantined and reported; above it the run stops.
+    A threshold of 0 makes the problem fatal."""
+
+    min_images_per_class: int = Field(
+        10, ge=1, description="Usable images a class needs; a smaller class is dropped."
+    )
+    # A tenth of the images under two labels at once means the labelling itself is in doubt: below,
+    # the copies are a few labelling slips to set aside; above, the result could not be trusted.
+    max_label_conflict_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Largest share of images with the same content as an image of another label "
+        "(every copy quarantined) before the run stops.",
+    )
+    # A model missing a fifth of its classes is a different model from the one asked for: past that
+    # the run stops rather than ship it. Never all: a model needs classes left.
+    max_dropped_class_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Largest share of classes dropped for too few usable images before the run "
+        "stops (never all of them).",
+    )
+    # Photos from the wild include group shots, profiles and blur; when more than about a third have
+    # no usable face, the source or the faces.* settings are wrong, not a few photos.
+    max_rejected_photo_fraction: float = Field(
+        0.3,
+        ge=0.0,
+        lt=1.0,
+        description="Face use: largest share of photos without exactly one usable face before the "
+        "run stops.",
+    )
     classes: list[str] | None = Field(
         None, description="Declared class set; other labels are errors."
     )
@@ -69,7 +102,7 @@ class ValidateConfig(_Section):
         "warning",
         description="Exact copies (same sha256) with the same "
         "label: one is kept, the others dropped and listed. Copies with "
-        "different labels are always errors.",
+        "different labels are label conflicts (max_label_conflict_fraction).",
     )
     near_duplicate_bits: int = Field(
         4,
