@@ -41,6 +41,8 @@ class _Page(HTMLParser):
         self._suite = ""
         self._cells: list[str] | None = None
         self._where: str | None = None
+        self._in_quality = False  # the data-quality table is not an expectation table
+        self.quality: list[list[str]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         for name, value in attrs:
@@ -51,6 +53,8 @@ class _Page(HTMLParser):
             self._where, self._suite = "suite", ""
         elif tag == "span" and "verdict" in classes:
             self._where = "verdict"
+        elif tag == "table":
+            self._in_quality = "quality" in classes
         elif tag == "tr":
             self._cells = []
         elif tag == "td" and self._cells is not None:
@@ -59,6 +63,9 @@ class _Page(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in ("h2", "span"):
             self._where = None
+        elif tag == "tr" and self._cells and self._in_quality:
+            self.quality.append(self._cells)
+            self._cells = None
         elif tag == "tr" and self._cells:
             row = dict(zip(COLUMNS, self._cells, strict=False))
             self.rows.append({**row, "examples": self._cells[-1], "suite": self._suite})
@@ -209,6 +216,10 @@ def test_broken_data_page_reads_failed_with_the_offending_files(
     duplicate = by_key[("expect_column_values_to_be_null", "duplicate_of")]
     assert (duplicate["result"], duplicate["severity"]) == ("failed", "warning")
     assert str(copy) in duplicate["examples"]
+    # The policy's table: the dropped copy counted, as a warning, with the setting that rules it.
+    copies = [row for row in page.quality if row[0] == "exact copies"]
+    assert copies and copies[0][1].startswith("1 of ") and copies[0][4] == "warning"
+    assert "validate.duplicate_severity" in copies[0][3]
     schema = [r for r in page.rows if r["suite"].endswith("_schema")]
     assert schema and schema[0]["result"] == "failed" and "gone" in schema[0]["examples"]
     failed = {(r["expectation"], r["column"]) for r in page.rows if r["result"] == "failed"}

@@ -348,6 +348,9 @@ class RunSummary(Contract):
     gain_over_baseline_points: float | None = None  # model minus that baseline, points of accuracy
     data_fingerprint: str | None = None
     validation_warnings: list[str] = []
+    data_quality: str | None = None  # one line: "1 class dropped (s2), 78 images quarantined (...)"
+    data_quality_table: list[dict[str, Any]] = []  # the policy's table (data.quality.Problem rows)
+    dropped_classes: dict[str, str] = {}  # class -> why it was left out of this model version
     gate: str | None = None
     gate_reasons: list[str] = []
     model_name: str = ""

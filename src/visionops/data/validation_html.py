@@ -173,6 +173,34 @@ def _row_html(row: ExpectationRow) -> str:
     )
 
 
+def _quality_html(st: dict) -> str:
+    """The data-quality policy's table (one row per minority problem) and the classes dropped."""
+    e = html.escape
+    problems = st.get("quality") or []
+    if not problems:
+        return ""
+    rows = []
+    for p in problems:
+        limit = "never" if p["threshold"] is None else f"{100 * p['threshold']:g}%"
+        setting = f" ({p['setting']})" if p.get("setting") else ""
+        css = {"error": "fail", "warning": "warn"}.get(p["severity"], "pass")
+        rows.append(
+            f'<tr class="{css}"><td>{e(p["title"])}</td><td>{p["count"]} of {p["total"]} '
+            f"{e(p['unit'])}</td><td>{100 * p['share']:.1f}%</td><td>{e(limit + setting)}</td>"
+            f'<td class="result">{e(p["severity"])}</td><td>{e(p["action"])}</td></tr>'
+        )
+    dropped = "".join(
+        f"<li><code>{e(why)}</code></li>" for why in (st.get("dropped_classes") or {}).values()
+    )
+    return (
+        "<h2>Data quality</h2><p>Each problem below its threshold is left out and reported; above "
+        "it, the run stops.</p><table class='quality'><tr><th>problem</th><th>count</th><th>share</th>"
+        "<th>stops the run above</th><th>severity</th><th>below the threshold</th></tr>"
+        f"{''.join(rows)}</table>"
+        + (f"<p>Classes dropped from this model version:</p><ul>{dropped}</ul>" if dropped else "")
+    )
+
+
 def render_validation_html(report: ValidationReport, rows: Sequence[ExpectationRow]) -> str:
     """The whole page: the verdict, the figures, and every expectation of every suite."""
     e = html.escape
@@ -201,6 +229,7 @@ def render_validation_html(report: ValidationReport, rows: Sequence[ExpectationR
         f"<style>{_CSS}</style></head><body>"
         "<h1>Data validation</h1>"
         f'<p><span class="verdict {css}">{e(headline)}</span></p><p>{e(figures)}</p>'
+        f"{_quality_html(st)}"
         f"{''.join(sections)}"
         '<p class="muted">Rendered from the Great Expectations validation results. More offending '
         "rows: validation/report.json (the first 20 of each failed expectation) and GX's Data Docs "

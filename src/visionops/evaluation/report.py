@@ -120,8 +120,11 @@ def model_card(
     labels: list[str],
     n_test: int | None,
     baselines: list[dict[str, Any]] | None = None,
+    quality: list[dict[str, Any]] | None = None,
+    dropped: dict[str, str] | None = None,
 ) -> str:
-    """The model card stored with each registered version: data, metrics, intended use, limitations."""
+    """The model card stored with each registered version: data, its quality (what was left out and
+    why), metrics, intended use, limitations."""
     data = cfg.get("data", {})
     lines = [
         f"# Model card: {name} version {version}",
@@ -139,6 +142,7 @@ def model_card(
         f"{', '.join(labels)}. Stratified train/val/test split (val {cfg.get('preprocess', {}).get('val_fraction')}, "
         f"test {cfg.get('preprocess', {}).get('test_fraction')}).",
         "",
+        *quality_section(quality or [], dropped or {}),
         "## Metrics (held-out test split)",
         "",
         *[f"- {k}: {v:.4f}" for k, v in metrics.items()],
@@ -169,3 +173,24 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def quality_section(quality: list[dict[str, Any]], dropped: dict[str, str]) -> list[str]:
+    """The model card's data-quality section: the policy's table and the classes not enrolled."""
+    from visionops.data.quality import summary_line, table_lines
+
+    if not quality and not dropped:
+        return []
+    lines = ["## Data quality", "", f"Data quality: {summary_line(quality)}.", ""]
+    if any(p.get("count") for p in quality):
+        lines += [*table_lines(quality), ""]
+    if dropped:
+        lines += [
+            f"Classes not enrolled ({len(dropped)}): this version does not know them and answers "
+            "another class for them, or `unknown` where the served model has an unknown threshold "
+            "(a face service's answer for a person it does not know).",
+            "",
+            *[f"- {why}" for why in dropped.values()],
+            "",
+        ]
+    return lines

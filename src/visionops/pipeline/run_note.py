@@ -97,6 +97,17 @@ def run_note(summary: RunSummary, airflow_url: str | None = None) -> str:
         lines += ["| figure | value |", "|---|---|"]
         lines += [f"| {name} | {_cell(value)} |" for name, value in figures]
         lines.append("")
+    if s.data_quality and s.data_quality != "clean":
+        from visionops.data.quality import table_lines  # pandas: not at import (DAG parsing)
+
+        lines += [f"**Data quality:** {s.data_quality}", ""]
+        lines += [*table_lines([p for p in s.data_quality_table if p.get("count")]), ""]
+    if s.dropped_classes:
+        lines += [
+            "**Classes not in this model:**",
+            *[f"- {w}" for w in s.dropped_classes.values()],
+            "",
+        ]
     if s.validation_warnings:
         lines += ["**Data warnings:**", *[f"- {w}" for w in s.validation_warnings], ""]
     if airflow_url:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
@@ -60,6 +61,9 @@ def build_summary(parent_run_id: str) -> RunSummary:
             "validation_warnings": [
                 w for w in tags.get(f"{T}validation_warnings", "").split("\n") if w
             ],
+            "data_quality": tags.get(f"{T}data_quality"),
+            "data_quality_table": _json_tag(tags.get(f"{T}data_quality_table")) or [],
+            "dropped_classes": _json_tag(tags.get(f"{T}dropped_classes")),
             "gate": tags.get(f"{T}gate"),
             "gate_reasons": split_reasons(tags.get(f"{T}gate_reasons", "")),
             "model_name": model_name,
@@ -72,7 +76,7 @@ def build_summary(parent_run_id: str) -> RunSummary:
     )
 
 
-def _json_tag(text: str | None) -> dict:
+def _json_tag(text: str | None) -> Any:
     """A JSON tag (clipped to what a tag holds: then kept as text)."""
     try:
         return json.loads(text) if text else {}
@@ -116,6 +120,10 @@ def format_summary(summary: RunSummary, tracking_uri: str, uis: str = LOCAL_UIS)
             f"  best baseline     : {s.best_baseline} {s.best_baseline_accuracy:.4f} "
             f"(model {s.gain_over_baseline_points:+.2f} points; evaluation report has both baselines)"
         )
+    if s.data_quality:
+        lines.append(f"  data quality      : {s.data_quality}")
+    for why in s.dropped_classes.values():
+        lines.append(f"  class dropped     : {why}")
     for warning in s.validation_warnings:
         lines.append(f"  data warning      : {warning}")
     if s.gate:

@@ -83,12 +83,29 @@ def _margin_rule(
     return True, entry
 
 
+def _class_change_reason(
+    change: dict[str, list[str]], version: str, dropped: dict[str, str]
+) -> str:
+    """The classes added and removed against the champion; a removed class that this run's data had
+    but left out (too few usable images) is said to be dropped, with why."""
+    gone = [c for c in change["removed"] if c in dropped]
+    removed = [c for c in change["removed"] if c not in dropped]
+    text = (
+        f"class set changed against champion v{version}: added {change['added'] or 'none'}, "
+        f"removed {removed or 'none'}"
+    )
+    if gone:
+        text += f", dropped from this run's data {gone} ({'; '.join(dropped[c] for c in gone)})"
+    return text
+
+
 def _paired_comparison(
     paired: PairedPredictions,
     version: str,
     cfg: GateConfig,
     reasons: list[str],
     comparison: dict[str, Any],
+    dropped: dict[str, str] | None = None,
 ) -> bool:
     """Compare on paired predictions; returns whether the comparison passed."""
     change = class_change(paired.candidate_labels, paired.champion_labels)
@@ -98,10 +115,7 @@ def _paired_comparison(
     labels = list(paired.candidate_labels)
     if change:
         comparison["class_change"] = change
-        reasons.append(
-            f"class set changed against champion v{version}: added {change['added'] or 'none'}, "
-            f"removed {change['removed'] or 'none'}"
-        )
+        reasons.append(_class_change_reason(change, version, dropped or {}))
         comparison["on_class_change"] = cfg.on_class_change
         if cfg.on_class_change == "reject":
             reasons.append(
@@ -293,6 +307,7 @@ def decide(
     cfg: GateConfig,
     paired: PairedPredictions | None = None,
     baselines: BaselinePredictions | None = None,
+    dropped: dict[str, str] | None = None,
 ) -> GateDecision:
     """Apply the absolute thresholds, then compare with the champion on the same test split.
 
@@ -302,7 +317,8 @@ def decide(
     rule on the two metric values applies. ``baselines`` (the model's and the simple baselines'
     predictions on that split) turns on ``gate.min_gain_over_baseline``. With ``gate.judge_on =
     clean`` the ``clean_accuracy`` and ``clean_macro_f1`` figures (and the clean rows of ``paired``
-    and ``baselines``) are judged instead.
+    and ``baselines``) are judged instead. ``dropped`` (class -> why) names the classes this run's
+    data had but left out (too few usable images): the class-change reason says so.
     """
     reasons: list[str] = []
     candidate, champion, paired, subset = _judged_subset(candidate, champion, cfg, paired, reasons)
@@ -321,7 +337,7 @@ def decide(
             "policy": cfg.policy,
         }
         if paired is not None:
-            ok = _paired_comparison(paired, version, cfg, reasons, comparison) and ok
+            ok = _paired_comparison(paired, version, cfg, reasons, comparison, dropped) and ok
         else:
             for metric in COMPARED_METRICS:
                 metric_ok, comparison[metric] = _margin_rule(

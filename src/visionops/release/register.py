@@ -3,7 +3,9 @@ model card; the pipeline's parent run links it."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import mlflow
 from visionops.core import tracking
@@ -57,7 +59,11 @@ def register_stage(
         f"{T}train_run_id": trained.train_run_id,
         f"{T}model": cfg.model.name,
         f"{T}config_file": parent_tags.get(f"{T}config_file", ""),
+        f"{T}data_quality": parent_tags.get(f"{T}data_quality", ""),
     }
+    dropped = _json(parent_tags.get(f"{T}dropped_classes"), {})
+    if dropped:  # the classes this version does not know, though the data had them
+        tags[f"{T}dropped_classes"] = ", ".join(dropped)
     if decision.baseline:
         tags[f"{T}best_baseline"] = decision.baseline["best"]
         tags[f"{T}gain_over_baseline"] = f"{decision.baseline['gain_points']:+.2f}"
@@ -100,6 +106,8 @@ def register_stage(
             labels=load_labels(evaluated.test_data.local_path()),
             n_test=evaluated.predictions.meta.get("n") if evaluated.predictions else None,
             baselines=[b.model_dump() for b in evaluated.baselines],
+            quality=_json(parent_tags.get(f"{T}data_quality_table"), []),
+            dropped=_json(parent_tags.get(f"{T}dropped_classes"), {}),
         )
         mlflow.log_text(card, "model_card.md")
         client = mlflow.tracking.MlflowClient()
@@ -203,3 +211,11 @@ def _existing_version(name: str, run_key: str) -> str | None:
     except mlflow.exceptions.MlflowException:
         return None
     return str(found[0].version) if found else None
+
+
+def _json(text: str | None, default: Any) -> Any:
+    """A JSON tag of the parent run (``default`` when absent or clipped)."""
+    try:
+        return json.loads(text) if text else default
+    except json.JSONDecodeError:
+        return default

@@ -51,6 +51,7 @@ def gate_stage(ctx: RunContext, evaluated: Evaluated) -> GateDecision:
             cfg.gate,
             paired,
             baselines,
+            _dropped_classes(ctx.parent_run_id),
         )
         tracking.log_json(decision.to_dict(), "gate/decision.json")
         mlflow.set_tags(
@@ -65,6 +66,17 @@ def gate_stage(ctx: RunContext, evaluated: Evaluated) -> GateDecision:
     client.set_tag(ctx.parent_run_id, f"{T}gate_reasons", tracking.reasons_text(decision.reasons))
     (log.info if decision.passed else log.warning)("%s", decision.summary())
     return decision
+
+
+def _dropped_classes(parent_run_id: str) -> dict[str, str]:
+    """The classes validate dropped from this run's data (class -> why), from the parent run."""
+    import json
+
+    tag = mlflow.tracking.MlflowClient().get_run(parent_run_id).data.tags.get(f"{T}dropped_classes")
+    try:
+        return json.loads(tag) if tag else {}
+    except json.JSONDecodeError:  # clipped: the reasons are lost, the classes still "removed"
+        return {}
 
 
 def recheck_against(
