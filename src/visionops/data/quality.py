@@ -187,6 +187,8 @@ def summary_line(problems: list[dict[str, Any]]) -> str:
     """``1 class dropped (s2), 78 images quarantined (label conflicts), 1 image dropped (exact copies)``,
     or ``clean`` when no minority problem was seen."""
     seen = [Problem(**{k: v for k, v in p.items() if k != "share"}) for p in problems if p["count"]]
+    order = [kind for kind, *_ in POLICY.values()]
+    seen.sort(key=lambda p: order.index(p.kind) if p.kind in order else len(order))
     return ", ".join(p.phrase() for p in seen) or "clean"
 
 
@@ -213,19 +215,19 @@ def table_lines(problems: list[dict[str, Any]]) -> list[str]:
 
 # The expectations that carry the policy, keyed by (GX type, column): (kind, title, unit, action, setting).
 POLICY: dict[tuple[str, str], tuple[str, str, str, str, str | None]] = {
-    ("expect_column_values_to_be_null", "label_conflict"): (
-        "label_conflicts",
-        "label conflicts",
-        "images",
-        "quarantined",
-        "validate.max_label_conflict_fraction",
-    ),
     ("expect_column_values_to_be_between", "count"): (
         "small_classes",
         "classes too small",
         "classes",
         "dropped",
         "validate.max_dropped_class_fraction",
+    ),
+    ("expect_column_values_to_be_null", "label_conflict"): (
+        "label_conflicts",
+        "label conflicts",
+        "images",
+        "quarantined",
+        "validate.max_label_conflict_fraction",
     ),
     ("expect_column_values_to_be_null", "face_problem"): (
         "faceless_photos",
