@@ -155,6 +155,17 @@ def test_a_pipeline_run_reads_in_mlflow(store, repo, monkeypatch):
     assert len(json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])) == 1
     assert len(client.get_run(parent.info.run_id).outputs.model_outputs) == 1
 
+    # The data it learnt from: the three sets on the parent run and, through metrics, on the model.
+    sets = {i.dataset.name: i.dataset for i in parent.inputs.dataset_inputs}
+    assert sorted(sets) == ["digits-test", "digits-train", "digits-val"]
+    assert all(d.digest.startswith(tags["visionops.data_fingerprint"]) for d in sets.values())
+    rows = {n: json.loads(d.profile)["num_rows"] for n, d in sets.items()}
+    assert rows == {f"digits-{s}": n for s, n in pre["meta"]["counts"].items()}
+    on_model = client.get_logged_model(model_id).metrics
+    assert {(n, d.digest) for n, d in sets.items()} == {
+        (m.dataset_name, m.dataset_digest) for m in on_model if m.dataset_name
+    }
+
     # The description: the run summary in Markdown, with its links.
     note = tags["mlflow.note.content"]
     assert note.splitlines()[0] == "**Run FINISHED**, started by manual"

@@ -30,6 +30,7 @@ from visionops.data.ingest import (
 )
 from visionops.data.preprocess import preprocess_to
 from visionops.data.split import plan_split
+from visionops.data.split_datasets import log_split_datasets
 
 log = logging.getLogger("visionops")
 VALIDATION_PAGE = "validation_report.html"  # at the artifact root of the validate run
@@ -285,4 +286,5 @@ def preprocess_stage(ctx: RunContext, ingested: StageOutput) -> StageOutput:
             folder / "data_profile.json"
         ).exists():  # the next run's drift reference (release.lineage.champion_reference)
             mlflow.log_artifact(str(folder / "data_profile.json"))
+        log_split_datasets(out, cfg.data, ctx.parent_run_id)  # "Datasets" on the parent run
     return out

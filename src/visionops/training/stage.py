@@ -25,6 +25,7 @@ from visionops.core.contracts import Trained
 from visionops.core.run_view import log_params_once
 from visionops.core.storage import StageOutput, fingerprint, visionops_home
 from visionops.data.preprocess import load_labels, load_split, load_stats
+from visionops.data.split_datasets import log_split_datasets
 from visionops.serving.model import log_classifier, tta_label
 from visionops.training.checkpoint import (
     load_checkpoint,
@@ -239,6 +240,10 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
                 tta=t.tta,
                 **extras,
             )
+        # The sets on the train run and on the model: the model version's source model lists them.
+        log_split_datasets(
+            preprocessed, cfg.data, ctx.parent_run_id, run_id=run_id, model_uri=uris["model_uri"]
+        )
         meta = {
             **uris,
             "train_run_id": run_id,
