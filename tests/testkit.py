@@ -5,6 +5,8 @@ CNN in a few steps; mirroring swaps the classes (which the test-time augmentatio
 ``tuning_config`` and ``run_tuning``: a small tuning setup on them, for the unit and the integration
 tuning tests. ``YALE`` and ``yale_fold``: the Yale faces and one cross-validation fold of the unknown-people
 tests (the ``yale`` fixture of tests/conftest.py loads the photos).
+``glyph_folder``: the real digits as image files plus a class ``O`` of copies of some ``0`` images
+(a glyph-like set with two classes drawn identically, for the data-quality tests).
 ``free_port`` and ``stop_process_group``: for the servers a test starts; ``model_server`` runs
 ``mlflow models serve`` on a registered model and ``post_json`` sends it a request.
 """
@@ -287,3 +289,21 @@ def yale_fold(yale: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
         "stranger_rows": np.flatnonzero(~known),
         "stranger_answers": answer(np.flatnonzero(~known)),
     }
+
+
+def glyph_folder(root: Path, n_copies: int) -> Path:
+    """Digits as ``root/<digit>/<i>.png`` and ``root/O/<i>.png``: copies of the first ``n_copies`` zeros."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * (255 / 16)).astype(np.uint8)
+    for i, (img, label) in enumerate(zip(pixels, digits.target, strict=True)):
+        path = root / str(label) / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+    zeros = sorted((root / "0").glob("*.png"), key=lambda p: int(p.stem))[:n_copies]
+    (root / "O").mkdir()
+    for path in zeros:
+        (root / "O" / path.name).write_bytes(path.read_bytes())
+    return root

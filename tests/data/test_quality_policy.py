@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from sklearn.datasets import load_digits
-
+from testkit import glyph_folder
 from visionops.core.config import PreprocessConfig, ValidateConfig
 from visionops.data.grouping import find_duplicates
 from visionops.data.ingest import build_manifest
@@ -26,21 +23,6 @@ PAIR = (
     "classes '0' and 'O' share {n} of their {n} images: the labels cannot be told apart by the "
     "pixels; consider merging them"
 )
-
-
-def glyph_folder(root: Path, n_copies: int) -> Path:
-    """Digits as ``root/<digit>/<i>.png`` and ``root/O/<i>.png``: copies of the first ``n_copies`` zeros."""
-    digits = load_digits()
-    pixels = (digits.images * (255 / 16)).astype(np.uint8)
-    for i, (img, label) in enumerate(zip(pixels, digits.target, strict=True)):
-        path = root / str(label) / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(path)
-    zeros = sorted((root / "0").glob("*.png"), key=lambda p: int(p.stem))[:n_copies]
-    (root / "O").mkdir()
-    for path in zeros:
-        (root / "O" / path.name).write_bytes(path.read_bytes())
-    return root
 
 
 def test_two_classes_drawn_alike_are_quarantined_named_in_one_line_and_the_run_goes_on(
