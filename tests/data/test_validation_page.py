@@ -15,7 +15,8 @@ import pytest
 import mlflow
 from visionops.core.context import RunContext
 from visionops.data.split import plan_split
-from visionops.data.validate import DataValidationError, suite_tables
+from visionops.data.suite_tables import suite_tables
+from visionops.data.validate import DataValidationError
 from visionops.pipeline import stages as pipeline
 from visionops.release.lineage import champion_reference
 

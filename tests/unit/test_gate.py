@@ -233,6 +233,24 @@ def test_class_change_is_reported_and_compare_on_shared_uses_shared_images() -> 
     assert decision.comparison["accuracy"]["champion"] == pytest.approx(0.5)
 
 
+def test_a_class_dropped_from_this_runs_data_is_said_so_with_why() -> None:
+    y = ["a", "b"] * 20
+    p = PairedPredictions(y, list(y), list(y), ["a", "b"], ["a", "b", "s2"])
+    why = "s2: 5 usable of 10 photos (3 no face found, 2 face too small); needs validate.min_images_per_class=6"
+    decision = decide(
+        {"accuracy": 1.0, "macro_f1": 1.0},
+        {"version": "3", "accuracy": 1.0, "macro_f1": 1.0},
+        LOW,
+        p,
+        dropped={"s2": why},
+    )
+    assert (
+        f"class set changed against champion v3: added none, removed none, dropped from this run's "
+        f"data ['s2'] ({why})"
+    ) in decision.reasons
+    assert decision.passed  # compare_on_shared (default): judged on the classes both know
+
+
 def test_class_change_policy_reject_and_skip() -> None:
     y = ["a", "b"] * 10
     p = PairedPredictions(y, list(y), list(y), ["a", "b", "c"], ["a", "b"])

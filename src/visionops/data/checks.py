@@ -1,9 +1,9 @@
 """The tables the validation suite runs on, derived from the manifest, and the expectations on each.
 
 Each check is a real GX expectation on one of these tables: per file (decode, label, size, mode,
-exact duplicates dropped, copies with two labels, near-copies across the split), per class (count,
-imbalance), per class against the champion
-(schema change) and per feature (drift). ``severity`` says whether a failure stops the run.
+exact duplicates dropped, copies with two labels, near-copies across the split and under two
+labels). The per-class, per-photo, schema and drift tables are in ``data.suite_tables``.
+``severity`` says whether a failure stops the run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from visionops.core.config import ValidateConfig
-from visionops.data.drift import drift_table
 
 if TYPE_CHECKING:
     from visionops.data.split import SplitPlan
@@ -256,137 +255,3 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
             frame["near_copy_other_label"] = pd.array(plan.near_conflict, dtype="string")
             exp.append((gxe.ExpectColumnValuesToBeNull(column="near_copy_other_label"), "warning"))
     return Table("files", frame, index, exp)
-
-
-def class_table(
-    per_class: dict[str, int], whys: dict[str, str], min_per_class: int, cfg: ValidateConfig
-) -> Table:
-    """Usable images per class (after faces, exact copies and label conflicts): a class below
-    ``min_per_class`` is dropped, and the run stops when more than
-    ``validate.max_dropped_class_fraction`` of the classes are (``mostly``)."""
-    import great_expectations.expectations as gxe
-
-    counts = pd.DataFrame(
-        {
-            "label": pd.array(list(per_class), dtype="string"),
-            "count": np.array(list(per_class.values()), dtype=int),
-            "why": pd.array([whys.get(k) for k in per_class], dtype="string"),
-        }
-    )
-    # How many times larger the biggest class is than this one: the small classes are the problem.
-    # Dropped classes get no ratio (null is skipped): the count check already names them.
-    nonzero = counts["count"].where(counts["count"] >= min_per_class)
-    counts["imbalance"] = (nonzero.max() / nonzero).round(3).astype("Float64")
-    mostly = 1.0 - cfg.max_dropped_class_fraction
-    if len(counts) and (counts["count"] < min_per_class).all():
-        mostly = 1.0  # never every class: nothing would be left to learn
-    return Table(
-        "class_counts",
-        counts,
-        ["label", "why"],
-        [
-            (
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="count", min_value=min_per_class, mostly=mostly
-                ),
-                "error",
-            ),
-            (
-                gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance),
-                cfg.imbalance_severity,
-            ),
-        ],
-    )
-
-
-def photo_table(faces: dict[str, Any], cfg: ValidateConfig) -> Table:
-    """One row per photo given to face detection: the reason it has no usable face (null when it
-    has one). More than ``validate.max_rejected_photo_fraction`` of such photos stops the run."""
-    import great_expectations.expectations as gxe
-
-    rejected = {str(r["path"]): r for r in faces.get("rejected", [])}
-    kept = int(faces.get("photos", 0)) - len(rejected)
-    frame = pd.DataFrame(
-        {
-            "path": pd.array(
-                [*rejected, *[f"(face found) #{i}" for i in range(max(kept, 0))]], dtype="string"
-            ),
-            "label": pd.array(
-                [str(r.get("label")) for r in rejected.values()] + [None] * max(kept, 0),
-                dtype="string",
-            ),
-            "face_problem": pd.array(
-                [r["reason"] for r in rejected.values()] + [None] * max(kept, 0), dtype="string"
-            ),
-        }
-    )
-    return Table(
-        "photos",
-        frame,
-        ["path", "label"],
-        [
-            (
-                gxe.ExpectColumnValuesToBeNull(
-                    column="face_problem", mostly=1.0 - cfg.max_rejected_photo_fraction
-                ),
-                "error",
-            )
-        ],
-    )
-
-
-def _change(label: str, current: set[str], before: set[str], dropped: set[str]) -> str:
-    if label in current:
-        return "unchanged" if label in before else "added"
-    return "dropped" if label in dropped else "removed"
-
-
-def schema_table(
-    manifest: pd.DataFrame,
-    champion_labels: list[str],
-    cfg: ValidateConfig,
-    dropped: set[str] | None = None,
-) -> Table:
-    """Classes against the champion's: ``dropped`` ones are in the data but left out of this run
-    (too few usable images), ``removed`` ones are no longer in the data at all."""
-    import great_expectations.expectations as gxe
-
-    labels = manifest["label"]
-    dropped = dropped or set()
-    current = set(labels[usable_labels(labels)].astype(str)) - dropped
-    before = set(map(str, champion_labels))
-    rows = [
-        {"label": lab, "change": _change(lab, current, before, dropped)}
-        for lab in sorted(current | before)
-    ]
-    frame = pd.DataFrame(rows, columns=["label", "change"])
-    return Table(
-        "schema",
-        frame,
-        ["label"],
-        [
-            (
-                gxe.ExpectColumnValuesToBeInSet(column="change", value_set=["unchanged"]),
-                cfg.schema_change_severity,
-            )
-        ],
-    )
-
-
-def drift_table_for(manifest: pd.DataFrame, profile: dict, cfg: ValidateConfig) -> Table | None:
-    import great_expectations.expectations as gxe
-
-    rows = drift_table(manifest, profile)
-    if not rows:
-        return None
-    return Table(
-        "drift",
-        pd.DataFrame(rows),
-        ["feature"],
-        [
-            (
-                gxe.ExpectColumnValuesToBeBetween(column="psi", max_value=cfg.max_drift_psi),
-                cfg.drift_severity,
-            )
-        ],
-    )

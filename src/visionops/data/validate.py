@@ -197,6 +197,8 @@ def validate_manifest(
     gx_logger = logging.getLogger("great_expectations")
     previous_level = gx_logger.level
     gx_logger.setLevel(logging.WARNING)
+    from visionops.data.suite_tables import suite_tables
+
     try:
         tables, details = suite_tables(manifest, cfg, plan, reference, faces)
         context = _new_context(docs_dir)
@@ -263,60 +265,6 @@ def validate_manifest(
 
 def _key(etype: str, column: str | None) -> tuple[str, str]:
     return etype, column or ""
-
-
-def suite_tables(
-    manifest: pd.DataFrame,
-    cfg: ValidateConfig,
-    plan: SplitPlan | None,
-    reference: dict[str, Any] | None,
-    faces: dict[str, Any] | None,
-) -> tuple[list[Table], dict[str, Any]]:
-    """The tables to validate, and what the policy's warnings name (``details``): each dropped
-    class with why, the pairs of classes that share images."""
-    from visionops.data.checks import (
-        class_table,
-        drift_table_for,
-        file_table,
-        photo_table,
-        schema_table,
-    )
-    from visionops.data.grouping import find_duplicates
-    from visionops.data.quality import class_loss, conflict_lines, quarantine
-    from visionops.data.split import usable_rows
-
-    dups = find_duplicates(manifest) if plan is None else None
-    held = plan.quarantine if plan is not None and plan.quarantine is not None else None
-    if dups is None:
-        from visionops.data.grouping import Duplicates
-
-        dups = Duplicates(plan.duplicate_of, plan.conflict)
-    if held is None:
-        held = quarantine(manifest, cfg, dups, usable_rows(manifest))
-    per_class = dict(held.usable_per_class)
-    for label in (faces or {}).get("per_class", {}):  # a person who lost every photo has no rows
-        per_class.setdefault(str(label), 0)
-    per_class = dict(sorted(per_class.items()))
-    small = [k for k, n in per_class.items() if n < cfg.min_images_per_class]
-    whys = {k: class_loss(k, manifest, dups, cfg.min_images_per_class, faces) for k in small}
-    details = {
-        "label_conflicts": conflict_lines(manifest, dups),
-        "small_classes": list(whys.values()),
-        "dropped_classes": whys,
-    }
-    tables = [
-        file_table(manifest, cfg, plan),
-        class_table(per_class, whys, cfg.min_images_per_class, cfg),
-    ]
-    if faces and faces.get("photos"):
-        tables.append(photo_table(faces, cfg))
-    if reference and reference.get("labels"):
-        tables.append(schema_table(manifest, reference["labels"], cfg, set(small)))
-    if reference and reference.get("profile"):
-        drift = drift_table_for(manifest, reference["profile"], cfg)
-        if drift is not None:
-            tables.append(drift)
-    return tables, details
 
 
 def _judge(
