@@ -130,6 +130,8 @@ def test_every_crop_setting_changes_the_cache_folder() -> None:
         "cnn_fallback": False,
         "cnn_upsample": 1,
         "detect_max_side": 800,
+        "detect_min_side": 100,
+        "max_upscale": 2.0,
         "min_face": 50,
         "margin": 0.3,
         "size": 96,

@@ -102,7 +102,7 @@ def test_two_faces_and_blank(photo: Image.Image, settings: dict) -> None:
     pair = Image.new("RGB", (640, 243))
     pair.paste(photo, (0, 0))
     pair.paste(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (320, 0))
-    assert photo_to_face(np.asarray(pair), settings).reason == "several faces (2 of at least 40 px)"
+    assert photo_to_face(np.asarray(pair), settings).reason == "several faces (2 of at least 34 px)"
     blank = photo_to_face(np.full((243, 320, 3), 128, np.uint8), settings)
     assert blank == blank.__class__(None, None, "no face found")
 

@@ -256,7 +256,8 @@ def test_url_manifest_with_face_rectangles_through_the_stages(
     assert report["urls"]["downloaded"] == 14 and report["urls"]["rejected"] == []
     assert (
         sorted(r["reason"] for r in report["faces"]["rejected"])
-        == ["face too small (10 px < faces.min_face=40)"] * 2
+        == ["face too small (10 px: the 48 px chip would enlarge it 3.2x > faces.max_upscale=3)"]
+        * 2
     )
     crops = pd.read_parquet(folder / "manifest.parquet")
     assert len(crops) == 12 and set(crops["width"]) == {48}

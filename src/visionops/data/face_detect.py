@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ def detect_dlib(
     cnn_upsample: int,
     max_side: int,
     min_score: float = 0.0,
+    min_side: int = 0,
 ) -> tuple[list[Box], str]:
     """Face boxes from dlib's HOG detector, else from the CNN detector; also which one found them.
 
@@ -92,16 +95,13 @@ def detect_dlib(
     weaker detections count as faces only from ``min_score``: HOG scores clutter (a badge, a pattern
     on a shirt) at 0.1-0.2 next to real faces at 0.5-1.5, while a lone face in poor light may score
     near 0 and is still kept. Photos larger than ``max_side`` are searched at that size (upsampling a
-    12-megapixel photo costs seconds) and the boxes mapped back to the photo.
+    12-megapixel photo costs seconds); photos whose shorter side is below ``min_side`` are searched
+    enlarged to it, because both detectors have a smallest face (HOG ~80 px, the CNN ~80 px, halved
+    by each upsampling) that a face filling a 92x112 photo may not reach. Boxes are mapped back to
+    the photo.
     """
-    scale = 1.0
-    small = rgb
-    if max_side and max(rgb.shape[:2]) > max_side:
-        from PIL import Image
-
-        scale = max_side / max(rgb.shape[:2])
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    scale = _search_scale(rgb.shape, max_side, min_side)
+    small = _resized(rgb, scale)
     hog = load_model("hog")
     with _LOCKS["hog"]:
         rects, scores, _ = hog.run(small, upsample, 0.0)
@@ -121,6 +121,26 @@ def detect_dlib(
     return [tuple(int(round(v / scale)) for v in box) for box in found], how  # type: ignore[misc]
 
 
+def _search_scale(shape: tuple[int, ...], max_side: int, min_side: int) -> float:
+    """The factor a photo is resized by before searching: shrunk to ``max_side``, enlarged to
+    ``min_side`` (its shorter side), else 1. Shrinking wins: it bounds the cost."""
+    longest, shortest = max(shape[:2]), min(shape[:2])
+    if max_side and longest > max_side:
+        return max_side / longest
+    if min_side and shortest < min_side:
+        return min_side / shortest
+    return 1.0
+
+
+def _resized(rgb: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return rgb
+    from PIL import Image
+
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
 def detect_haar(
     rgb: np.ndarray, scale_factor: float, min_neighbors: int, min_face: int
 ) -> list[Box]:
@@ -138,19 +158,58 @@ def _call_haar(grey: np.ndarray, scale_factor: float, min_neighbors: int, smalle
         )
 
 
-def choose_face(boxes: list[Box], min_face: int) -> tuple[Box | None, str | None]:
+@dataclass(frozen=True)
+class FaceSizeRule:
+    """The smallest face kept (``min_side``: the detector box's side in photo pixels), and why.
+
+    ``max_upscale`` set: derived from the chip, which shows the face on about ``chip/(1+2*margin)``
+    px; a face is too small when that would enlarge it more than ``max_upscale`` times. Unset: an
+    explicit ``faces.min_face``.
+    """
+
+    min_side: int
+    chip: int = 0
+    margin: float = 0.0
+    max_upscale: float | None = None
+
+    def too_small(self, side: int) -> str:
+        """The rejection reason of a face ``side`` px across, with the setting it broke."""
+        if self.max_upscale is None:
+            return f"face too small ({side} px < faces.min_face={self.min_side})"
+        # Rounded up: a face just past the bound (3.03x) must not read "3.0x > 3".
+        factor = math.ceil(10 * self.chip / (1 + 2 * self.margin) / max(side, 1)) / 10
+        return (
+            f"face too small ({side} px: the {self.chip} px chip would enlarge it "
+            f"{factor:.1f}x > faces.max_upscale={self.max_upscale:g})"
+        )
+
+
+def face_size_rule(settings: Mapping[str, Any]) -> FaceSizeRule:
+    """The size rule of ``photo_to_face``'s settings: an explicit ``min_face`` wins (as in settings
+    stored by models older than ``max_upscale``), else the smallest side the chip (``size``,
+    ``margin``) enlarges at most ``max_upscale`` times."""
+    if settings.get("min_face") is not None:
+        return FaceSizeRule(int(settings["min_face"]))
+    chip, margin, max_upscale = settings["size"], settings["margin"], settings["max_upscale"]
+    # A side exactly at the bound is kept; the epsilon keeps float error from refusing it.
+    smallest = math.ceil(chip / (1 + 2 * margin) / max_upscale - 1e-9)
+    return FaceSizeRule(smallest, chip, margin, max_upscale)
+
+
+def choose_face(boxes: list[Box], min_face: int | FaceSizeRule) -> tuple[Box | None, str | None]:
     """The one face to keep, or why the photo is rejected (no face, several faces, too small).
 
-    Faces smaller than ``min_face`` beside one large face are people in the background: ignored.
+    Faces smaller than the rule's ``min_side`` beside one large face are people in the background:
+    ignored. A plain ``int`` is an explicit ``faces.min_face``.
     """
-    big = [b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= min_face]
+    rule = min_face if isinstance(min_face, FaceSizeRule) else FaceSizeRule(min_face)
+    big = [b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= rule.min_side]
     if len(big) == 1:
         return big[0], None
     if len(big) > 1:
-        return None, f"several faces ({len(big)} of at least {min_face} px)"
+        return None, f"several faces ({len(big)} of at least {rule.min_side} px)"
     if boxes:
-        side = max(min(b[2] - b[0], b[3] - b[1]) for b in boxes)
-        return None, f"face too small ({side} px < faces.min_face={min_face})"
+        return None, rule.too_small(max(min(b[2] - b[0], b[3] - b[1]) for b in boxes))
     return None, "no face found"
 
 

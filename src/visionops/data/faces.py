@@ -38,13 +38,14 @@ from visionops.data.face_detect import (
     detect_dlib,
     detect_haar,
     face_chip,
+    face_size_rule,
     landmarks,
     roll_degrees,
 )
 from visionops.data.ingest import inspect_image
 
 FACE_VERSION = (
-    2  # bump when photo_to_face changes its output for the same settings (new crop cache)
+    3  # bump when photo_to_face changes its output for the same settings (new crop cache)
 )
 _PER_PHOTO = (
     "detector",
@@ -53,6 +54,8 @@ _PER_PHOTO = (
     "cnn_fallback",
     "cnn_upsample",
     "detect_max_side",
+    "detect_min_side",
+    "max_upscale",
     "min_face",
     "margin",
     "size",
@@ -83,16 +86,16 @@ def photo_to_face(rgb: np.ndarray, settings: dict[str, Any], box: Box | None = N
     ``box`` (a rectangle given by the source) replaces detection and the landmarks align the face
     inside it. The source vouches for that face, so its tilt is measured but not refused: landmarks
     on whatever a rectangle holds always give some angle, and a wrong one would drop a good photo.
-    Refused: no face, several faces, a face smaller than ``min_face``, a detected face tilted more
-    than ``max_roll_deg``.
+    Refused: no face, several faces, a face too small for the chip (``max_upscale``, or under an
+    explicit ``min_face``), a detected face tilted past ``max_roll_deg``. Settings stored by older
+    models (``min_face``, no ``detect_min_side``) crop as they did when the model was trained.
     """
     rgb = _as_rgb(rgb)
+    rule = face_size_rule(settings)
     if box is not None:
         boxes = [box]
     elif settings["detector"] == "haar":
-        boxes = detect_haar(
-            rgb, settings["scale_factor"], settings["min_neighbors"], settings["min_face"]
-        )
+        boxes = detect_haar(rgb, settings["scale_factor"], settings["min_neighbors"], rule.min_side)
     else:
         boxes, _ = detect_dlib(
             rgb,
@@ -101,8 +104,9 @@ def photo_to_face(rgb: np.ndarray, settings: dict[str, Any], box: Box | None = N
             settings["cnn_upsample"],
             settings["detect_max_side"],
             settings["min_score"],
+            settings.get("detect_min_side", 0),
         )
-    face, reason = choose_face(boxes, settings["min_face"])
+    face, reason = choose_face(boxes, rule)
     if face is None:
         return FaceResult(None, None, reason)
     shape = landmarks(rgb, face)
