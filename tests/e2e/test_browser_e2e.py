@@ -196,7 +196,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         "model": {"width": 1.0, "batch_norm": False},
         "tune": {"n_trials": 2, "epochs_per_trial": 1},
         "train": {"max_epochs": 20, "patience": 3},
-        "gate": {"min_gain_over_baseline": None},
+        "gate": {"compare_with_baselines": False},
         "registry": {"model_name": MODEL, "smoke_test_images": 4},
     }
     (home / "browser.json").write_text(json.dumps(config))  # YAML is a superset of JSON

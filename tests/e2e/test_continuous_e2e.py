@@ -72,7 +72,7 @@ def home(tmp_path_factory) -> Path:
             "min_accuracy": 0.0,
             "min_macro_f1": 0.0,
             "max_regression": 1.0,
-            "min_gain_over_baseline": None,
+            "compare_with_baselines": False,
         },
         "registry": {"model_name": MODEL, "smoke_test_images": 4},
     }

@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
 DAG = "train_pipeline"
 # Small and quick: the mechanics are under test here, not the model.
-SMALL = {"model.width": 1, "model.batch_norm": False, "gate.min_gain_over_baseline": None}
+SMALL = {"model.width": 1, "model.batch_norm": False, "gate.compare_with_baselines": False}
 GATE = {"gate.min_accuracy": 0.5, "gate.min_macro_f1": 0.5}
 MODEL = "visionops-digits"
 

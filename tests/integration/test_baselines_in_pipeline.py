@@ -1,5 +1,6 @@
 """The simple baselines through the real stages: evaluate fits and records them, the gate judges
-the model against the best one (both ways), and the registered version's model card shows them."""
+the model against the best one by the champion comparison's policy (or not, when turned off), and the
+registered version's model card shows them."""
 
 from __future__ import annotations
 
@@ -50,11 +51,17 @@ def test_a_model_below_the_best_baseline_is_recorded_rejected_and_carded(mlflow_
         pd.read_parquet(StageOutput(**evaluated["predictions"]).local_path() / PREDICTIONS_FILE)
     )
 
-    # The gate refuses it, naming the baseline, with the paired evidence.
+    # The gate refuses it as it would a champion that far ahead (beyond gate.max_regression),
+    # naming the baseline, with the paired evidence.
     assert decision["passed"] is False
     assert decision["baseline"]["best"] == best["name"]
+    assert decision["baseline"]["policy"] == "non_inferiority"
     assert any(
-        f"best simple baseline, {best['name']}" in r and "McNemar exact p" in r
+        r.startswith("accuracy ") and f"points below best simple baseline {best['name']}" in r
+        for r in decision["reasons"]
+    )
+    assert any(
+        f"best simple baseline {best['name']} alone right on" in r and "McNemar exact p" in r
         for r in decision["reasons"]
     )
 
@@ -81,14 +88,14 @@ def test_a_model_below_the_best_baseline_is_recorded_rejected_and_carded(mlflow_
     assert version.tags["visionops.best_baseline"] == best["name"]
     assert float(version.tags["visionops.gain_over_baseline"]) < 0
     assert "## Against simple baselines" in version.description
-    assert "gate.min_gain_over_baseline requires +0.00" in version.description
+    assert f"points below best simple baseline {best['name']}" in version.description
 
 
 def test_the_same_model_passes_with_the_baseline_check_turned_off(mlflow_store, repo):
-    _, _, evaluated, decision = _run(repo, "baseline-off", **{"gate.min_gain_over_baseline": None})
+    _, _, evaluated, decision = _run(repo, "baseline-off", **{"gate.compare_with_baselines": False})
     assert evaluated["baselines"]  # still fitted and reported
     assert decision["passed"] is True and decision["baseline"] == {}
-    assert any("gate.min_gain_over_baseline is null" in r for r in decision["reasons"])
+    assert any("gate.compare_with_baselines is false" in r for r in decision["reasons"])
 
 
 def test_no_baselines_configured_fits_none_and_says_the_check_did_not_apply(mlflow_store, repo):

@@ -36,7 +36,7 @@ def test_a_registered_version_is_monitored_batch_by_batch(mlflow_store, repo, tm
             "data.image_size": 8,
             "gate.min_accuracy": 0.0,
             "gate.min_macro_f1": 0.0,
-            "gate.min_gain_over_baseline": None,
+            "gate.compare_with_baselines": False,
             "experiment": NAME,
             "registry.model_name": NAME,
         },

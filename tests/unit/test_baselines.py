@@ -83,7 +83,7 @@ def test_no_validation_images_takes_the_middle_setting() -> None:
     [
         ("baseline.models", ["knn"]),
         ("baseline.max_features", 3),
-        ("gate.min_gain_over_baseline", 500),
+        ("gate.compare_with_baselines", "sometimes"),
     ],
 )
 def test_baseline_settings_are_validated_naming_the_key(key: str, value: object) -> None:
@@ -91,12 +91,12 @@ def test_baseline_settings_are_validated_naming_the_key(key: str, value: object)
         build_config(PipelineConfig().to_dict(), {key: value}, source="test")
 
 
-def test_gain_over_baseline_defaults_to_zero_points_and_null_is_allowed() -> None:
-    assert PipelineConfig().gate.min_gain_over_baseline == 0.0
+def test_the_baseline_comparison_is_on_by_default_and_can_be_turned_off() -> None:
+    assert PipelineConfig().gate.compare_with_baselines is True
     cfg = build_config(
-        PipelineConfig().to_dict(), {"gate.min_gain_over_baseline": None}, source="t"
+        PipelineConfig().to_dict(), {"gate.compare_with_baselines": False}, source="t"
     )
-    assert cfg.gate.min_gain_over_baseline is None
+    assert cfg.gate.compare_with_baselines is False
 
 
 BASELINES = [

@@ -13,6 +13,7 @@ from visionops.core.config import (
     build_config,
     load_config,
     parse_override,
+    read_stored_config,
 )
 from visionops.core.errors import InputError
 
@@ -159,6 +160,29 @@ def test_every_bad_key_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         build_config({}, {"train.max_epochs": 0, "gate.min_accuracy": 1.5})
     assert "train.max_epochs" in str(info.value) and "gate.min_accuracy" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0.0, None, 1.5])
+def test_a_retired_key_is_an_error_naming_it_and_its_replacement(value: object) -> None:
+    # gate.min_gain_over_baseline's meaning changed: read silently, it would judge otherwise than
+    # its author asked. Other bad keys are still reported beside it.
+    with pytest.raises(ConfigError) as info:
+        build_config({"gate": {"min_gain_over_baseline": value}}, {"train.max_epochs": 0})
+    message = str(info.value)
+    assert "gate.min_gain_over_baseline: no longer a key" in message
+    assert "gate.compare_with_baselines: false" in message and "gate.policy" in message
+    assert "train.max_epochs" in message
+
+
+def test_a_config_stored_before_a_key_was_retired_is_read_translated() -> None:
+    stored = PipelineConfig().to_dict()
+    stored["gate"].pop("compare_with_baselines")
+    off = {**stored, "gate": {**stored["gate"], "min_gain_over_baseline": None}}
+    assert read_stored_config(off, source="t").gate.compare_with_baselines is False
+    assert "min_gain_over_baseline" in off["gate"]  # the caller's dict is left as read
+    old_default = {**stored, "gate": {**stored["gate"], "min_gain_over_baseline": 0.0}}
+    assert read_stored_config(old_default, source="t") == PipelineConfig()
+    assert read_stored_config(PipelineConfig().to_dict(), source="t") == PipelineConfig()
 
 
 def test_unknown_model_names_the_choices() -> None:

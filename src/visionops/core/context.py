@@ -8,7 +8,7 @@ from typing import Any
 import fsspec
 from pydantic import BaseModel, ConfigDict
 
-from visionops.core.config import PipelineConfig, build_config
+from visionops.core.config import PipelineConfig, read_stored_config
 from visionops.core.storage import RunStore
 
 
@@ -40,4 +40,4 @@ class RunContext(BaseModel):
 
     def config(self) -> PipelineConfig:
         with fsspec.open(self.config_uri, "r") as fh:
-            return build_config(json.load(fh), source=self.config_uri)
+            return read_stored_config(json.load(fh), source=self.config_uri)

@@ -218,7 +218,7 @@ class GateDecision(Contract):
     reasons: list[str]
     metrics: dict[str, float]
     comparison: dict[str, Any] = {}  # against the champion in service
-    baseline: dict[str, Any] = {}  # against the best simple baseline (gate.min_gain_over_baseline)
+    baseline: dict[str, Any] = {}  # against the best simple baseline, by the same policy
     judged_on: str = (
         "full"  # the test figures judged: "full" split or its "clean" subset (gate.judge_on)
     )

@@ -4,9 +4,10 @@ Absolute thresholds first, then the champion, scored on this run's test split. W
 predictions of both models on the same images, the comparison carries evidence: McNemar's exact
 test on the discordant pairs and a paired bootstrap confidence interval of the accuracy difference.
 
-Policies (``gate.policy``):
+Policies (``gate.policy``), the same for both comparisons with another model (the champion in
+service and the best simple baseline, ``release.gate_compare``):
 
-* ``non_inferiority`` (default): the candidate may be worse than the champion by at most
+* ``non_inferiority`` (default): the candidate may be worse than the other model by at most
   ``gate.max_regression`` in accuracy and macro-F1. ``gate.non_inferiority_on`` says what is
   judged for accuracy: the observed difference (``delta``, default) or the lower bound of the
   (1 - alpha) bootstrap interval (``ci_lower``, stricter: on a few hundred test images the
@@ -15,12 +16,12 @@ Policies (``gate.policy``):
   and macro-F1 must not drop by more than the margin.
 
 ``gate.judge_on``: ``full`` judges the whole test split; ``clean`` judges its clean subset (test
-images without a near-copy in the training split, see ``data.grouping``) for the thresholds and the
-champion comparison (paired predictions restricted to the clean rows). The reasons say which.
+images without a near-copy in the training split, see ``data.grouping``) for the thresholds and both
+comparisons (paired predictions restricted to the clean rows). The reasons say which.
 
-Against the simple baselines (``gate.min_gain_over_baseline``, points of accuracy): the model
-must beat the best baseline fitted at evaluation (``visionops.evaluation.baselines``) by that
-margin on the judged test images, with the paired evidence in the reason; ``null`` turns it off.
+The simple baselines (``visionops.evaluation.baselines``, fitted at evaluation on the same splits):
+the best of them on the judged test images is compared with the model exactly as the champion is,
+the evidence in the reasons; ``gate.compare_with_baselines: false`` turns it off.
 
 When the class set changed (``gate.on_class_change``): ``compare_on_shared`` compares both models
 on the test images whose true class both know; ``reject`` rejects; ``skip_comparison`` applies
@@ -36,12 +37,14 @@ import numpy as np
 
 from visionops.core.config import GateConfig
 from visionops.core.contracts import GateDecision
-from visionops.evaluation.paired import BaselinePredictions, PairedPredictions, paired_statistics
-from visionops.release.gate_champion import (
+from visionops.evaluation.paired import BaselinePredictions, PairedPredictions
+from visionops.release.gate_champion import paired_comparison
+from visionops.release.gate_compare import (
     COMPARED_METRICS,
     EPS,
+    Reference,
+    compare_paired,
     margin_rule,
-    paired_comparison,
 )
 
 
@@ -67,18 +70,17 @@ def _baseline_rule(
     reasons: list[str],
     record: dict[str, Any],
 ) -> bool:
-    """The model against the best simple baseline on the judged test images (the evidence goes into
-    ``record``); whether it passed."""
-    margin = cfg.min_gain_over_baseline
-    if margin is None:
+    """The model against the best simple baseline on the judged test images, by the same rules and
+    with the same evidence as against the champion (``record`` gets both); whether it passed."""
+    if not cfg.compare_with_baselines:
         reasons.append(
-            "no check against the simple baselines (gate.min_gain_over_baseline is null)"
+            "no comparison with the simple baselines (gate.compare_with_baselines is false)"
         )
         return True
     if baselines is None or not baselines.baselines:
         reasons.append(
             "no simple baseline was fitted in this evaluation (see its report): "
-            "gate.min_gain_over_baseline not applied"
+            "nothing to compare the model with"
         )
         return True
     if subset == "clean" and baselines.clean is not None:
@@ -87,46 +89,30 @@ def _baseline_rule(
     if len(y) == 0:
         reasons.append("no test images to compare with the baselines on")
         return False
-    model_acc = float(np.mean(np.asarray(baselines.candidate, dtype=str) == y))
     scores = {
         name: float(np.mean(np.asarray(labels, dtype=str) == y))
         for name, labels in baselines.baselines.items()
     }
     best = max(scores, key=lambda name: scores[name])
-    stats = paired_statistics(
-        y,
-        baselines.candidate,
-        baselines.baselines[best],
-        alpha=cfg.alpha,
-        n_bootstrap=cfg.bootstrap_samples,
-    )
-    gain = 100 * (model_acc - scores[best])
     record |= {
         "best": best,
-        "accuracy": scores,
-        "model_accuracy": model_acc,
-        "gain_points": gain,
-        "min_gain_points": margin,
-        "paired": stats,
+        "baseline_accuracy": scores,
+        "max_regression": cfg.max_regression,
+        "policy": cfg.policy,
     }
-    evidence = (
-        f"on the same {stats['n']} test images the model alone is right on "
-        f"{stats['candidate_only_correct']}, the baseline alone on {stats['champion_only_correct']} "
-        f"({100 * stats['ci_level']:.0f}% CI [{100 * stats['ci_low']:+.2f}, "
-        f"{100 * stats['ci_high']:+.2f}] points, McNemar exact p = {stats['mcnemar_p_two_sided']:.4g})"
+    passed = compare_paired(
+        y,
+        np.asarray(baselines.candidate, dtype=str),
+        np.asarray(baselines.baselines[best], dtype=str),
+        # Baselines know the model's classes: macro-F1 over the classes with test images.
+        sorted(set(y)),
+        Reference(f"best simple baseline {best}", "baseline"),
+        cfg,
+        reasons,
+        record,
     )
-    if gain < margin - 100 * EPS:
-        reasons.append(
-            f"accuracy {model_acc:.4f} gains {gain:+.2f} points over the best simple baseline, "
-            f"{best} ({scores[best]:.4f}): gate.min_gain_over_baseline requires {margin:+.2f}, "
-            f"{evidence}"
-        )
-        return False
-    reasons.append(
-        f"accuracy {model_acc:.4f} vs best simple baseline {best} {scores[best]:.4f} "
-        f"({gain:+.2f} points, required {margin:+.2f}), {evidence}"
-    )
-    return True
+    record["gain_points"] = 100 * record["paired"]["accuracy_delta"]
+    return passed
 
 
 def _judged_subset(
@@ -193,7 +179,7 @@ def decide(
     this run's test split and its ``version``. ``paired`` (both models' predictions on that split)
     turns on the statistical comparison and the class-change policy; without it only the margin
     rule on the two metric values applies. ``baselines`` (the model's and the simple baselines'
-    predictions on that split) turns on ``gate.min_gain_over_baseline``. With ``gate.judge_on =
+    predictions on that split) turns on the comparison with the best of them. With ``gate.judge_on =
     clean`` the ``clean_accuracy`` and ``clean_macro_f1`` figures (and the clean rows of ``paired``
     and ``baselines``) are judged instead. ``dropped`` (class -> why) names the classes this run's
     data had but left out (too few usable images): the class-change reason says so.
@@ -219,7 +205,12 @@ def decide(
         else:
             for metric in COMPARED_METRICS:
                 metric_ok, comparison[metric] = margin_rule(
-                    metric, candidate[metric], champion[metric], version, cfg, reasons
+                    metric,
+                    candidate[metric],
+                    champion[metric],
+                    Reference(f"champion v{version}", "champion"),
+                    cfg,
+                    reasons,
                 )
                 ok = ok and metric_ok
     metrics = {k: float(candidate[k]) for k in COMPARED_METRICS}

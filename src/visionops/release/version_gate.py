@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from visionops.core.config import GateConfig, build_config
+from visionops.core.config import GateConfig, read_stored_config
 from visionops.core.constants import CHAMPION
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.contracts import GateDecision
@@ -36,7 +36,7 @@ def _gate_config(tags: dict[str, str]) -> GateConfig:
     if run_key:
         path = Path(RunStore(run_key).stage_path("config")) / "config.json"
         if path.is_file():
-            return build_config(json.loads(path.read_text()), source=str(path)).gate
+            return read_stored_config(json.loads(path.read_text()), source=str(path)).gate
     return GateConfig()
 
 

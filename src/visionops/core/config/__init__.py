@@ -98,7 +98,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _error_lines(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
@@ -113,7 +113,32 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             else ""
         )
         lines.append(f"  {loc or '<root>'}: {msg}{detail}")
-    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+    return lines
+
+
+# Keys a config may no longer set, and what replaced each. A config that sets one gets an error
+# saying so rather than "unknown key" (or a silent translation: the key's meaning changed, and
+# reading it as its replacement would judge otherwise than its author asked). The resolved configs
+# that earlier runs stored are read with ``read_stored_config``, which translates them.
+RETIRED_KEYS = {
+    "gate.min_gain_over_baseline": (
+        "the comparison with the best simple baseline now follows gate.policy, "
+        "gate.max_regression, gate.non_inferiority_on and gate.alpha, as the champion comparison "
+        "does: remove the key, or set gate.compare_with_baselines: false to turn the comparison "
+        "off (what null did)"
+    ),
+}
+
+
+def _pop_retired(raw: dict[str, Any]) -> dict[str, Any]:
+    """The retired keys ``raw`` sets (dotted -> value), taken out of it."""
+    found: dict[str, Any] = {}
+    for dotted in RETIRED_KEYS:
+        section, _, key = dotted.partition(".")
+        node = raw.get(section)
+        if isinstance(node, dict) and key in node:
+            found[dotted] = node.pop(key)
+    return found
 
 
 def build_config(
@@ -123,10 +148,29 @@ def build_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
     merged = apply_overrides(raw, overrides or {})
+    lines = [f"  {key}: no longer a key: {RETIRED_KEYS[key]}" for key in _pop_retired(merged)]
     try:
-        return PipelineConfig.model_validate(merged)
+        cfg = PipelineConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        lines += _error_lines(exc)
+    else:
+        if not lines:
+            return cfg
+    raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
+
+
+def read_stored_config(raw: dict[str, Any], *, source: str) -> PipelineConfig:
+    """A resolved config an earlier run stored (its ``config.json``), validated like any config.
+
+    Such a file holds every key, so one written before a key was retired still sets it: it is
+    translated here instead of refused (a version trained then must stay promotable by hand).
+    ``gate.min_gain_over_baseline``: null becomes ``gate.compare_with_baselines: false``; a number
+    is dropped, and the current policy judges the baseline comparison."""
+    raw = apply_overrides(raw, {})  # a copy: the caller's dict stays as read
+    retired = _pop_retired(raw)
+    if "gate.min_gain_over_baseline" in retired and retired["gate.min_gain_over_baseline"] is None:
+        raw["gate"]["compare_with_baselines"] = False
+    return build_config(raw, source=source)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

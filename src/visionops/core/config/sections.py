@@ -301,13 +301,11 @@ class GateConfig(_Section):
         description="A person approves (Airflow HITL task `approve` in "
         "train_pipeline) before champion moves; no answer in a day rejects.",
     )
-    min_gain_over_baseline: float | None = Field(
-        0.0,
-        ge=-100.0,
-        le=100.0,
-        description="Points of accuracy the model must gain over the best simple baseline "
-        "(baseline.models, fitted on the same training split and scored on the same test "
-        "images); null turns the check off.",
+    compare_with_baselines: bool = Field(
+        True,
+        description="Compare the model with the best simple baseline (baseline.models, fitted on "
+        "the same training split, scored on the same test images) under the same policy, margin "
+        "and evidence as the champion comparison; false turns it off.",
     )
 
 
