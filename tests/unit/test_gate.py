@@ -245,8 +245,9 @@ def test_a_class_dropped_from_this_runs_data_is_said_so_with_why() -> None:
     )
     assert (
         f"class set changed against champion v3: added none, removed none, dropped from this run's "
-        f"data ['s2'] ({why})"
+        f"data ['s2'] ({why.replace('; ', ', ')})"
     ) in decision.reasons
+    assert not any("; " in r for r in decision.reasons)  # the tag's separator: read back whole
     assert decision.passed  # compare_on_shared (default): judged on the classes both know
 
 

@@ -24,7 +24,9 @@ def _class_change_reason(
         f"removed {removed or 'none'}"
     )
     if gone:
-        text += f", dropped from this run's data {gone} ({'; '.join(dropped[c] for c in gone)})"
+        # "; " separates reasons in the gate's tag: the reasons a class was dropped use ", " and " / ".
+        whys = " / ".join(dropped[c].replace("; ", ", ") for c in gone)
+        text += f", dropped from this run's data {gone} ({whys})"
     return text
 
 
