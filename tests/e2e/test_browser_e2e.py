@@ -368,6 +368,9 @@ def test_the_validation_report_lists_every_expectation(stack: Stack, journey, sh
     report.get_by_text("Data validation").wait_for()
     results = report.locator("tr td.result").all_inner_texts()
     assert len(results) == expected > 5, results
+    # Above the suites, the data-quality policy's table: one row per minority problem, all "ok" here.
+    severities = report.locator("table.quality td.severity").all_inner_texts()
+    assert severities and set(severities) == {"ok"}, severities
     assert set(results) == {"passed"}, results
     assert report.locator("tr td code").first.inner_text().startswith("expect_")
     page.screenshot(path=shots / "07-validation-report.png")

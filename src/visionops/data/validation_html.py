@@ -187,7 +187,7 @@ def _quality_html(st: dict) -> str:
         rows.append(
             f'<tr class="{css}"><td>{e(p["title"])}</td><td>{p["count"]} of {p["total"]} '
             f"{e(p['unit'])}</td><td>{100 * p['share']:.1f}%</td><td>{e(limit + setting)}</td>"
-            f'<td class="result">{e(p["severity"])}</td><td>{e(p["action"])}</td></tr>'
+            f'<td class="severity">{e(p["severity"])}</td><td>{e(p["action"])}</td></tr>'
         )
     dropped = "".join(
         f"<li><code>{e(why)}</code></li>" for why in (st.get("dropped_classes") or {}).values()
