@@ -128,13 +128,22 @@ def conflict_lines(manifest: pd.DataFrame, dups: Duplicates, max_lines: int = 10
     labels = manifest["label"].astype("string").fillna("<none>").to_numpy(dtype=object)
     sizes = Counter(map(str, labels))
     shared: dict[tuple[str, str], set[str]] = defaultdict(set)
-    frame = pd.DataFrame({"sha": manifest["sha256"].to_numpy(), "label": labels})
+    examples: dict[tuple[str, str], list[str]] = defaultdict(list)
+    frame = pd.DataFrame(
+        {
+            "sha": manifest["sha256"].to_numpy(),
+            "label": labels,
+            "path": manifest["path"].astype(str),
+        }
+    )
     rows = [i for i, c in enumerate(dups.conflict) if c is not None]
     for sha, same in frame.iloc[rows].groupby("sha", sort=False):
         names = sorted(set(map(str, same["label"])))
+        first = {lab: path for lab, path in zip(same["label"], same["path"], strict=True)}
         for a_pos, a in enumerate(names):
             for b in names[a_pos + 1 :]:
                 shared[(a, b)].add(str(sha))
+                examples[(a, b)].append(f"{first[a]} = {first[b]}")
     lines = []
     for (a, b), shas in sorted(shared.items(), key=lambda kv: -len(kv[1])):
         smaller = min(sizes[a], sizes[b])
@@ -143,10 +152,9 @@ def conflict_lines(manifest: pd.DataFrame, dups: Duplicates, max_lines: int = 10
                 f"classes {a!r} and {b!r} share {len(shas)} of their {smaller} images: the labels "
                 "cannot be told apart by the pixels; consider merging them"
             )
-        else:
-            lines.append(
-                f"classes {a!r} and {b!r} share {len(shas)} image(s) (each copy quarantined)"
-            )
+        else:  # a few slips: name the files, so a person can fix the labels
+            shown = ", ".join(examples[(a, b)][:3]) + (", ..." if len(shas) > 3 else "")
+            lines.append(f"classes {a!r} and {b!r} share {len(shas)} image(s): {shown}")
     if len(lines) > max_lines:
         lines = [*lines[:max_lines], f"... and {len(lines) - max_lines} more pair(s) of classes"]
     return lines
