@@ -28,17 +28,14 @@ def suite_tables(
     """The tables to validate, and what the policy's warnings name (``details``): each dropped
     class with why, the pairs of classes that share images."""
     from visionops.data.checks import file_table
-    from visionops.data.grouping import find_duplicates
+    from visionops.data.grouping import Duplicates, find_duplicates
     from visionops.data.quality import class_loss, conflict_lines, quarantine
     from visionops.data.split import usable_rows
 
-    dups = find_duplicates(manifest) if plan is None else None
-    held = plan.quarantine if plan is not None and plan.quarantine is not None else None
-    if dups is None:
-        from visionops.data.grouping import Duplicates
-
-        dups = Duplicates(plan.duplicate_of, plan.conflict)
-    if held is None:
+    if plan is not None and plan.quarantine is not None:  # what preprocess will leave out
+        dups, held = Duplicates(plan.duplicate_of, plan.conflict), plan.quarantine
+    else:
+        dups = find_duplicates(manifest)
         held = quarantine(manifest, cfg, dups, usable_rows(manifest))
     per_class = dict(held.usable_per_class)
     for label in (faces or {}).get("per_class", {}):  # a person who lost every photo has no rows

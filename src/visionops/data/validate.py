@@ -227,14 +227,38 @@ def validate_manifest(
                 rows.append(expectation_row(name, r, severity, issue and issue.description))
     finally:
         gx_logger.setLevel(previous_level)
-    counts = next(t.frame for t in tables if t.name == "class_counts")
     index = docs_dir / "index.html"
+    statistics = _statistics(manifest, tables, results, issues, problems, details, plan, reference)
+    statistics["min_images_per_class"] = int(min_per_class)
+    per_class = statistics["images_per_class"].values()
+    statistics["n_classes_kept"] = sum(n >= min_per_class for n in per_class)
+    report = ValidationReport(
+        success=statistics["n_errors"] == 0,
+        issues=issues,
+        statistics=statistics,
+        data_docs_index=index if _SITE_NAME in built and index.exists() else None,
+    )
+    page = write_validation_html(report_html or docs_dir / "validation_report.html", report, rows)
+    return replace(report, html_report=page)
+
+
+def _statistics(
+    manifest: pd.DataFrame,
+    tables: list[Table],
+    results: list[Any],
+    issues: list[ValidationIssue],
+    problems: list[dict[str, Any]],
+    details: dict[str, Any],
+    plan: SplitPlan | None,
+    reference: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The report's figures: counts per class, issues by severity, the split plan, the policy's
+    table, the schema and drift tables, and GX's expectation counts."""
+    counts = next(t.frame for t in tables if t.name == "class_counts")
     statistics: dict[str, Any] = {
         "n_images": int(len(manifest)),
         "n_classes": int(len(counts)),
         "images_per_class": {str(k): int(v) for k, v in zip(counts["label"], counts["count"])},
-        "n_classes_kept": int((counts["count"] >= min_per_class).sum()),
-        "min_images_per_class": int(min_per_class),
         "n_errors": sum(i.severity == "error" for i in issues),
         "n_warnings": sum(i.severity == "warning" for i in issues),
     }
@@ -253,14 +277,7 @@ def validate_manifest(
         statistics["champion_version"] = reference.get("version")
     for key in ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations"):
         statistics[key] = int(sum(outcome.statistics[key] for _, _, outcome in results))
-    report = ValidationReport(
-        success=statistics["n_errors"] == 0,
-        issues=issues,
-        statistics=statistics,
-        data_docs_index=index if _SITE_NAME in built and index.exists() else None,
-    )
-    page = write_validation_html(report_html or docs_dir / "validation_report.html", report, rows)
-    return replace(report, html_report=page)
+    return statistics
 
 
 def _key(etype: str, column: str | None) -> tuple[str, str]:
@@ -276,12 +293,9 @@ def _judge(
 
     config = result.expectation_config
     key = (config.type, config.kwargs.get("column") or "")
-    kind_names = {
-        "small_classes": list(details["dropped_classes"]),
-    }
-    problem = problem_from_result(key, result, severity, [])
-    if problem is not None:
-        problem = replace(problem, names=kind_names.get(problem.kind, []))
+    problem = problem_from_result(key, result, severity, list(details["dropped_classes"]))
+    if problem is not None and problem.kind != "small_classes":  # only classes are named
+        problem = replace(problem, names=[])
     detail = details.get(problem.kind, []) if problem is not None else []
     if not result.success:
         issue = _issue_from_result(
