@@ -47,7 +47,9 @@ REPO = Path(__file__).resolve().parents[2]
 DAG = "train_pipeline"
 # Small and quick: the mechanics are under test here, not the model.
 SMALL = {"model.width": 1, "model.batch_norm": False, "gate.compare_with_baselines": False}
-GATE = {"gate.min_accuracy": 0.5, "gate.min_macro_f1": 0.5}
+# Low bars: a width-1 network trained 10 epochs on a tuned learning rate (a trial may draw 1e-4)
+# can stay near 0.5; what is under test is that the run gets through its faults and promotes.
+GATE = {"gate.min_accuracy": 0.2, "gate.min_macro_f1": 0.1}
 MODEL = "visionops-digits"
 
 
@@ -303,7 +305,8 @@ def test_a_run_spreads_over_both_workers_and_survives_a_scheduler_restart_and_a_
     summary = json.loads((tmp_path / "summary.json").read_text())
     printed = (tmp_path / "cli.log").read_text()
     assert f"UIs               : Airflow {api.base} and MLflow {stack['mlflow']}" in printed
-    assert summary["status"] == "FINISHED" and summary["gate"] == "passed", summary
+    assert summary["status"] == "FINISHED", summary
+    assert summary["gate"] == "passed", summary["gate_reasons"]
     assert "champion" in summary["model_aliases"], summary
     tasks = api.tasks(run_id)
     tuners = [t for t in tasks if t["task_id"] == "tune_worker"]
