@@ -70,6 +70,7 @@ def test_the_pruner_prunes_hopeless_trials(tmp_path: Path, pruner: str) -> None:
             "tune.n_trials": 10,
             "tune.epochs_per_trial": 4,
             "tune.pruner": pruner,
+            "tune.objective": "val_accuracy",  # the bar below is an accuracy
             "tune.learning_rate": [1e-9, 1e-2],
             "tune.dropout": None,
             "tune.weight_decay": None,
@@ -204,4 +205,33 @@ def test_no_trial_is_pruned_after_its_last_epoch(tmp_path: Path) -> None:
     _run(cfg, storage, "last-epoch")
     trials = optuna.load_study(study_name="last-epoch", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[1].value < trials[0].value
+    assert trials[1].value > trials[0].value  # the default objective is a loss: lower is better
+
+
+def test_the_default_objective_ranks_trials_by_their_lowest_validation_loss(
+    tmp_path: Path,
+) -> None:
+    # Validation accuracy saturates at 1.0 on easy sets; the loss keeps ranking the candidates.
+    cfg = _cfg(
+        **{
+            "tune.n_trials": 3,
+            "tune.epochs_per_trial": 3,
+            "tune.learning_rate": [1e-9, 1e-1],
+            "tune.dropout": None,
+            "tune.weight_decay": None,
+            "tune.pruner": "none",
+        }
+    )
+    assert cfg.tune.objective == "val_loss"
+    storage = journal_storage(tmp_path / "journal.log")
+    study = open_study(cfg.tune, storage, "loss")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    for lr in (1e-9, 3e-3, 1e-2):
+        study.enqueue_trial({"learning_rate": lr})
+    result = _run(cfg, storage, "loss")
+    trials = optuna.load_study(study_name="loss", storage=storage).trials
+    # Each trial's value is the lowest loss it reported, and the study's best is the lowest of them.
+    assert all(t.value == min(t.intermediate_values.values()) for t in trials)
+    assert result.best_value == min(t.value for t in trials)
+    assert result.best_params["learning_rate"] != 1e-9
+    assert trials[0].value > max(trials[1].value, trials[2].value)

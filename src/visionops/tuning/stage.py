@@ -61,6 +61,7 @@ def plan_stage(
                 "n_trials": cfg.tune.n_trials,
                 "epochs_per_trial": cfg.tune.epochs_per_trial,
                 "pruner": cfg.tune.pruner,
+                "objective": cfg.tune.objective,
                 "workers": cfg.tune.workers,
             }
         )
@@ -95,6 +96,10 @@ def worker_stage(ctx: RunContext, preprocessed: StageOutput, task: TuneTask) -> 
     return TuneReport(**task.model_dump(), trials=n)
 
 
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def reduce_stage(ctx: RunContext, workers: list[TuneReport]) -> Tuned:
     """Best parameters of the study (merged over the configured values), counts and plots."""
     cfg = ctx.config()
@@ -108,13 +113,22 @@ def reduce_stage(ctx: RunContext, workers: list[TuneReport]) -> Tuned:
         client.log_batch(
             run_id, params=[mlflow.entities.Param(f"best.{k}", str(v)) for k, v in defaults.items()]
         )
+        client.set_tag(ctx.parent_run_id, f"{T}tuning", "off (tune.n_trials = 0)")
         return Tuned(best_params=defaults, best_value=None, tuning_run_id=run_id)
     study = open_study(cfg.tune, _storage(cfg), first.study_name)
     result = summarize(study)
+    # One line for the run summary: what the search did and what it chose.
+    chosen = ", ".join(f"{k} {_short(v)}" for k, v in sorted(result.best_params.items()))
+    client.set_tag(
+        ctx.parent_run_id,
+        f"{T}tuning",
+        f"{result.n_complete + result.n_pruned} trials ({result.n_pruned} pruned, "
+        f"{result.n_failed} failed), best {cfg.tune.objective} {result.best_value:.4f}: {chosen}",
+    )
     for key, value in result.best_params.items():
         client.log_param(run_id, f"best.{key}", value)
     for key, value in {
-        "best_val_accuracy": result.best_value,
+        f"best_{cfg.tune.objective}": result.best_value,
         "n_complete": result.n_complete,
         "n_pruned": result.n_pruned,
         "n_failed": result.n_failed,
@@ -127,8 +141,9 @@ def reduce_stage(ctx: RunContext, workers: list[TuneReport]) -> Tuned:
             if write_plots(study, path):
                 client.log_artifact(run_id, str(path), "tuning")
     log.info(
-        "tune: best %s -> val_accuracy %.4f (%d complete, %d pruned, %d failed)",
+        "tune: best %s -> %s %.4f (%d complete, %d pruned, %d failed)",
         result.best_params,
+        cfg.tune.objective,
         result.best_value,
         result.n_complete,
         result.n_pruned,

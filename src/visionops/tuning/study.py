@@ -21,6 +21,19 @@ from visionops.tuning.space import suggest
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# The direction of each ``tune.objective``: a loss is minimised, an accuracy maximised.
+DIRECTION = {"val_loss": "minimize", "val_accuracy": "maximize"}
+
+
+def epoch_value(m: EpochMetrics, objective: str) -> float:
+    """The figure of one epoch that ``tune.objective`` ranks trials by."""
+    return float(m.val_loss if objective == "val_loss" else m.val_accuracy)
+
+
+def trial_value(history: list[EpochMetrics], objective: str) -> float:
+    """A trial's result: its best epoch by ``tune.objective`` (lowest loss or highest accuracy)."""
+    values = [epoch_value(m, objective) for m in history]
+    return min(values) if DIRECTION[objective] == "minimize" else max(values)
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ def open_study(
     return optuna.create_study(
         study_name=study_name,
         storage=storage,
-        direction="maximize",
+        direction=DIRECTION[tune.objective],
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=tune.seed + worker),
         pruner=make_pruner(tune),
@@ -108,6 +121,7 @@ def _objective(
     ran: list[int],
 ):
     device = select_device(cfg.train.device)
+    ranked_by = cfg.tune.objective
     experiment_id = mlflow.get_run(tuning_run_id).info.experiment_id if tuning_run_id else None
 
     def objective(trial: optuna.Trial) -> float:
@@ -143,12 +157,12 @@ def _objective(
                     },
                     step=m.epoch,
                 )
-            trial.report(m.val_accuracy, m.epoch)
+            trial.report(epoch_value(m, ranked_by), m.epoch)
             # After the last epoch there is nothing left to save: the trial completes with its result.
             if m.epoch < cfg.tune.epochs_per_trial and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned at epoch {m.epoch} of {cfg.tune.epochs_per_trial} "
-                    f"(val_accuracy {m.val_accuracy:.4f})"
+                    f"({ranked_by} {epoch_value(m, ranked_by):.4f})"
                 )
 
         try:
@@ -196,18 +210,22 @@ def _objective(
                 mlflow.set_tags({"optuna.state": "FAIL", "optuna.error": str(exc)[:4000]})
                 mlflow.end_run(status="FAILED")
             raise
+        value = trial_value(result.history, ranked_by)
         if run is not None:
             mlflow.set_tag("optuna.state", "COMPLETE")
-            mlflow.log_metric("best_val_accuracy", result.best_val_accuracy)
+            mlflow.log_metrics(
+                {"best_val_accuracy": result.best_val_accuracy, f"best_{ranked_by}": value}
+            )
             mlflow.end_run()
         log.info(
-            "trial %d (worker %d): %s -> %.4f",
+            "trial %d (worker %d): %s -> %s %.4f",
             trial.number,
             worker,
             params,
-            result.best_val_accuracy,
+            ranked_by,
+            value,
         )
-        return result.best_val_accuracy
+        return value
 
     return objective
 

@@ -155,6 +155,9 @@ class TrainConfig(_Section):
 class TuneConfig(_Section):
     n_trials: int = Field(4, ge=0, le=1000, description="0 skips tuning and uses train.* as given.")
     epochs_per_trial: int = Field(3, ge=1, le=100)
+    # What a trial is ranked by: the lowest validation loss over its epochs (default: it keeps
+    # separating candidates after validation accuracy has reached 1.0) or the highest accuracy.
+    objective: Literal["val_loss", "val_accuracy"] = "val_loss"
     seed: int = 42
     # The search space: a [low, high] range or a list of choices; null leaves the key at train.*/model.*.
     learning_rate: tuple[float, float] | None = (1e-4, 1e-2)  # log-uniform
