@@ -102,6 +102,7 @@ def main() -> None:
     base = {
         "tune.n_trials": a.trials,
         "tune.epochs_per_trial": a.epochs,
+        "tune.objective": "val_accuracy",  # the figures below are accuracies
         "tune.learning_rate": [1e-6, 3e-2],
     }
     pruned_overrides = dict(parse_override(item) for item in a.set)
