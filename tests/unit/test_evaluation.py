@@ -67,6 +67,7 @@ def test_save_confusion_matrix_writes_png_and_returns_matrix(tmp_path: Path) -> 
 
 # -- top-k, calibration, figures, report --------------------------------------------------------
 
+from visionops.core.contracts import ensemble_description  # noqa: E402
 from visionops.evaluation.metrics import expected_calibration_error, top_k_accuracy  # noqa: E402
 from visionops.evaluation.plots import save_misclassified_grid, save_reliability_plot  # noqa: E402
 from visionops.evaluation.report import model_card, render_markdown  # noqa: E402
@@ -156,6 +157,23 @@ def test_markdown_report_and_model_card_carry_the_numbers() -> None:
     for section in ("## Data", "## Metrics", "## Intended use", "## Limitations", "## Lineage"):
         assert section in card
     assert "- accuracy: 0.9700" in card and "- accuracy ok" in card and "`rk`" in card
+    assert "ensemble" not in card
+    ensemble = model_card(
+        name="m",
+        version="3",
+        cfg={"data": {"source": "digits", "image_size": 16, "channels": 1}},
+        metrics={"accuracy": 0.97},
+        decision={"passed": True, "reasons": []},
+        lineage={},
+        labels=["0", "1"],
+        n_test=270,
+        ensemble=ensemble_description(4, 0.95),
+    )
+    assert (
+        "A soft-voting ensemble of 4 members (stratified group 4-fold), out-of-fold accuracy 0.9500:"
+        in ensemble
+    )
+    assert ensemble_description(1, 0.9) is None and ensemble_description(None, None) is None
 
 
 def test_clean_subset_metrics_and_report() -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from visionops.data.images import to_model_array
 from visionops.data.preprocess import (
+    load_groups,
     load_labels,
     load_split,
     load_stats,
@@ -110,6 +111,13 @@ def test_preprocess_to_writes_arrays_labels_and_train_only_stats(tmp_path: Path,
     assert len(splits) == 20
     assert (splits["class_index"] == splits["label"].map({"a": 0, "b": 1})).all()
     assert Counter(splits["split"]) == {"train": 12, "val": 4, "test": 4}
+    # Each split's rows keep their near-copy group (train.folds keeps groups whole by it).
+    for name in ("train", "val"):
+        y = load_split(out, name).y
+        rows = splits[splits["split"] == name]
+        assert load_groups(out, name, y).tolist() == rows["group"].tolist()
+    with pytest.raises(ValueError, match=r"splits\.parquet.*train rows \(12\).*train_y\.npy \(11"):
+        load_groups(out, "train", load_split(out, "train").y[:11])
 
 
 def test_preprocess_to_rgb_and_constant_train_std_is_floored(tmp_path: Path, write_png) -> None:

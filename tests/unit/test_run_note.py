@@ -152,3 +152,12 @@ def test_a_long_note_is_cut_at_a_line_and_says_so() -> None:
     assert len(cut) <= 1000 and cut.endswith("has it all)*")
     assert cut.split("\n\n*(cut")[0].splitlines()[-1].startswith("- reason ")
     assert clip_note("short") == "short"
+
+
+def test_an_ensemble_is_named_among_the_figures() -> None:
+    lines = run_note(_summary(ensemble_members=3, oof_accuracy=0.9), AIRFLOW).splitlines()
+    assert (
+        "| model | soft-voting ensemble of 3 members (stratified group 3-fold), "
+        "out-of-fold accuracy 0.9000 |"
+    ) in lines
+    assert "soft-voting" not in run_note(_summary(), AIRFLOW)

@@ -124,3 +124,13 @@ def test_data_warnings_are_listed() -> None:
     text = format_summary(_summary(validation_warnings=[warning]), URI)
     assert f"  data warning      : {warning}" in text.splitlines()
     assert "data warning" not in format_summary(_summary(), URI)
+
+
+def test_an_ensemble_says_so_with_its_out_of_fold_accuracy() -> None:
+    lines = format_summary(_summary(ensemble_members=5, oof_accuracy=0.98765), URI).splitlines()
+    assert (
+        "  model             : soft-voting ensemble of 5 members (stratified group 5-fold), "
+        "out-of-fold accuracy 0.9877"
+    ) in lines
+    single = format_summary(_summary(ensemble_members=None), URI)
+    assert "soft-voting" not in single and "  model   " not in single

@@ -61,6 +61,7 @@ __all__ = [
     "TuneTask",
     "Tuned",
     "Validated",
+    "ensemble_description",
 ]
 
 
@@ -164,6 +165,20 @@ class Trained(Contract):
     epochs_trained: int
     resumed_from_epoch: int | None = None
     params: dict[str, Any]
+    # train.folds > 1: a soft-voting ensemble of that many members, and its out-of-fold accuracy
+    # (then also best_val_accuracy; epochs_trained counts all members' epochs).
+    ensemble_members: int = 1
+    oof_accuracy: float | None = None
+
+
+def ensemble_description(members: int | None, oof_accuracy: float | None) -> str | None:
+    """``soft-voting ensemble of K members (stratified group K-fold), out-of-fold accuracy X``, or
+    None for a single network (``members`` None or 1): the summary, its note and the model card
+    say it alike."""
+    if not members or members <= 1:
+        return None
+    text = f"soft-voting ensemble of {members} members (stratified group {members}-fold)"
+    return text + (f", out-of-fold accuracy {oof_accuracy:.4f}" if oof_accuracy is not None else "")
 
 
 class TestScores(Contract):
@@ -359,3 +374,5 @@ class RunSummary(Contract):
     champion_version: str | None = None
     replaced_version: str | None = None
     approval: str | None = None
+    ensemble_members: int | None = None  # train.folds > 1: a soft-voting ensemble of that many
+    oof_accuracy: float | None = None  # its out-of-fold accuracy (pooled train and val)

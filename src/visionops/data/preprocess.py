@@ -29,6 +29,7 @@ __all__ = [
     "load_labels",
     "load_stats",
     "load_test_clean",
+    "load_groups",
     "PreprocessResult",
 ]
 
@@ -141,6 +142,22 @@ def load_test_clean(folder: Path, n_test: int) -> np.ndarray:
     """Per test row: True when it has no near-copy in train (all True for outputs made before the flag)."""
     path = folder / "test_clean.npy"
     return np.load(path).astype(bool) if path.exists() else np.ones(n_test, dtype=bool)
+
+
+def load_groups(folder: Path, name: str, y: np.ndarray) -> np.ndarray:
+    """The near-copy group id of each row of split ``name`` (int64, in the order of its arrays).
+
+    ``preprocess_to`` writes a split's arrays in the order of its rows in ``splits.parquet``; ``y``
+    (the split's labels) checks that the two still line up.
+    """
+    frame = pd.read_parquet(folder / "splits.parquet", columns=["split", "class_index", "group"])
+    rows = frame[frame["split"] == name]
+    if len(rows) != len(y) or not np.array_equal(rows["class_index"].to_numpy(), np.asarray(y)):
+        raise ValueError(
+            f"{folder / 'splits.parquet'}: its {name} rows ({len(rows)}) do not line up with "
+            f"{name}_y.npy ({len(y)} rows): preprocess again to get both from one run"
+        )
+    return rows["group"].to_numpy(dtype=np.int64)
 
 
 def load_labels(folder: Path) -> list[str]:

@@ -122,10 +122,19 @@ def model_card(
     baselines: list[dict[str, Any]] | None = None,
     quality: list[dict[str, Any]] | None = None,
     dropped: dict[str, str] | None = None,
+    ensemble: str | None = None,
 ) -> str:
     """The model card stored with each registered version: data, its quality (what was left out and
-    why), metrics, intended use, limitations."""
+    why), metrics, intended use, limitations. ``ensemble``: how an ensemble was trained
+    (``ensemble_description``), None for one network."""
     data = cfg.get("data", {})
+    how = (
+        f" A {ensemble}: train and val pooled and cut into folds by class that keep near-copies "
+        "together; each member trained on all folds but one and early-stopped on that one, which "
+        "it scores (out-of-fold). The served probability is the mean of the members'."
+        if ensemble
+        else ""
+    )
     lines = [
         f"# Model card: {name} version {version}",
         "",
@@ -133,7 +142,7 @@ def model_card(
         "",
         f"Architecture `{cfg.get('model', {}).get('name')}`, trained by the visionops pipeline. Input: uint8 "
         f"images, (N, H, W) grey or (N, H, W, 3) colour, any size (resized to {data.get('image_size')} px, "
-        f"{data.get('channels')} channel(s)). Output: a label and its probability per image.",
+        f"{data.get('channels')} channel(s)). Output: a label and its probability per image.{how}",
         "",
         "## Data",
         "",

@@ -7,7 +7,7 @@ import os
 from urllib.parse import quote
 
 from visionops.core.constants import MAX_TAG_CHARS, MLFLOW_ML_VIEW_QUERY
-from visionops.core.contracts import RunSummary
+from visionops.core.contracts import RunSummary, ensemble_description
 
 NOTE_TAG = "mlflow.note.content"
 AIRFLOW_UI_ENV = "VISIONOPS_AIRFLOW_UI_URL"
@@ -37,6 +37,9 @@ def _cell(text: str) -> str:
 
 def _figures(s: RunSummary) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
+    ensemble = ensemble_description(s.ensemble_members, s.oof_accuracy)
+    if ensemble:
+        rows.append(("model", ensemble))
     if s.test_accuracy is not None:
         rows.append(("test accuracy", f"{s.test_accuracy:.4f}"))
     if s.test_macro_f1 is not None:

@@ -12,7 +12,12 @@ from visionops.core import tracking
 from visionops.core.constants import CHAMPION
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
-from visionops.core.contracts import ApprovalAnswer, Registered, RunSummary
+from visionops.core.contracts import (
+    ApprovalAnswer,
+    Registered,
+    RunSummary,
+    ensemble_description,
+)
 from visionops.core.tracking import split_reasons
 from visionops.pipeline.run_note import NOTE_TAG, airflow_run_url, run_note
 from visionops.release import registry
@@ -72,8 +77,18 @@ def build_summary(parent_run_id: str) -> RunSummary:
             "champion_version": str(champion.version) if champion is not None else None,
             "replaced_version": tags.get(f"{T}replaced_version"),
             "approval": tags.get(f"{T}approval"),  # only when gate.require_approval asked a person
+            # train.folds > 1: the train stage tags the parent with the members, logs the OOF accuracy
+            "ensemble_members": _int_tag(tags.get(f"{T}ensemble_members")),
+            "oof_accuracy": metrics.get("oof_accuracy"),
         }
     )
+
+
+def _int_tag(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
 
 
 def _json_tag(text: str | None) -> Any:
@@ -106,6 +121,9 @@ def format_summary(summary: RunSummary, tracking_uri: str, uis: str = LOCAL_UIS)
     if s.failed_stage:
         lines.append(f"  FAILED at stage   : {s.failed_stage}")
         lines.append(f"  error             : {s.error}")
+    ensemble = ensemble_description(s.ensemble_members, s.oof_accuracy)
+    if ensemble:
+        lines.append(f"  model             : {ensemble}")
     if s.test_accuracy is not None:
         lines.append(f"  test accuracy     : {s.test_accuracy:.4f}")
         lines.append(f"  test macro-F1     : {s.test_macro_f1:.4f}")

@@ -12,7 +12,13 @@ from visionops.core import tracking
 from visionops.core.constants import CHALLENGER
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
-from visionops.core.contracts import Evaluated, GateDecision, Registered, Trained
+from visionops.core.contracts import (
+    Evaluated,
+    GateDecision,
+    Registered,
+    Trained,
+    ensemble_description,
+)
 from visionops.data.preprocess import load_labels
 from visionops.evaluation.report import model_card
 from visionops.evaluation.scoring import load_test_split
@@ -61,6 +67,8 @@ def register_stage(
         f"{T}config_file": parent_tags.get(f"{T}config_file", ""),
         f"{T}data_quality": parent_tags.get(f"{T}data_quality", ""),
     }
+    if trained.ensemble_members > 1:  # train.folds: the version serves a soft-voting ensemble
+        tags[f"{T}ensemble_members"] = str(trained.ensemble_members)
     dropped = _json(parent_tags.get(f"{T}dropped_classes"), {})
     if dropped:  # the classes this version does not know, though the data had them
         tags[f"{T}dropped_classes"] = ", ".join(dropped)
@@ -108,6 +116,7 @@ def register_stage(
             baselines=[b.model_dump() for b in evaluated.baselines],
             quality=_json(parent_tags.get(f"{T}data_quality_table"), []),
             dropped=_json(parent_tags.get(f"{T}dropped_classes"), {}),
+            ensemble=ensemble_description(trained.ensemble_members, trained.oof_accuracy),
         )
         mlflow.log_text(card, "model_card.md")
         client = mlflow.tracking.MlflowClient()

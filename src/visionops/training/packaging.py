@@ -17,13 +17,14 @@ from visionops.serving.unknown import choose_threshold, distance_scores
 log = logging.getLogger("visionops")
 
 
-def _val_probabilities(
-    model: torch.nn.Module, val: Split, tta: list[str], batch_size: int = 256
+def split_probabilities(
+    model: torch.nn.Module, split: Split, tta: list[str], batch_size: int = 256
 ) -> np.ndarray:
+    """Class probabilities ``(N, C)`` of a split's images as the served model computes them (TTA)."""
     model = model.cpu().eval()
     parts = [
-        predict_proba(model, torch.from_numpy(np.array(val.x[s : s + batch_size])), tta).numpy()
-        for s in range(0, len(val.y), batch_size)
+        predict_proba(model, torch.from_numpy(np.array(split.x[s : s + batch_size])), tta).numpy()
+        for s in range(0, len(split.y), batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
@@ -38,11 +39,20 @@ def face_settings_for(cfg: PipelineConfig) -> dict[str, Any] | None:
 
 
 def served_extras(
-    cfg: PipelineConfig, model: torch.nn.Module, train: Split, val: Split, encoder: str | None
+    cfg: PipelineConfig,
+    model: torch.nn.Module,
+    train: Split,
+    val: Split,
+    encoder: str | None,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """``log_classifier`` keyword arguments beyond the network: unknown threshold, enrolled set, faces.
 
     ``train`` and ``val`` are what the model trained on (embeddings for an encoder model).
+    ``held_out`` is ``(probabilities, labels)`` of images the model did not train on, for a
+    probability threshold (an ensemble's out-of-fold probabilities: every image, each scored by
+    the member that did not see it); None: the model's probabilities of ``val``. A distance
+    threshold (encoder models) does not depend on the network and always comes from train and val.
     """
     s = cfg.serving
     extras: dict[str, Any] = {"faces": face_settings_for(cfg), "encoder": encoder}
@@ -57,8 +67,11 @@ def served_extras(
     elif s.unknown_threshold != "auto":  # off, or a fixed number: nothing to measure
         scores, kind = None, "probability"
     else:
-        probs = _val_probabilities(model, val, list(cfg.train.tta))
-        right = probs.argmax(axis=1) == np.asarray(val.y) if len(probs) else np.zeros(0, bool)
+        if held_out is None:
+            probs, y = split_probabilities(model, val, list(cfg.train.tta)), np.asarray(val.y)
+        else:
+            probs, y = np.asarray(held_out[0]), np.asarray(held_out[1])
+        right = probs.argmax(axis=1) == y if len(probs) else np.zeros(0, bool)
         scores = (
             probs.max(axis=1)[right] if right.any() else (probs.max(axis=1) if len(probs) else None)
         )

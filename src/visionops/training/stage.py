@@ -1,14 +1,18 @@
 """The train stage: full training with the tuned parameters, per-epoch metrics, the served model logged.
 
+``train.folds: 1`` trains one network on the train split, early-stopped on the val split;
+``train.folds: K`` trains a soft-voting ensemble of K members on the pooled splits
+(``visionops.training.kfold_stage``). Either way one network is served, through one pyfunc.
+
 Every epoch is checkpointed into the run folder, so a retried train task resumes after the last
-finished epoch instead of starting over, logging on in the MLflow run the interrupted attempt opened.
+finished epoch instead of starting over, logging on in the MLflow run the interrupted attempt opened
+(an ensemble's finished members are kept beside it and reused).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,13 @@ from mlflow.tracking import MlflowClient
 
 import mlflow
 from visionops.core import tracking
+from visionops.core.config import PipelineConfig
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
 from visionops.core.contracts import Trained
 from visionops.core.run_view import log_params_once
-from visionops.core.storage import StageOutput, fingerprint, visionops_home
-from visionops.data.preprocess import load_labels, load_split, load_stats
+from visionops.core.storage import RunStore, StageOutput, fingerprint, visionops_home
+from visionops.data.preprocess import Split, load_groups, load_labels, load_split, load_stats
 from visionops.data.split_datasets import log_split_datasets
 from visionops.serving.model import log_classifier, tta_label
 from visionops.training.checkpoint import (
@@ -35,61 +40,22 @@ from visionops.training.checkpoint import (
 )
 from visionops.training.engine import EpochMetrics, fit, seed_everything, select_device
 from visionops.training.inputs import build_network, encoder_of, training_output
+from visionops.training.kfold import remove_member_files
+from visionops.training.kfold_stage import fit_ensemble
 from visionops.training.packaging import served_extras
 from visionops.training.precision import resolve_precision
 from visionops.training.settings import apply_params, current_params, fit_options
+from visionops.training.stage_parts import (
+    Fitted,
+    device_tags,
+    epoch_metrics,
+    log_missing_epochs,
+    save_learning_curves,
+)
+
+__all__ = ["checkpoint_path", "device_tags", "epoch_metrics", "train_stage"]
 
 log = logging.getLogger("visionops")
-
-
-def _save_learning_curves(history: list[EpochMetrics], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [m.epoch for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [m.train_loss for m in history], label="train")
-    ax_loss.plot(epochs, [m.val_loss for m in history], label="val")
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.plot(epochs, [m.train_accuracy for m in history], label="train")
-    ax_acc.plot(epochs, [m.val_accuracy for m in history], label="val")
-    ax_acc.set(title="accuracy", xlabel="epoch")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def epoch_metrics(m: EpochMetrics) -> dict[str, float]:
-    return {
-        "train_loss": m.train_loss,
-        "train_accuracy": m.train_accuracy,
-        "val_loss": m.val_loss,
-        "val_accuracy": m.val_accuracy,
-        "learning_rate": m.learning_rate,
-        "epoch_seconds": m.seconds,
-        "images_per_second": m.images_per_second,
-    }
-
-
-def device_tags(device: torch.device, precision: str) -> dict[str, str]:
-    """Where and how the run trained; ``precision`` is bf16, fp16 (with loss scaling) or fp32."""
-    tags = {
-        f"{T}device": str(device),
-        f"{T}precision": precision,
-        "torch_version": torch.__version__,
-        "cuda_version": str(torch.version.cuda),
-        "python_version": platform.python_version(),
-    }
-    if device.type == "cuda":
-        tags["gpu_name"] = torch.cuda.get_device_name(device)
-        tags["cudnn_version"] = str(torch.backends.cudnn.version())
-        tags["bf16_supported"] = str(torch.cuda.is_bf16_supported()).lower()
-    return tags
 
 
 def checkpoint_path(ctx: RunContext, fp: str) -> Path:
@@ -100,20 +66,98 @@ def checkpoint_path(ctx: RunContext, fp: str) -> Path:
     return visionops_home() / "checkpoints" / ctx.run_key / f"{fp[:16]}.pt"
 
 
-def _log_missing_epochs(run_id: str, history: list[dict[str, Any]], reopened: bool) -> None:
-    """Log the checkpoint's epochs that ``run_id`` lacks (step = epoch): every one in a new run; in a
-    reopened run only those the interrupted attempt checkpointed but did not live to log (the loop
-    saves an epoch's checkpoint before it reports the epoch)."""
-    client = MlflowClient()
-    logged: dict[str, set[int]] = {}
-    for m in history:
-        metrics = epoch_metrics(EpochMetrics(**m))
-        for key in metrics.keys() - logged.keys():
-            steps = client.get_metric_history(run_id, key) if reopened else []
-            logged[key] = {s.step for s in steps}
-        missing = {k: v for k, v in metrics.items() if m["epoch"] not in logged[k]}
-        if missing:
-            mlflow.log_metrics(missing, step=m["epoch"])
+def _log_params(cfg: PipelineConfig, params: dict[str, Any], parent_run_id: str) -> None:
+    t = cfg.train
+    mlflow.log_params(
+        {
+            **params,
+            "model": cfg.model.name,
+            "max_epochs": t.max_epochs,
+            "batch_size": t.batch_size,
+            "patience": t.patience,
+            "optimizer": t.optimizer,
+            "scheduler": t.scheduler,
+            "loss": t.loss,
+            "label_smoothing": t.label_smoothing,
+            "augment_strength": t.augment.strength,
+            "accumulate_steps": t.accumulate_steps,
+            "model_width": cfg.model.width,
+            "transfer_mode": cfg.model.transfer_mode,
+            "tta": tta_label(t.tta),
+            "folds": t.folds,
+        }
+    )
+    # On the parent too: the values this model trained with (tuned or configured) are what a
+    # person compares between pipeline runs.
+    log_params_once(parent_run_id, current_params(cfg))
+
+
+def _fit_kwargs(cfg: PipelineConfig, device: torch.device) -> dict[str, Any]:
+    """``fit``'s settings from the config, the same for one network and for every member."""
+    t = cfg.train
+    return {
+        "max_epochs": t.max_epochs,
+        "batch_size": t.batch_size,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,
+        "patience": t.patience,
+        "device": device,
+        "options": fit_options(cfg),
+    }
+
+
+def _fit_single(
+    cfg: PipelineConfig,
+    net: torch.nn.Module,
+    train: Split,
+    val: Split,
+    fit_kwargs: dict[str, Any],
+    ckpt: Path | None,
+    run_id: str,
+    reopened: bool,
+) -> Fitted:
+    """One network on train, early-stopped on val, resuming from the checkpoint a retry finds."""
+    earlier = load_checkpoint(ckpt) if ckpt is not None else None
+    if earlier is not None:
+        # A retry: the run gets the epochs before the interruption (a reopened run has most of
+        # them already), so its curves are whole and every epoch is logged once.
+        mlflow.set_tag(f"{T}resumed_after_epoch", str(earlier["epoch"]))
+        log_missing_epochs(run_id, earlier["history"], reopened)
+        log.info(
+            "train: resuming after epoch %d from %s in %s run %s",
+            earlier["epoch"],
+            ckpt,
+            "the interrupted attempt's" if reopened else "a new",
+            run_id,
+        )
+
+    def on_epoch(m: EpochMetrics) -> None:
+        mlflow.log_metrics(epoch_metrics(m), step=m.epoch)
+        log.info(
+            "epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)",
+            m.epoch,
+            m.train_loss,
+            m.val_accuracy,
+            m.seconds,
+        )
+
+    result = fit(
+        net, train, val, seed=cfg.train.seed, on_epoch=on_epoch, checkpoint=ckpt, **fit_kwargs
+    )
+    mlflow.log_metrics(
+        {
+            "best_val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch,
+            "epochs_trained": len(result.history),
+        }
+    )
+    return Fitted(
+        model=result.model,
+        histories=[result.history],
+        best_val_accuracy=result.best_val_accuracy,
+        epochs_trained=len(result.history),
+        resumed_from=result.resumed_from,
+    )
 
 
 def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, Any]) -> Trained:
@@ -142,104 +186,35 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         # Images, or for a feature model (face_embedding) their cached embeddings.
         inputs = training_output(ctx, cfg, preprocessed).local_path()
         train, val = (load_split(inputs, s) for s in ("train", "val"))
-        test = load_split(folder, "test")
         device = select_device(cfg.train.device)
         t = cfg.train
         mlflow.set_tags(device_tags(device, resolve_precision(device, t.amp)))
-        mlflow.log_params(
-            {
-                **params,
-                "model": cfg.model.name,
-                "max_epochs": t.max_epochs,
-                "batch_size": t.batch_size,
-                "patience": t.patience,
-                "optimizer": t.optimizer,
-                "scheduler": t.scheduler,
-                "loss": t.loss,
-                "label_smoothing": t.label_smoothing,
-                "augment_strength": t.augment.strength,
-                "accumulate_steps": t.accumulate_steps,
-                "model_width": cfg.model.width,
-                "transfer_mode": cfg.model.transfer_mode,
-                "tta": tta_label(t.tta),
-            }
-        )
-        # On the parent too: the values this model trained with (tuned or configured) are what a
-        # person compares between pipeline runs.
-        log_params_once(ctx.parent_run_id, current_params(cfg))
+        _log_params(cfg, params, ctx.parent_run_id)
         seed_everything(t.seed)  # the initial weights come from the seed too
         net = build_network(cfg, len(labels), stats)
         if not reopened or "n_parameters" not in MlflowClient().get_run(run_id).data.metrics:
-            mlflow.log_metric("n_parameters", sum(p.numel() for p in net.parameters()))
-            mlflow.log_metric(
-                "n_trainable_parameters",
-                sum(p.numel() for p in net.parameters() if p.requires_grad),
+            _log_parameter_counts(net, t.folds)
+        if t.folds > 1:
+            groups = np.concatenate(
+                [load_groups(folder, "train", train.y), load_groups(folder, "val", val.y)]
             )
-        earlier = load_checkpoint(ckpt) if ckpt is not None else None
-        if earlier is not None:
-            # A retry: the run gets the epochs before the interruption (a reopened run has most of
-            # them already), so its curves are whole and every epoch is logged once.
-            mlflow.set_tag(f"{T}resumed_after_epoch", str(earlier["epoch"]))
-            _log_missing_epochs(run_id, earlier["history"], reopened)
-            log.info(
-                "train: resuming after epoch %d from %s in %s run %s",
-                earlier["epoch"],
-                ckpt,
-                "the interrupted attempt's" if reopened else "a new",
-                run_id,
-            )
-
-        def on_epoch(m: EpochMetrics) -> None:
-            mlflow.log_metrics(epoch_metrics(m), step=m.epoch)
-            log.info(
-                "epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)",
-                m.epoch,
-                m.train_loss,
-                m.val_accuracy,
-                m.seconds,
-            )
-
-        result = fit(
-            net,
-            train,
-            val,
-            max_epochs=t.max_epochs,
-            batch_size=t.batch_size,
-            learning_rate=t.learning_rate,
-            weight_decay=t.weight_decay,
-            patience=t.patience,
-            seed=t.seed,
-            device=device,
-            on_epoch=on_epoch,
-            options=fit_options(cfg),
-            checkpoint=ckpt,
-        )
-        mlflow.log_metrics(
-            {
-                "best_val_accuracy": result.best_val_accuracy,
-                "best_epoch": result.best_epoch,
-                "epochs_trained": len(result.history),
-            }
-        )
-        result.model.to("cpu")
-        extras = served_extras(cfg, result.model, train, val, encoder_of(cfg))
-        if extras["unknown"]["threshold"] is not None:
-            mlflow.log_metric("unknown_threshold", extras["unknown"]["threshold"])
-        with tempfile.TemporaryDirectory() as tmp:
-            curves = Path(tmp) / "learning_curves.png"
-            _save_learning_curves(result.history, curves)
-            mlflow.log_artifact(str(curves))
-            uris = log_classifier(
-                result.model,
+            fitted = fit_ensemble(
+                cfg,
+                train,
+                val,
+                groups,
                 labels=labels,
-                image_size=cfg.data.image_size,
-                channels=cfg.data.channels,
-                example=np.array(test.x[:2]),
-                workdir=Path(tmp),
-                data_profile=folder / "data_profile.json",
-                tta=t.tta,
-                **extras,
+                build=lambda: build_network(cfg, len(labels), stats),
+                fit_kwargs=_fit_kwargs(cfg, device),
+                checkpoint=ckpt,
+                run_id=run_id,
+                parent_run_id=ctx.parent_run_id,
+                reopened=reopened,
             )
+        else:
+            kwargs = _fit_kwargs(cfg, device)
+            fitted = _fit_single(cfg, net, train, val, kwargs, ckpt, run_id, reopened)
+        uris = _log_served_model(cfg, fitted, train, val, labels, folder)
         # The sets on the train run and on the model: the model version's source model lists them.
         log_split_datasets(
             preprocessed, cfg.data, ctx.parent_run_id, run_id=run_id, model_uri=uris["model_uri"]
@@ -248,22 +223,64 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             **uris,
             "train_run_id": run_id,
             "run_key": ctx.run_key,
-            "best_val_accuracy": result.best_val_accuracy,
-            "epochs_trained": len(result.history),
-            "resumed_from_epoch": result.resumed_from,
+            "best_val_accuracy": fitted.best_val_accuracy,
+            "epochs_trained": fitted.epochs_trained,
+            "resumed_from_epoch": fitted.resumed_from,
             "params": params,
+            "ensemble_members": fitted.members,
+            "oof_accuracy": fitted.oof_accuracy,
         }
-        with store.writing("train", fp) as pending:
-            (pending.path / "train.json").write_text(json.dumps(meta, indent=2))
-            pending.meta = meta
-        if ckpt is not None:
-            # With its run record: the committed output now answers any retry.
-            remove_checkpoint(ckpt)
-    log.info(
-        "train: best val_accuracy %.4f at epoch %d of %d; model %s",
-        result.best_val_accuracy,
-        result.best_epoch,
-        len(result.history),
-        uris["model_uri"],
-    )
+        _commit(store, fp, meta, ckpt, t.folds)
+    what = "val" if fitted.members == 1 else f"ensemble of {fitted.members}, out-of-fold"
+    log.info("train: %s accuracy %.4f; model %s", what, fitted.best_val_accuracy, uris["model_uri"])
     return Trained.model_validate(meta)
+
+
+def _log_parameter_counts(net: torch.nn.Module, members: int) -> None:
+    """The network's parameters (an ensemble's: all its members', ``members`` times one's)."""
+    mlflow.log_metric("n_parameters", members * sum(p.numel() for p in net.parameters()))
+    mlflow.log_metric(
+        "n_trainable_parameters",
+        members * sum(p.numel() for p in net.parameters() if p.requires_grad),
+    )
+
+
+def _commit(store: RunStore, fp: str, meta: dict[str, Any], ckpt: Path | None, folds: int) -> None:
+    """The stage's output (``train.json``), then the checkpoints go: the output answers any retry."""
+    with store.writing("train", fp) as pending:
+        (pending.path / "train.json").write_text(json.dumps(meta, indent=2))
+        pending.meta = meta
+    if ckpt is not None:
+        remove_checkpoint(ckpt)  # with its run record
+        remove_member_files(ckpt, folds)
+
+
+def _log_served_model(
+    cfg: PipelineConfig,
+    fitted: Fitted,
+    train: Split,
+    val: Split,
+    labels: list[str],
+    folder: Path,
+) -> dict[str, str]:
+    """Learning curves, the unknown threshold and the served model (network and pyfunc) into the run."""
+    model = fitted.model.to("cpu")
+    extras = served_extras(cfg, model, train, val, encoder_of(cfg), held_out=fitted.held_out)
+    if extras["unknown"]["threshold"] is not None:
+        mlflow.log_metric("unknown_threshold", extras["unknown"]["threshold"])
+    test = load_split(folder, "test")
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = Path(tmp) / "learning_curves.png"
+        save_learning_curves(fitted.histories, curves)
+        mlflow.log_artifact(str(curves))
+        return log_classifier(
+            model,
+            labels=labels,
+            image_size=cfg.data.image_size,
+            channels=cfg.data.channels,
+            example=np.array(test.x[:2]),
+            workdir=Path(tmp),
+            data_profile=folder / "data_profile.json",
+            tta=cfg.train.tta,
+            **extras,
+        )

@@ -17,15 +17,17 @@ from visionops.core.config.data_sections import (  # noqa: F401 - re-exported: t
     ValidateConfig,
 )
 from visionops.core.config.sections import (  # noqa: F401 - re-exported: the public config types
-    AugmentConfig,
     BaselineConfig,
     GateConfig,
     ModelConfig,
     RegistryConfig,
     ServingConfig,
-    TrainConfig,
     TuneConfig,
     _Section,
+)
+from visionops.core.config.train_section import (  # noqa: F401 - re-exported: the public config types
+    AugmentConfig,
+    TrainConfig,
 )
 from visionops.core.errors import InputError
 

@@ -1,5 +1,5 @@
-"""The config sections of model, training, tuning, gate, registry and serving (the data sections are in
-``data_sections``; see ``visionops.core.config``)."""
+"""The config sections of model, tuning, gate, registry and serving (the data sections are in
+``data_sections``, training in ``train_section``; see ``visionops.core.config``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from visionops.core.config.catalog import FEATURE_MODELS, MODEL_NAMES, TRANSFER_MODELS
-from visionops.core.constants import TTA_VIEWS
 
 
 class _Section(BaseModel):
@@ -79,77 +78,6 @@ class ModelConfig(_Section):
                 "and leave tune.width null"
             )
         return self
-
-
-class AugmentConfig(_Section):
-    """Training-split augmentation; strength 0 turns it off."""
-
-    strength: float = Field(0.0, ge=0.0, le=1.0)
-    hflip: bool = Field(False, description="Horizontal flips (wrong for digits and text).")
-    crop: Literal["pad", "resized", "none"] = "pad"
-    jitter: bool = True
-    erasing: bool = True
-
-
-class TrainConfig(_Section):
-    max_epochs: int = Field(15, ge=1, le=1000)
-    batch_size: int = Field(64, ge=1, le=4096)
-    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
-    patience: int = Field(
-        3, ge=1, description="Epochs without validation improvement before stopping."
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 42
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only.")
-    nesterov: bool = False
-    scheduler: Literal["plateau", "cosine", "step", "none"] = Field(
-        "plateau", description="plateau: x0.1 when val accuracy stalls (the VGG recipe)."
-    )
-    step_size: int = Field(10, ge=1, description="step scheduler: epochs between decays.")
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step scheduler: decay factor.")
-    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
-    class_weights: Literal["none", "balanced"] = "none"
-    augment: AugmentConfig = AugmentConfig()
-    accumulate_steps: int = Field(1, ge=1, le=256, description="Batches per optimizer step.")
-    amp: bool = Field(
-        True,
-        description="Mixed precision on CUDA: bf16 autocast where the GPU supports it, "
-        "else fp16 autocast with loss scaling (ignored on CPU).",
-    )
-    channels_last: bool = Field(
-        True, description="channels_last memory format on CUDA (ignored on CPU)."
-    )
-    compile: bool = Field(
-        False, description="torch.compile the model (slow to start; for long runs)."
-    )
-    deterministic: bool = Field(False, description="Deterministic kernels (slower on CUDA).")
-    checkpoint: bool = Field(True, description="Checkpoint every epoch so a retried task resumes.")
-    tta: list[Literal[TTA_VIEWS]] = Field(
-        default_factory=list,
-        description="Test-time augmentation of the packaged model (evaluation and "
-        "serving alike): none, or views averaged with the original image: hflip (mirror; wrong for digits "
-        "and text), shift (4 small shifts), crop (central 87.5%, resized back). Probabilities are the mean "
-        "softmax over the views.",
-    )
-
-    @field_validator("tta", mode="before")
-    @classmethod
-    def _tta_views(cls, value: object) -> object:
-        # `tta: none` and `tta: hflip` read as the lists [] and [hflip].
-        if value is None or value == "none":
-            return []
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("tta")
-    @classmethod
-    def _tta_once_each(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"train.tta names a view twice: {value}")
-        return value
 
 
 class TuneConfig(_Section):
