@@ -223,7 +223,9 @@ def run_one(config: str, overrides: dict, run_name: str) -> dict:
     trained = P.train(ctx, pre, tuned)
     ev = P.evaluate(ctx, pre, trained)
     seconds = time.perf_counter() - start
-    served_val = served_val_accuracy(pre, trained["model_uri"])
+    # A K-fold ensemble's members trained on val: its out-of-fold accuracy is the figure instead.
+    ensemble = (trained.get("ensemble_members") or 1) > 1
+    served_val = None if ensemble else served_val_accuracy(pre, trained["model_uri"])
     reported = [b for b in ev.get("baselines") or [] if b.get("accuracy") is not None]
     baselines = ev["baselines"] if reported else _baselines_here(pre)
     return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,14 @@ def test_parent_and_child_runs_are_tracked(two_runs, home):
     )
     assert len(trials) == 2
     assert all("val_accuracy" in t.data.metrics for t in trials)
+    # Ranked by the default objective, the validation loss, and said in one line on the parent.
+    complete = [t for t in trials if t.data.tags.get("optuna.state") == "COMPLETE"]
+    assert complete and all("best_val_loss" in t.data.metrics for t in complete)
+    assert re.fullmatch(
+        r"2 trials \(\d pruned, 0 failed\), best val_loss \d\.\d{4}: .*learning_rate .*",
+        tags["visionops.tuning"],
+    ), tags["visionops.tuning"]
+    assert summary["tuning"] == tags["visionops.tuning"]
     assert (
         tune_run.data.tags["visionops.tune_workers"] == "2"
     )  # two mapped workers shared the study

@@ -44,6 +44,25 @@ def test_both_baselines_fit_on_train_choose_on_val_and_label_the_test_images() -
     assert fits[1].params["C"] in SVM_C and fits[1].params["pca_variance"] in PCA_VARIANCE
 
 
+def test_beside_a_k_fold_ensemble_the_chosen_setting_is_fitted_again_on_train_and_val() -> None:
+    # The ensemble's members learn from train + val: so must the baselines it is compared with.
+    from visionops.evaluation.baselines import _logistic
+
+    train, val, (x_test, _) = _digits()
+    labels = [str(i) for i in range(10)]
+    cfg = BaselineConfig(models=["logistic_regression"])
+    (plain,) = fit_baselines(train, val, x_test, labels, cfg)
+    (refit,) = fit_baselines(train, val, x_test, labels, cfg, refit_on_val=True)
+    # The same setting, chosen on val the same way; the note says what it learned from.
+    assert refit.params == plain.params and refit.val_accuracy == plain.val_accuracy
+    assert plain.note == "" and refit.note == "fitted on train + val"
+    x_all = np.concatenate([train[0], val[0]]).reshape(1200, -1) / 255.0
+    y_all = np.concatenate([train[1], val[1]])
+    by_hand = _logistic(refit.params["C"]).fit(x_all, y_all).predict(x_test.reshape(300, -1) / 255)
+    assert refit.predictions == [labels[i] for i in by_hand]
+    assert refit.predictions != plain.predictions
+
+
 def test_a_baseline_over_its_size_bound_is_skipped_with_the_reason() -> None:
     train, val, (x_test, _) = _digits()
     cfg = BaselineConfig(models=["pca_svm"], max_train_images=500)

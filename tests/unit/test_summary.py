@@ -134,3 +134,10 @@ def test_an_ensemble_says_so_with_its_out_of_fold_accuracy() -> None:
     ) in lines
     single = format_summary(_summary(ensemble_members=None), URI)
     assert "soft-voting" not in single and "  model   " not in single
+
+
+def test_the_tuning_line_says_what_the_search_did_and_chose() -> None:
+    line = "8 trials (5 pruned, 0 failed), best val_loss 0.0312: learning_rate 0.00231"
+    lines = format_summary(_summary(tuning=line), URI).splitlines()
+    assert f"  tuning            : {line}" in lines
+    assert "tuning" not in format_summary(_summary(), URI)

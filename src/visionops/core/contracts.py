@@ -376,3 +376,4 @@ class RunSummary(Contract):
     approval: str | None = None
     ensemble_members: int | None = None  # train.folds > 1: a soft-voting ensemble of that many
     oof_accuracy: float | None = None  # its out-of-fold accuracy (pooled train and val)
+    tuning: str | None = None  # one line: trials, pruned, the best value and the chosen parameters

@@ -100,21 +100,32 @@ def _candidates(name: str) -> list[tuple[dict[str, Any], Any]]:
 
 
 def _fit_one(
-    name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    refit_on_val: bool = False,
 ) -> tuple[Pipeline, dict[str, Any], float | None]:
-    """The setting with the best validation accuracy (the first on ties), refitted on train."""
+    """The setting with the best validation accuracy (the first on ties), fitted on train, or on
+    train + val when ``refit_on_val`` (the images a K-fold ensemble learns from)."""
     candidates = _candidates(name)
     if len(y_val) == 0:  # nothing to choose on: the middle setting
         params, build = candidates[len(candidates) // 2]
         return build().fit(x_train, y_train), params, None
-    best: tuple[float, dict[str, Any], Pipeline] | None = None
-    for params, build in candidates:
+    best: tuple[float, dict[str, Any], Pipeline, int] | None = None
+    for i, (params, build) in enumerate(candidates):
         model = build().fit(x_train, y_train)
         score = float(np.mean(model.predict(x_val) == y_val))
         if best is None or score > best[0]:
-            best = (score, params, model)
+            best = (score, params, model, i)
     assert best is not None
-    return best[2], best[1], best[0]
+    model = best[2]
+    if refit_on_val:
+        model = candidates[best[3]][1]().fit(
+            np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        )
+    return model, best[1], best[0]
 
 
 def fit_baselines(
@@ -123,9 +134,12 @@ def fit_baselines(
     test_x: np.ndarray,
     labels: list[str],
     cfg: BaselineConfig,
+    refit_on_val: bool = False,
 ) -> list[BaselineFit]:
     """Fit ``cfg.models`` on ``train`` (uint8 ``(N, C, H, W)`` images, int labels), choose each one's
-    setting on ``val``, and label ``test_x``; class names come from ``labels``."""
+    setting on ``val``, and label ``test_x``; class names come from ``labels``. ``refit_on_val``:
+    the chosen setting is fitted again on train + val, so that a baseline learns from the same
+    images as a K-fold ensemble (``train.folds`` > 1) before they are compared."""
     x_train, y_train = train
     x_val, y_val = val
     fits: list[BaselineFit] = []
@@ -154,7 +168,7 @@ def fit_baselines(
             # A capped solver is part of the baseline's bound, not a failure.
             warnings.simplefilter("ignore", ConvergenceWarning)
             model, params, val_accuracy = _fit_one(
-                name, xtr, np.asarray(y_train), xva, np.asarray(y_val)
+                name, xtr, np.asarray(y_train), xva, np.asarray(y_val), refit_on_val
             )
             predicted = model.predict(xte)
         fits.append(
@@ -165,7 +179,9 @@ def fit_baselines(
                 val_accuracy=val_accuracy,
                 fit_seconds=time.perf_counter() - start,
                 features=int(xtr.shape[1]),
-                note=note,
+                note=", ".join(
+                    n for n in (note, "fitted on train + val" if refit_on_val else "") if n
+                ),
             )
         )
     return fits
@@ -179,15 +195,17 @@ def evaluate_baselines(
     y_pred: list[str],
     cfg: BaselineConfig,
     gate: GateConfig,
+    refit_on_val: bool = False,
 ) -> tuple[list[BaselineScore], dict[str, list[str]]]:
     """Fit the baselines on a preprocess output's training split and score them on its test split
     beside the model's labels ``y_pred``, with the paired evidence of the gate (``gate.alpha``,
-    ``gate.bootstrap_samples``); also returns each fitted baseline's labels per test image."""
+    ``gate.bootstrap_samples``); also returns each fitted baseline's labels per test image.
+    ``refit_on_val``: see ``fit_baselines``."""
     if not cfg.models:
         return [], {}
     folder = preprocessed.local_path()
     train, val, test = (load_split(folder, name) for name in ("train", "val", "test"))
-    fits = fit_baselines((train.x, train.y), (val.x, val.y), test.x, labels, cfg)
+    fits = fit_baselines((train.x, train.y), (val.x, val.y), test.x, labels, cfg, refit_on_val)
     scores, predictions = [], {}
     for fit in fits:
         if fit.predictions is None:

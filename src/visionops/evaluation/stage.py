@@ -102,7 +102,15 @@ def evaluate_stage(
             )
             mlflow.set_tag(f"{T}champion_version", champion.score.version)
         baselines, baseline_labels = evaluate_baselines(
-            preprocessed, labels, y_true, clean, y_pred, cfg.baseline, cfg.gate
+            preprocessed,
+            labels,
+            y_true,
+            clean,
+            y_pred,
+            cfg.baseline,
+            cfg.gate,
+            # A K-fold ensemble learned from train + val: so do the baselines it is judged against.
+            refit_on_val=cfg.train.folds > 1,
         )
         logged |= _log_baselines(baselines, metrics["accuracy"])
         predictions = store_predictions(

@@ -40,6 +40,8 @@ def _figures(s: RunSummary) -> list[tuple[str, str]]:
     ensemble = ensemble_description(s.ensemble_members, s.oof_accuracy)
     if ensemble:
         rows.append(("model", ensemble))
+    if s.tuning:
+        rows.append(("tuning", s.tuning))
     if s.test_accuracy is not None:
         rows.append(("test accuracy", f"{s.test_accuracy:.4f}"))
     if s.test_macro_f1 is not None:

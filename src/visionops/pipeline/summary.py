@@ -80,6 +80,7 @@ def build_summary(parent_run_id: str) -> RunSummary:
             # train.folds > 1: the train stage tags the parent with the members, logs the OOF accuracy
             "ensemble_members": _int_tag(tags.get(f"{T}ensemble_members")),
             "oof_accuracy": metrics.get("oof_accuracy"),
+            "tuning": tags.get(f"{T}tuning"),  # set by the tune stage's reduce step
         }
     )
 
@@ -124,6 +125,8 @@ def format_summary(summary: RunSummary, tracking_uri: str, uis: str = LOCAL_UIS)
     ensemble = ensemble_description(s.ensemble_members, s.oof_accuracy)
     if ensemble:
         lines.append(f"  model             : {ensemble}")
+    if s.tuning:
+        lines.append(f"  tuning            : {s.tuning}")
     if s.test_accuracy is not None:
         lines.append(f"  test accuracy     : {s.test_accuracy:.4f}")
         lines.append(f"  test macro-F1     : {s.test_macro_f1:.4f}")
