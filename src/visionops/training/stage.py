@@ -225,6 +225,9 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
         extras = served_extras(cfg, result.model, train, val, encoder_of(cfg))
         if extras["unknown"]["threshold"] is not None:
             mlflow.log_metric("unknown_threshold", extras["unknown"]["threshold"])
+        if extras["unknown"].get("strangers_estimate"):
+            estimate = extras["unknown"]["strangers_estimate"]["strangers_unknown"]
+            mlflow.log_metric("unknown_strangers_estimate", estimate)
         with tempfile.TemporaryDirectory() as tmp:
             curves = Path(tmp) / "learning_curves.png"
             _save_learning_curves(result.history, curves)
