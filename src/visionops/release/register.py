@@ -108,6 +108,7 @@ def register_stage(
             baselines=[b.model_dump() for b in evaluated.baselines],
             quality=_json(parent_tags.get(f"{T}data_quality_table"), []),
             dropped=_json(parent_tags.get(f"{T}dropped_classes"), {}),
+            accuracy_unknown_off=evaluated.metrics.accuracy_unknown_off,
         )
         mlflow.log_text(card, "model_card.md")
         client = mlflow.tracking.MlflowClient()

@@ -181,6 +181,13 @@ def choose_threshold(
     return float(np.quantile(np.asarray(val_scores, np.float64), 1.0 - quantile))
 
 
+def unknown_record(model: Any) -> dict[str, Any] | None:
+    """A served pyfunc model's ``unknown`` record (score, threshold, the evidence ``auto`` used), or
+    None when it never answers ``unknown``."""
+    record = getattr(model.unwrap_python_model(), "unknown", None) or {}
+    return record if record.get("threshold") is not None else None
+
+
 def unknown_mask(scores: np.ndarray, threshold: float | None, score: str) -> np.ndarray:
     """The rows to answer ``unknown``; none when the threshold is None or negative."""
     scores = np.asarray(scores, np.float64)
