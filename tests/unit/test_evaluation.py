@@ -235,7 +235,7 @@ def test_a_model_that_answers_unknown_reports_accuracy_with_it_off() -> None:
         {"metrics": {**metrics, "ece": 0.0}, "model_uri": "m", "test_size": 3, "unknown": got}
     )
     assert "accuracy 0.3333 as served, 0.6667 with `unknown` off" in text
-    assert "1 test images, all of enrolled classes, were answered `unknown`" in text
+    assert "test images of enrolled classes answered `unknown`: 1." in text
     assert "estimated at train time from the enrolled people" in text and "93.0%" in text
     card = model_card(
         name="faces",

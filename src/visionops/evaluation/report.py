@@ -61,8 +61,8 @@ def unknown_lines(unknown: dict[str, Any] | None, accuracy: float) -> list[str]:
         "",
         f"`unknown` (a {unknown['score']} threshold of {unknown['threshold']:.4f}): accuracy "
         f"{accuracy:.4f} as served, {unknown['accuracy_unknown_off']:.4f} with `unknown` off; "
-        f"{unknown['n_answered_unknown']} test images, all of enrolled classes, were answered "
-        f"`unknown`. The gate judges the served answers.{strangers}",
+        f"test images of enrolled classes answered `unknown`: {unknown['n_answered_unknown']}. "
+        f"The gate judges the served answers.{strangers}",
     ]
 
 
