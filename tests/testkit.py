@@ -225,11 +225,16 @@ def post_json(port: int, body: dict[str, Any], timeout_s: float = 120) -> list[d
         return json.loads(resp.read())["predictions"]
 
 
-def yale_fold(yale: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
+def yale_fold(
+    yale: dict[str, Any], strangers: list[str], few: tuple[int, int] | None = None, seed: int = 42
+) -> dict[str, Any]:
     """One fold of the unknown-people tests: ``strangers`` held out of training, the rest enrolled.
 
-    The ``face_embedding`` head trained on the enrolled people's train split, the unknown threshold
-    chosen on their val split, and the answers for their test photos and for the strangers' photos.
+    The enrolled people's photos are split as preprocess splits them (15% val, 15% test), or with
+    ``few=(n_train, n_val)`` into that many training and validation photos a person (chosen by
+    ``seed``) and the rest as test. The ``face_embedding`` head trained on the train split, the
+    unknown threshold chosen from the train and val photos as the train stage chooses it, and the
+    answers for the test photos and for the strangers' photos.
     """
     import torch
 
@@ -248,7 +253,14 @@ def yale_fold(yale: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
     known = ~np.isin(labels, strangers)
     names = sorted(set(labels[known]))
     idx = np.flatnonzero(known)
-    split = stratified_split(labels[idx].tolist(), 0.15, 0.15, seed=42)
+    if few is None:
+        split = stratified_split(labels[idx].tolist(), 0.15, 0.15, seed=seed)
+    else:
+        rng, split = np.random.default_rng(seed), np.full(len(idx), "test", dtype=object)
+        for person in names:
+            rows = rng.permutation(np.flatnonzero(labels[idx] == person))
+            split[rows[: few[0]]] = "train"
+            split[rows[few[0] : few[0] + few[1]]] = "val"
     part = {s: idx[split == s] for s in ("train", "val", "test")}
     y = {s: np.asarray([names.index(lb) for lb in labels[part[s]]]) for s in part}
     torch.manual_seed(0)
@@ -272,7 +284,7 @@ def yale_fold(yale: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
     threshold = choose_threshold("auto", None, scores, "distance")
     enrolled = np.concatenate([emb[part["train"]], emb[part["val"]]])
 
-    def answer(rows: np.ndarray) -> list[str]:
+    def answer(rows: np.ndarray, threshold: float | None = threshold) -> list[str]:
         with torch.no_grad():
             best = result.model(torch.from_numpy(emb[rows])).argmax(1).numpy()
         far = unknown_mask(nearest_distance(emb[rows], enrolled)[0], threshold, "distance")
@@ -286,6 +298,7 @@ def yale_fold(yale: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
         "threshold": threshold,
         "enrolled": enrolled,
         "test_answers": answer(part["test"]),
+        "test_answers_unknown_off": answer(part["test"], None),
         "stranger_rows": np.flatnonzero(~known),
         "stranger_answers": answer(np.flatnonzero(~known)),
     }

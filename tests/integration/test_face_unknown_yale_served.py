@@ -86,6 +86,15 @@ def test_served_face_model_takes_chips_and_photos(yale: dict[str, Any], served) 
     # The stored threshold can be overridden per call: a huge one names everybody.
     loose = model.predict(chips[fold["stranger_rows"][:2]], params={"unknown_threshold": 10.0})
     assert UNKNOWN not in loose["label"].tolist()
+    # Evaluation's figures with unknown off: the same served model asked with the threshold off.
+    from visionops.evaluation.scoring import unknown_figures
+
+    truth = [yale["labels"][i] for i in test_rows]
+    figures = unknown_figures(model, chips[test_rows], truth, fold["test_answers"])
+    named_off = sum(a == t for a, t in zip(fold["test_answers_unknown_off"], truth))
+    assert figures["accuracy_unknown_off"] == pytest.approx(named_off / len(truth))
+    assert figures["n_answered_unknown"] == fold["test_answers"].count(UNKNOWN)
+    assert figures["threshold"] == pytest.approx(fold["threshold"])
 
 
 def test_a_served_face_model_is_monitored_on_its_embeddings(

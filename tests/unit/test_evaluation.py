@@ -210,3 +210,61 @@ def test_clean_subset_metrics_and_report() -> None:
         in text
     )
     assert "on the clean subset 0.9000 and 0.8000" in text
+
+
+def test_a_model_that_answers_unknown_reports_accuracy_with_it_off() -> None:
+    """``unknown_figures`` asks the served model again with ``unknown_threshold: -1``; the report and
+    the model card show both figures, the gate's (served, unknown on) first."""
+    import pandas as pd
+
+    from visionops.evaluation.scoring import unknown_figures
+
+    class Served:  # the two calls unknown_figures makes of a pyfunc model
+        def __init__(self, unknown: dict | None) -> None:
+            self.unknown, self.calls = unknown, []
+
+        def unwrap_python_model(self) -> Served:
+            return self
+
+        def predict(self, images: np.ndarray, params: dict) -> pd.DataFrame:
+            self.calls.append(params)
+            return pd.DataFrame({"label": ["a", "b", "b"]})
+
+    record = {
+        "score": "distance",
+        "threshold": 0.45,
+        "strangers_estimate": {"strangers_unknown": 0.93},
+    }
+    model = Served(record)
+    got = unknown_figures(model, np.zeros((3, 4, 4, 3)), ["a", "b", "a"], ["a", "unknown", "b"])
+    assert model.calls == [{"unknown_threshold": -1.0}]
+    assert got == {
+        "accuracy_unknown_off": pytest.approx(2 / 3),
+        "n_answered_unknown": 1,
+        "threshold": 0.45,
+        "score": "distance",
+        "strangers_unknown_estimate": 0.93,
+    }
+    assert (
+        unknown_figures(Served({"threshold": None}), np.zeros((1, 4, 4, 3)), ["a"], ["a"]) is None
+    )
+    metrics = classification_metrics(["a", "b", "a"], ["a", "unknown", "b"], ["a", "b"])
+    text = render_markdown(
+        {"metrics": {**metrics, "ece": 0.0}, "model_uri": "m", "test_size": 3, "unknown": got}
+    )
+    assert "accuracy 0.3333 as served, 0.6667 with `unknown` off" in text
+    assert "test images of enrolled classes answered `unknown`: 1." in text
+    assert "estimated at train time from the enrolled people" in text and "93.0%" in text
+    card = model_card(
+        name="faces",
+        version="1",
+        cfg={"data": {}},
+        metrics={"accuracy": 0.3333},
+        decision={"passed": False, "reasons": []},
+        lineage={},
+        labels=["a", "b"],
+        n_test=3,
+        accuracy_unknown_off=2 / 3,
+    )
+    assert "- accuracy with `unknown` off: 0.6667" in card
+    assert "It answers `unknown` for images too far" in card

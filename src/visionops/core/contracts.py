@@ -191,6 +191,9 @@ class TestScores(Contract):
     clean_accuracy: float
     clean_macro_f1: float
     n_test_clean: int
+    # A model that answers ``unknown``: its accuracy with ``unknown`` turned off (reported; the gate
+    # judges ``accuracy``, what is served). None for a model without an unknown threshold.
+    accuracy_unknown_off: float | None = None
 
 
 class ChampionScore(TestScores):

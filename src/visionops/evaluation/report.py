@@ -46,6 +46,26 @@ def baseline_table(baselines: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def unknown_lines(unknown: dict[str, Any] | None, accuracy: float) -> list[str]:
+    """The model's answers with and without ``unknown`` (Markdown lines; empty without a threshold)."""
+    if not unknown:
+        return []
+    estimate = unknown.get("strangers_unknown_estimate")
+    strangers = (
+        f" Strangers answered `unknown`, estimated at train time from the enrolled people (each in "
+        f"turn a stranger to the rest): {estimate:.1%}."
+        if estimate is not None
+        else ""
+    )
+    return [
+        "",
+        f"`unknown` (a {unknown['score']} threshold of {unknown['threshold']:.4f}): accuracy "
+        f"{accuracy:.4f} as served, {unknown['accuracy_unknown_off']:.4f} with `unknown` off; "
+        f"test images of enrolled classes answered `unknown`: {unknown['n_answered_unknown']}. "
+        f"The gate judges the served answers.{strangers}",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The evaluation report as Markdown (the JSON beside it holds the same numbers)."""
     m = report["metrics"]
@@ -68,6 +88,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"in the training split): accuracy {m['clean_accuracy']:.4f}, macro-F1 "
             f"{m['clean_macro_f1']:.4f}. The full figures may be inflated by the rest.",
         ]
+    lines += unknown_lines(report.get("unknown"), m["accuracy"])
     champion = report.get("champion")
     if champion:
         lines += [
@@ -123,6 +144,7 @@ def model_card(
     quality: list[dict[str, Any]] | None = None,
     dropped: dict[str, str] | None = None,
     ensemble: str | None = None,
+    accuracy_unknown_off: float | None = None,
 ) -> str:
     """The model card stored with each registered version: data, its quality (what was left out and
     why), metrics, intended use, limitations. ``ensemble``: how an ensemble was trained
@@ -155,6 +177,14 @@ def model_card(
         "## Metrics (held-out test split)",
         "",
         *[f"- {k}: {v:.4f}" for k, v in metrics.items()],
+        *(
+            [
+                f"- accuracy with `unknown` off: {accuracy_unknown_off:.4f} (the figures above are "
+                "the served answers, `unknown` on)"
+            ]
+            if accuracy_unknown_off is not None
+            else []
+        ),
         f"- test images: {n_test}" if n_test else "",
         "",
         *(["## Against simple baselines", "", *baseline_table(baselines), ""] if baselines else []),
@@ -170,8 +200,13 @@ def model_card(
         "",
         "## Limitations",
         "",
-        "- It always answers one of the known classes: images of other classes, or unlike the training "
-        "data (other sensors, lighting, framing), get a confident-looking wrong label.",
+        (
+            "- It answers `unknown` for images too far from every enrolled one (a threshold chosen at "
+            "train time); images of other classes close to an enrolled one still get a wrong label."
+            if accuracy_unknown_off is not None
+            else "- It always answers one of the known classes: images of other classes, or unlike "
+            "the training data (other sensors, lighting, framing), get a confident-looking wrong label."
+        ),
         "- Metrics come from one test split of a few hundred images: differences of a point or two are "
         "within noise (the gate records the confidence interval).",
         "- Probabilities are not guaranteed to be calibrated: see the evaluation run's reliability plot.",

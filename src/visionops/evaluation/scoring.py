@@ -8,6 +8,7 @@ lock, ``visionops registry promote``, approval, and the smoke test's expected an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from visionops.core.storage import StageOutput
 from visionops.data.preprocess import load_labels, load_split, load_test_clean
 from visionops.evaluation.metrics import classification_metrics, clean_metrics
 from visionops.serving.model import held_out_params, load_classifier, model_labels, to_raw_images
+from visionops.serving.unknown import UNKNOWN, unknown_record
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,28 @@ def predict_labels(model_uri: str, images: np.ndarray) -> tuple[list[str], list[
     model = load_classifier(model_uri)
     out = model.predict(images, params=held_out_params(model) or None)
     return out["label"].astype(str).tolist(), model_labels(model)
+
+
+def unknown_figures(
+    model: Any, images: np.ndarray, y_true: list[str], y_pred: list[str]
+) -> dict[str, Any] | None:
+    """For a served model that answers ``unknown``: the test images it answered ``unknown`` (all of
+    them known people: a test split holds no strangers), its accuracy with ``unknown`` turned off
+    (the same call with ``unknown_threshold: -1``), and its threshold with the strangers' share the
+    train stage estimated from the enrolled people. None for a model without a threshold."""
+    record = unknown_record(model)
+    if record is None:
+        return None
+    off = model.predict(images, params={**held_out_params(model), "unknown_threshold": -1.0})
+    labels = off["label"].astype(str).tolist()
+    estimate = record.get("strangers_estimate") or {}
+    return {
+        "accuracy_unknown_off": float(np.mean(np.asarray(labels) == np.asarray(y_true))),
+        "n_answered_unknown": int(sum(p == UNKNOWN for p in y_pred)),
+        "threshold": float(record["threshold"]),
+        "score": record.get("score", "probability"),
+        "strangers_unknown_estimate": estimate.get("strangers_unknown"),
+    }
 
 
 def score_version(model_name: str, version: str, split: TestSplit) -> VersionScore:

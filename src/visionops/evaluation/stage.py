@@ -31,7 +31,7 @@ from visionops.evaluation.plots import (
     save_reliability_plot,
 )
 from visionops.evaluation.report import render_markdown
-from visionops.evaluation.scoring import load_test_split, score_version
+from visionops.evaluation.scoring import load_test_split, score_version, unknown_figures
 from visionops.serving.model import load_classifier, model_tta, predict_probabilities, tta_label
 
 # The evaluate run's figures that the parent run carries as well (with evaluation/report.md).
@@ -67,6 +67,9 @@ def evaluate_stage(
             metrics[f"top_{k}_accuracy"] = top_k_accuracy(y_true, probs, labels, k)
         metrics["ece"], bins = expected_calibration_error(y_true, y_pred, confidence)
         metrics.update(clean_metrics(y_true, y_pred, labels, clean))
+        unknown = unknown_figures(candidate, raw, y_true, y_pred)
+        if unknown is not None:
+            metrics["accuracy_unknown_off"] = unknown["accuracy_unknown_off"]
         save_confusion_matrix(
             y_true,
             y_pred,
@@ -90,6 +93,8 @@ def evaluate_stage(
         }
         if k is not None:
             logged[f"test_top_{k}_accuracy"] = metrics[f"top_{k}_accuracy"]
+        if unknown is not None:
+            logged["test_accuracy_unknown_off"] = unknown["accuracy_unknown_off"]
         mlflow.log_metrics(logged)
         champion = None
         if champion_version is not None:
@@ -134,6 +139,7 @@ def evaluate_stage(
             "misclassified": n_wrong,
             "predictions": predictions.uri,
             "tta": tta,
+            "unknown": unknown,
         }
         tracking.log_json(report, "evaluation/report.json")
         report_md = render_markdown(report)
@@ -149,7 +155,7 @@ def evaluate_stage(
     if best is not None:
         client.set_tag(ctx.parent_run_id, f"{T}best_baseline", best.name)
     return Evaluated(
-        metrics=TestScores(**{k: metrics[k] for k in TestScores.model_fields}),
+        metrics=TestScores(**{k: metrics[k] for k in TestScores.model_fields if k in metrics}),
         champion=champion.score if champion else None,
         baselines=baselines,
         evaluate_run_id=run_id,

@@ -117,6 +117,7 @@ def register_stage(
             quality=_json(parent_tags.get(f"{T}data_quality_table"), []),
             dropped=_json(parent_tags.get(f"{T}dropped_classes"), {}),
             ensemble=ensemble_description(trained.ensemble_members, trained.oof_accuracy),
+            accuracy_unknown_off=evaluated.metrics.accuracy_unknown_off,
         )
         mlflow.log_text(card, "model_card.md")
         client = mlflow.tracking.MlflowClient()

@@ -12,7 +12,13 @@ import torch
 from visionops.core.config import PipelineConfig
 from visionops.data.preprocess import Split
 from visionops.serving.tta import predict_proba
-from visionops.serving.unknown import choose_threshold, distance_scores
+from visionops.serving.unknown import (
+    STRANGERS_BAR,
+    choose_threshold,
+    distance_scores,
+    distance_threshold,
+    strangers_estimate,
+)
 
 log = logging.getLogger("visionops")
 
@@ -59,13 +65,13 @@ def served_extras(
     if encoder is not None:
         tx, ty = np.asarray(train.x, np.float32), np.asarray(train.y)
         vx, vy = np.asarray(val.x, np.float32), np.asarray(val.y)
-        scores = distance_scores(tx, ty, vx, vy)
         # Validation faces are enrolled too once the threshold is chosen: more views of each person.
         extras["enrolled"] = np.concatenate([tx, vx])
         extras["network_example"] = vx[:2] if len(vx) else tx[:2]
-        kind = "distance"
-    elif s.unknown_threshold != "auto":  # off, or a fixed number: nothing to measure
-        scores, kind = None, "probability"
+        extras["unknown"] = _distance_unknown(cfg, tx, ty, vx, vy)
+        return extras
+    if s.unknown_threshold != "auto":  # off, or a fixed number: nothing to measure
+        scores = None
     else:
         if held_out is None:
             probs, y = split_probabilities(model, val, list(cfg.train.tta)), np.asarray(val.y)
@@ -75,20 +81,47 @@ def served_extras(
         scores = (
             probs.max(axis=1)[right] if right.any() else (probs.max(axis=1) if len(probs) else None)
         )
-        kind = "probability"
-    threshold = choose_threshold(s.unknown_threshold, s.unknown_quantile, scores, kind)
+    threshold = choose_threshold(s.unknown_threshold, s.unknown_quantile, scores, "probability")
     extras["unknown"] = {
-        "score": kind,
+        "score": "probability",
         "threshold": threshold,
         "setting": s.unknown_threshold,
         "quantile": s.unknown_quantile,
         "n_validation": int(0 if scores is None else len(scores)),
     }
     log.info(
-        "unknown: %s threshold %s (serving.unknown_threshold=%s, quantile %s)",
-        kind,
+        "unknown: probability threshold %s (serving.unknown_threshold=%s, quantile %s)",
         threshold,
         s.unknown_threshold,
         s.unknown_quantile,
     )
     return extras
+
+
+def _distance_unknown(
+    cfg: PipelineConfig, tx: np.ndarray, ty: np.ndarray, vx: np.ndarray, vy: np.ndarray
+) -> dict[str, Any]:
+    """The served model's ``unknown`` record of an embedding model: the distance threshold, the
+    evidence ``auto`` chose it from, and the strangers' share estimated on the enrolled faces."""
+    s = cfg.serving
+    record: dict[str, Any] = {"score": "distance", "setting": s.unknown_threshold}
+    if s.unknown_threshold == "auto":
+        chosen = distance_threshold(distance_scores(tx, ty, vx, vy), s.unknown_quantile)
+        record |= {**chosen, "quantile_setting": s.unknown_quantile}
+    else:
+        record |= {"threshold": choose_threshold(s.unknown_threshold, None, None, "distance")}
+    if record["threshold"] is not None:
+        estimate = strangers_estimate(
+            np.concatenate([tx, vx]), np.concatenate([ty, vy]), record["threshold"]
+        )
+        record["strangers_estimate"] = estimate
+        if estimate is not None and estimate["strangers_unknown"] < STRANGERS_BAR:
+            log.warning(
+                "unknown: at distance %.3f only %.0f%% of the enrolled people's faces are that far "
+                "from every other person's: strangers may be named (a lower "
+                "serving.unknown_threshold or more photos a person)",
+                record["threshold"],
+                100 * estimate["strangers_unknown"],
+            )
+    log.info("unknown: %s", record)
+    return record

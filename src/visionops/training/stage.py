@@ -268,6 +268,9 @@ def _log_served_model(
     extras = served_extras(cfg, model, train, val, encoder_of(cfg), held_out=fitted.held_out)
     if extras["unknown"]["threshold"] is not None:
         mlflow.log_metric("unknown_threshold", extras["unknown"]["threshold"])
+    if extras["unknown"].get("strangers_estimate"):
+        estimate = extras["unknown"]["strangers_estimate"]["strangers_unknown"]
+        mlflow.log_metric("unknown_strangers_estimate", estimate)
     test = load_split(folder, "test")
     with tempfile.TemporaryDirectory() as tmp:
         curves = Path(tmp) / "learning_curves.png"
