@@ -1,4 +1,5 @@
-"""Unknown people on real photographs (the Yale faces, ``../shared/datasets/yalefaces``; skipped without it).
+"""Unknown people on real photographs (the Yale faces, ``../shared/datasets/yalefaces``; skipped
+without it, failed when VISIONOPS_REQUIRE_SHARED=1).
 
 Five folds: each holds three people out of training as strangers (every person is a stranger once).
 The enrolled twelve are split train/val/test as preprocess splits; the ``face_embedding`` head is
@@ -15,15 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from testkit import YALE
+from testkit import YALE, needs_shared
 from testkit import yale_fold as _fold
 from visionops.serving.unknown import UNKNOWN
 
-pytestmark = pytest.mark.skipif(
-    not (YALE / "labels.csv").is_file(), reason=f"Yale faces not found at {YALE}"
-)
+pytestmark = needs_shared(YALE)
 
 
 def test_strangers_are_unknown_and_enrolled_people_are_named(yale: dict[str, Any]) -> None:
