@@ -5,7 +5,9 @@ validation suite on good and broken data), tests/dags/ (DAG parsing), tests/inte
 stores and servers, PostgreSQL, Airflow runs, subprocesses; marked ``integration``) and tests/e2e/
 (whole pipeline runs; marked ``e2e``). The fixtures here serve several tiers or folders: the per-test
 home (all), a module's MLflow store (integration, and the data tests marked integration), the Yale
-faces (unit and integration), a PostgreSQL database and the project's MLflow server.
+faces (unit and integration), a PostgreSQL database and the project's MLflow server. A test marked
+``shared_dataset`` (``testkit.needs_shared``) is skipped where its data set is absent, failed there
+when VISIONOPS_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from testkit import YALE, start_project_mlflow_server, stop_process_group
+from testkit import YALE, require_shared, start_project_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,14 @@ os.environ.setdefault(
     "MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_HOME / 'visionops' / 'mlflow.db'}"
 )
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``shared_dataset`` (``testkit.needs_shared``) is skipped before its fixtures are
+    set up when the data set is absent, or failed there when VISIONOPS_REQUIRE_SHARED=1 (CI)."""
+    for mark in item.iter_markers("shared_dataset"):
+        require_shared(*mark.args)
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +159,8 @@ def yale() -> dict[str, Any]:
     """Chips (dlib-aligned, via the faces module's photo_to_face) and embeddings of every distinct photo.
 
     The Yale faces (``testkit.YALE``), for the unknown-people tests of tests/unit and tests/integration
-    (computing them takes half a minute: once per session). Its users skip when the data set is absent.
+    (computing them takes half a minute: once per session). Its users skip when the data set is
+    absent, or fail when VISIONOPS_REQUIRE_SHARED=1 (``testkit.require_shared``).
     """
     import hashlib
 
@@ -161,6 +172,7 @@ def yale() -> dict[str, Any]:
     from visionops.data.embeddings import embed_chips
     from visionops.data.faces import face_settings, photo_to_face
 
+    require_shared(YALE)
     settings = face_settings(FacesConfig(enabled=True))
     rows, seen = [], set()
     for rec in pd.read_csv(YALE / "labels.csv").to_dict("records"):

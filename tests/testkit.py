@@ -3,8 +3,11 @@
 ``left_right``: the two-class "bright left half / bright right half" images, separable by a tiny
 CNN in a few steps; mirroring swaps the classes (which the test-time augmentation tests rely on).
 ``tuning_config`` and ``run_tuning``: a small tuning setup on them, for the unit and the integration
-tuning tests. ``YALE`` and ``yale_fold``: the Yale faces and one cross-validation fold of the unknown-people
-tests (the ``yale`` fixture of tests/conftest.py loads the photos).
+tuning tests. ``YALE`` and ``COIL20``: the data sets of ``../shared/datasets`` (not shipped; CI has
+them); a test on one carries ``needs_shared(YALE)`` (or calls ``require_shared``): skipped where the
+data set is absent, failed there when ``VISIONOPS_REQUIRE_SHARED=1``. ``yale_fold``: one
+cross-validation fold of the unknown-people tests (the ``yale`` fixture of tests/conftest.py loads the
+photos).
 ``glyph_folder``: the real digits as image files plus a class ``O`` of copies of some ``0`` images
 (a glyph-like set with two classes drawn identically, for the data-quality tests).
 ``free_port`` and ``stop_process_group``: for the servers a test starts; ``model_server`` runs
@@ -29,9 +32,37 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-YALE = (
-    REPO.parent / "shared" / "datasets" / "yalefaces"
-)  # not shipped; tests that need it skip without it
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"  # not shipped: see needs_shared
+YALE = SHARED_DATASETS / "yalefaces"
+COIL20 = SHARED_DATASETS / "coil20"
+REQUIRE_SHARED = "VISIONOPS_REQUIRE_SHARED"
+
+
+def shared_dataset_missing(dataset: Path) -> str | None:
+    """Why a data set of ``../shared/datasets`` cannot be used here (no ``labels.csv``), else None."""
+    if (dataset / "labels.csv").is_file():
+        return None
+    return f"the data set {dataset.name} is not at {dataset} (../shared/datasets is not shipped)"
+
+
+def require_shared(dataset: Path) -> None:
+    """Skip the calling test when ``dataset`` is absent; fail it instead when
+    ``VISIONOPS_REQUIRE_SHARED=1`` (CI, which has the data sets: a test there must run, not skip)."""
+    import pytest
+
+    if (why := shared_dataset_missing(dataset)) is None:
+        return
+    if os.environ.get(REQUIRE_SHARED) == "1":
+        pytest.fail(f"{REQUIRE_SHARED}=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def needs_shared(dataset: Path) -> Any:
+    """The mark of a test (or, as ``pytestmark``, a module) on a data set of ``../shared/datasets``:
+    tests/conftest.py calls ``require_shared`` on it before the test's fixtures are set up."""
+    import pytest
+
+    return pytest.mark.shared_dataset(dataset)
 
 
 def free_port() -> int:

@@ -3,7 +3,8 @@
 
 The small photos are made from the Yale face database: each photo cropped around its face (the box
 dlib finds in the full photo, widened to ORL's 92:112 aspect) and shrunk to 92x112. The Yale tests
-skip when the data set is absent (it is not shipped; expected at ../shared/datasets/yalefaces).
+skip when the data set is absent (it is not shipped; expected at ../shared/datasets/yalefaces), and
+fail there when VISIONOPS_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from testkit import YALE, needs_shared
 from visionops.core.config import FacesConfig, load_config
 from visionops.data.face_detect import choose_face, face_size_rule
 from visionops.data.faces import face_settings, photo_to_face
 
 REPO = Path(__file__).resolve().parents[2]
-YALE = REPO.parent / "shared" / "datasets" / "yalefaces"
-needs_yale = pytest.mark.skipif(
-    not (YALE / "labels.csv").is_file(), reason=f"Yale faces not present at {YALE}"
-)
+needs_yale = needs_shared(YALE)
 FACES_YAML = REPO / "conf" / "faces.yaml"
 ORL = (92, 112)  # width, height of an AT&T/ORL photo
 # Settings as models stored them before faces.max_upscale and faces.detect_min_side existed.

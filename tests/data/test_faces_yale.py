@@ -1,6 +1,7 @@
 """Faces on real photographs: the Yale face database (15 people, 164 grey 320x243 photos).
 
-Skipped when the data set is absent (it is not shipped; expected at ../shared/datasets/yalefaces).
+Skipped when the data set is absent (it is not shipped; expected at ../shared/datasets/yalefaces),
+failed there when VISIONOPS_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from testkit import YALE, needs_shared
 from visionops.core.config import FacesConfig, load_config
 from visionops.data.face_detect import detect_dlib, landmarks, roll_degrees
 from visionops.data.faces import crop_faces, face_settings, faces_dir, photo_to_face
@@ -22,10 +24,7 @@ from visionops.data.validate import DataValidationError
 from visionops.pipeline import stages as pipeline
 
 REPO = Path(__file__).resolve().parents[2]
-YALE = REPO.parent / "shared" / "datasets" / "yalefaces"
-pytestmark = pytest.mark.skipif(
-    not (YALE / "labels.csv").is_file(), reason=f"Yale faces not present at {YALE}"
-)
+pytestmark = needs_shared(YALE)
 FACES_YAML = REPO / "conf" / "faces.yaml"
 
 

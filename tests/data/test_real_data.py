@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from testkit import COIL20, needs_shared
 from visionops.core.config import DataConfig, load_config
 from visionops.data.checks import nearest_train
 from visionops.data.ingest import build_manifest, list_items
@@ -19,12 +19,9 @@ from visionops.data.split import SPLITS, plan_split
 from visionops.data.validate import validate_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-COIL20 = REPO.parent / "shared" / "datasets" / "coil20"
 
 
-@pytest.mark.skipif(
-    not (COIL20 / "labels.csv").is_file(), reason=f"COIL-20 not present at {COIL20}"
-)
+@needs_shared(COIL20)
 def test_coil20_ingest_validate_preprocess(tmp_path: Path) -> None:
     """The shipped conf/coil20.yaml: turntable chains are grouped, no error, every class in every split."""
     cfg = load_config(REPO / "conf" / "coil20.yaml", {"data.path": str(COIL20 / "labels.csv")})

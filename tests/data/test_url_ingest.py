@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from visionops.core.config import DataConfig
+from visionops.data import urls
 from visionops.data.sources import SourceError
 from visionops.data.urls import ingest_urls
 
@@ -107,7 +108,9 @@ BAD_ROWS = [
 ]
 
 
-def test_bad_rows_are_rejected_with_reasons(tmp_path: Path, server: Server) -> None:
+def test_bad_rows_are_rejected_with_reasons(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest = _write(tmp_path, server, [r.format(u=server.url) for r in BAD_ROWS], md5_ok=False)
     data = DataConfig(
         source="urls",
@@ -117,11 +120,20 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path: Path, server: Server) -> N
         max_rejected_fraction=0.6,
         min_download_side=16,
     )
-    start = time.perf_counter()
+    # Every request goes out with data.download_timeout_s (the real urlopen, recorded on the way).
+    timeouts: list[tuple[str, float]] = []
+    real_urlopen = urls.urllib.request.urlopen
+
+    def urlopen(url: str, timeout: float):  # noqa: ANN202
+        timeouts.append((url, timeout))
+        return real_urlopen(url, timeout=timeout)
+
+    monkeypatch.setattr(urls.urllib.request, "urlopen", urlopen)
     items, report = ingest_urls(data, tmp_path / "downloads")
-    assert (
-        time.perf_counter() - start < 20
-    )  # the slow answer cost two timeouts, not three seconds each
+    # The slow answer (3 s) cost two tries of 1 s each: the timeout given, the retries bounded.
+    assert {t for _, t in timeouts} == {1.0}
+    assert server.hits["/slow.png"] == 2
+    assert len(timeouts) == sum(server.hits.values())  # nothing else fetched behind the record
 
     reasons = {
         r["url"].rsplit("/", 2)[-1] if "://127" in r["url"] else r["url"]: r["reason"]

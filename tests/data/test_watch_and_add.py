@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testkit import YALE, needs_shared
 from visionops.core.config import PipelineConfig, build_config
 from visionops.core.errors import InputError
 from visionops.data.add import add_photos
@@ -132,10 +133,7 @@ def test_data_add_appends_manifest_rows_in_the_face_layout(tmp_path):
         add_photos(cfg, [_png(tmp_path / "in" / "c.png", value=3)], "carol")
 
 
-YALE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "yalefaces"
-
-
-@pytest.mark.skipif(not (YALE / "labels.csv").is_file(), reason="the Yale faces are absent")
+@needs_shared(YALE)
 def test_a_face_source_refuses_a_photo_without_a_face(tmp_path):
     cfg = build_config(
         PipelineConfig().to_dict(),

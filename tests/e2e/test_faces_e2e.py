@@ -3,7 +3,7 @@
 One run reads the CSV manifest through real Airflow and MLflow and promotes (that the same photos as
 an image folder are the same data is checked at ingest, in tests/integration/test_face_layouts.py).
 Then the champion takes whole photos, as an application sends them. Skipped when
-``../shared/datasets/yalefaces`` is absent.
+``../shared/datasets/yalefaces`` is absent, failed there when VISIONOPS_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from e2e_cli import run_cli
+from testkit import YALE, needs_shared
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, needs_shared(YALE)]
 
-YALE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "yalefaces"
 MODEL = "e2e-faces"
 SMALL = [
     "--config",
@@ -32,9 +32,6 @@ SMALL = [
     "--set",
     "registry.smoke_test_images=4",
 ]
-
-if not (YALE / "labels.csv").is_file():
-    pytest.skip(f"the Yale faces are not at {YALE}", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

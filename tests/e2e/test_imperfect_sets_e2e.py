@@ -6,7 +6,8 @@ trains and is gated.
   copies of 39 ``0`` images (two classes drawn identically, as ``0`` and ``O`` in a letters set).
 - A face set of small frontal photos: the Yale faces cropped around the face to 92x112 grey (the face
   filling most of the frame), with 6 of one person's 11 photos upside down (no usable face): that
-  person is dropped, everyone else keeps every photo. Skipped when ``../shared`` is absent.
+  person is dropped, everyone else keeps every photo. Skipped when ``../shared`` is absent, failed
+  there when VISIONOPS_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from e2e_cli import run_cli
-from testkit import YALE, glyph_folder, small_face_set
+from testkit import YALE, glyph_folder, needs_shared, small_face_set
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +73,7 @@ def test_a_glyph_set_with_two_classes_drawn_alike_trains_without_them_and_says_s
     assert version.tags["visionops.dropped_classes"] == "O"
 
 
-@pytest.mark.skipif(not (YALE / "labels.csv").is_file(), reason=f"the Yale faces are not at {YALE}")
+@needs_shared(YALE)
 def test_small_face_photos_enrol_everyone_usable_and_drop_the_person_left_short(tmp_path):
     labels = small_face_set(tmp_path / "small", spoil="subject05", n_spoiled=6)
     proc, summary = run_cli(

@@ -2,23 +2,17 @@
 
 Neighbouring views are near-copies: they are kept together by the split, the chains are cut so every
 object reaches every split, and the run reports the clean test subset beside the full figures.
-Skipped when ``../shared/datasets/coil20`` is absent.
+Skipped when ``../shared/datasets/coil20`` is absent, failed there when VISIONOPS_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from e2e_cli import run_cli
+from testkit import COIL20, needs_shared
 
-pytestmark = pytest.mark.e2e
-
-COIL20 = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "coil20"
-
-if not (COIL20 / "labels.csv").is_file():
-    pytest.skip(f"COIL-20 is not at {COIL20}", allow_module_level=True)
+pytestmark = [pytest.mark.e2e, needs_shared(COIL20)]
 
 
 def test_the_default_config_passes_on_coil20_and_reports_the_clean_subset(tmp_path):

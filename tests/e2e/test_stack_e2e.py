@@ -6,8 +6,10 @@ workers under host names of their own. Runs are triggered through the REST API w
 README shows (one of them through ``visionops pipeline run --stack``). Three runs carry the faults, in
 order:
 
-1. refusals: the Airflow API without a token or with a forged one, MLflow without credentials (401),
-   MLflow's read-only user writing (403);
+1. refusals: the Airflow API without a token or with a forged one, the project's REST client
+   (``visionops.cli.airflow_api``) logging in with a wrong password (401, naming the call; the
+   right one's token opens the API), MLflow without credentials (401), MLflow's read-only user
+   writing (403);
 2. a CPU run: its tuning tasks on both workers, sharing one Optuna study on PostgreSQL, while the
    scheduler is restarted; the worker running ``train`` killed after the first epoch checkpoint:
    the retry runs on the other worker and resumes in the same MLflow run, one model; champion;
@@ -39,7 +41,7 @@ from typing import Any
 import pytest
 
 from testkit import free_port
-from visionops.cli.airflow_api import AirflowApi
+from visionops.cli.airflow_api import AirflowApi, AirflowApiError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -214,6 +216,12 @@ def test_stack_refuses_who_should_not_get_in(stack: dict[str, Any]) -> None:
     )
     bad = {"Authorization": "Bearer not-a-token"}
     assert _status(f"{api.base}/api/v2/dags", bad) in (401, 403)  # FAB answers a forged token 403
+    # The client's token flow on the real API server (its own logic: tests/unit/test_airflow_api.py):
+    # a wrong password is refused, the error naming the call; the fixture's client logged in with
+    # the right one, and its token opens the API.
+    with pytest.raises(AirflowApiError, match=r"POST /auth/token: HTTP 401: .*Invalid credentials"):
+        AirflowApi(api.base, "admin", "not-the-admin-password")
+    assert api.rest.token and api.call("GET", f"/api/v2/dags/{DAG}")["dag_id"] == DAG
     assert _status(f"{stack['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1") == 401
     viewer = base64.b64encode(
         f"viewer:{stack['secrets']['MLFLOW_READER_PASSWORD']}".encode()
@@ -223,10 +231,9 @@ def test_stack_refuses_who_should_not_get_in(stack: dict[str, Any]) -> None:
         _status(f"{stack['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1", auth) == 200
     )
     write = json.dumps({"name": "visionops-digits", "alias": "champion", "version": "1"}).encode()
-    assert _status(f"{stack['mlflow']}/api/2.0/mlflow/registered-models/alias", auth, write) in (
-        403,
-        405,
-    )
+    # Refused by the basic-auth app's permission check (READ cannot update a registered model),
+    # whether or not the model exists yet: 403, as tests/integration/test_mlflow_auth.py demands.
+    assert _status(f"{stack['mlflow']}/api/2.0/mlflow/registered-models/alias", auth, write) == 403
     assert (
         "visionops-default-worker" in stack["stdout"] and "visionops-gpu-worker" in stack["stdout"]
     )
@@ -373,6 +380,11 @@ def test_two_promotions_at_once_end_with_the_better_model_through_an_mlflow_outa
     for t in answers:
         t.join()
     runs = {r: api.wait(r) for r in (worse, better)}
+    # The client triggered and followed both runs on the real API server: each run it waited for
+    # is the one trigger returned, carrying the conf trigger posted.
+    assert all(run["dag_run_id"] == r for r, run in runs.items()), runs
+    assert all(run["conf"]["force"] is True for run in runs.values()), runs
+    assert runs[better]["conf"]["overrides"]["train.device"] == "auto", runs[better]["conf"]
     tasks = {r: {t["task_id"]: t for t in api.tasks(r)} for r in runs}
     assert all(run["state"] == "success" for run in runs.values()), {
         r: {k: t["state"] for k, t in ts.items()} for r, ts in tasks.items()

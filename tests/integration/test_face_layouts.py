@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
+from testkit import YALE, needs_shared
 from visionops.pipeline import stages as pipeline
 
-YALE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "yalefaces"
 
-
-@pytest.mark.skipif(not (YALE / "labels.csv").is_file(), reason=f"the Yale faces are not at {YALE}")
+@needs_shared(YALE)
 def test_two_layouts_of_the_same_photos_have_one_data_fingerprint(mlflow_store, repo):
     fingerprints = []
     for source, path in (("csv", YALE / "labels.csv"), ("imagefolder", YALE / "images")):

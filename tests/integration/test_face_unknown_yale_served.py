@@ -1,6 +1,6 @@
 """Unknown people on real photographs, served: one fold of tests/unit/test_face_unknown_yale.py logged to a
 real (temporary, SQLite) MLflow store and loaded back as the pyfunc, which takes chips and whole PNG photos
-(the Yale faces, ``../shared/datasets/yalefaces``; skipped without it).
+(the Yale faces, ``../shared/datasets/yalefaces``; skipped without it, failed when VISIONOPS_REQUIRE_SHARED=1).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import pandas as pd
 import pytest
 
 import mlflow
-from testkit import YALE
+from testkit import YALE, needs_shared
 from testkit import yale_fold as _fold
 from visionops.serving.unknown import UNKNOWN
 
-pytestmark = pytest.mark.skipif(
-    not (YALE / "labels.csv").is_file(), reason=f"Yale faces not found at {YALE}"
-)
+pytestmark = needs_shared(YALE)
 
 
 @pytest.fixture(scope="module")

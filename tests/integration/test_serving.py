@@ -25,8 +25,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def served(sqlite_store: dict[str, Any], helpers, tmp_path_factory) -> dict[str, Any]:
-    """A model whose champion is the good classifier (v2; v1 is the bad one), and a folder of PNGs."""
+def served(sqlite_store: dict[str, Any], helpers, trained_nets, tmp_path_factory) -> dict[str, Any]:
+    """A model whose champion is the good classifier (v2; v1 is the bad one), and a folder of PNGs.
+
+    ``proba``: the champion's class probabilities for ``x``, computed here from the trained network
+    itself (softmax of its logits), independently of the logged model and of serving.
+    """
+    import torch
+
     name = f"serve-{uuid.uuid4().hex[:6]}"
     for kind in ("bad", "good"):
         m = sqlite_store["models"][kind]
@@ -34,13 +40,24 @@ def served(sqlite_store: dict[str, Any], helpers, tmp_path_factory) -> dict[str,
     registry.set_alias(name, CHAMPION, "2")
     folder = tmp_path_factory.mktemp("inbox")
     x, y = helpers.images(10, seed=21)
-    expected = {}
+    with torch.no_grad():
+        proba = torch.softmax(trained_nets["good"](torch.from_numpy(x)), dim=1).numpy()
+    expected, probability = {}, {}
     for i, (img, label) in enumerate(zip(x[:, 0], y)):
         sub = folder / ("a" if i < 5 else "b")  # nested folders are searched too
         sub.mkdir(exist_ok=True)
         Image.fromarray(img).save(sub / f"img{i}.png")
         expected[str(sub / f"img{i}.png")] = helpers.labels[label]
-    return {"name": name, "folder": folder, "expected": expected, "x": x, "y": y}
+        probability[str(sub / f"img{i}.png")] = float(proba[i].max())
+    return {
+        "name": name,
+        "folder": folder,
+        "expected": expected,
+        "probability": probability,
+        "proba": proba,
+        "x": x,
+        "y": y,
+    }
 
 
 def test_parse_model_ref() -> None:
@@ -70,7 +87,10 @@ def _check_csv(path: Path, served: dict[str, Any], version: str) -> pd.DataFrame
     ]
     assert set(frame["status"]) <= {"ok", "unknown"} and frame["box"].isna().all()
     assert dict(zip(frame["path"], frame["label"])) == served["expected"]
-    assert frame["probability"].between(0.5, 1.0).all()
+    assert version == "2"  # served["probability"]: the champion's, computed from its network
+    np.testing.assert_allclose(
+        frame["probability"], [served["probability"][p] for p in frame["path"]], atol=1e-5
+    )
     assert set(frame["model_version"]) == {version}
     return frame
 
@@ -201,7 +221,11 @@ def test_mlflow_models_serve_answers_image_requests(served: dict[str, Any], tmp_
         rows = post_json(port, {"inputs": served["x"][:6, 0].tolist()})
         labels = [row["label"] for row in rows]
         assert labels == ["left", "right", "left", "right", "left", "right"]
-        assert all(0.5 <= row["probability"] <= 1.0 for row in rows)
+        # The probability of the label given, as the network itself computes it (not a 2-class
+        # model's floor of 0.5, which any answer meets).
+        np.testing.assert_allclose(
+            [row["probability"] for row in rows], served["proba"][:6].max(axis=1), atol=1e-5
+        )
         rows = post_json(
             port, {"inputs": served["x"][:2, 0].tolist(), "params": {"return_probabilities": True}}
         )

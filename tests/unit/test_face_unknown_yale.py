@@ -1,4 +1,5 @@
-"""Unknown people on real photographs (the Yale faces, ``../shared/datasets/yalefaces``; skipped without it).
+"""Unknown people on real photographs (the Yale faces, ``../shared/datasets/yalefaces``; skipped
+without it, failed when VISIONOPS_REQUIRE_SHARED=1).
 
 Five folds: each holds three people out of training as strangers (every person is a stranger once).
 The enrolled twelve are split train/val/test as preprocess splits, or with 4 training photos and 1
@@ -24,13 +25,11 @@ import pytest
 # inside a test (run alone, this module would otherwise import it first inside one).
 import torch  # noqa: F401
 
-from testkit import YALE
+from testkit import YALE, needs_shared
 from testkit import yale_fold as _fold
 from visionops.serving.unknown import UNKNOWN
 
-pytestmark = pytest.mark.skipif(
-    not (YALE / "labels.csv").is_file(), reason=f"Yale faces not found at {YALE}"
-)
+pytestmark = needs_shared(YALE)
 
 
 def _pooled(yale: dict[str, Any], **split: Any) -> dict[str, float]:
