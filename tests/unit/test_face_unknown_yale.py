@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 # Imported at collection: torch's first import runs ldconfig, which the unit tier's guard refuses
 # inside a test (run alone, this module would otherwise import it first inside one).
 import torch  # noqa: F401
