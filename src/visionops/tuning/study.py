@@ -109,6 +109,43 @@ def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def _start_trial_run(
+    trial: optuna.Trial, params: dict[str, Any], tuning_run_id: str, worker: int
+) -> Any:
+    """The trial's MLflow run, a child of the tuning run, with its parameters."""
+    run = mlflow.start_run(
+        run_name=f"trial-{trial.number}",
+        experiment_id=mlflow.get_run(tuning_run_id).info.experiment_id,
+        parent_run_id=tuning_run_id,
+        nested=True,
+        tags={
+            "visionops.stage": "tune.trial",
+            "optuna.trial": str(trial.number),
+            "optuna.study": trial.study.study_name,
+            "optuna.worker": str(worker),
+        },
+    )
+    mlflow.log_params(params)
+    return run
+
+
+def _end_pruned_run(why: str, epoch: int) -> None:
+    """Pruning is the pruner doing its job, not a failure: the run ends FINISHED and says so."""
+    mlflow.set_tags(
+        {
+            "optuna.state": "PRUNED",
+            "optuna.pruned_at_epoch": str(epoch),
+            "visionops.pruned": "true",
+            "mlflow.note.content": (
+                f"{why[:1].upper()}{why[1:]}: Optuna's pruner stopped this trial early "
+                "because it trailed the others; not a failure."
+            ),
+        }
+    )
+    mlflow.log_metric("pruned_at_epoch", epoch)
+    mlflow.end_run()
+
+
 def _objective(
     cfg: PipelineConfig,
     train: Split,
@@ -122,46 +159,25 @@ def _objective(
 ):
     device = select_device(cfg.train.device)
     ranked_by = cfg.tune.objective
-    experiment_id = mlflow.get_run(tuning_run_id).info.experiment_id if tuning_run_id else None
+    last_epoch = cfg.tune.epochs_per_trial
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg.tune)
         trial.set_user_attr("worker", worker)
         ran.append(trial.number)
-        run = None
-        if tuning_run_id:
-            run = mlflow.start_run(
-                run_name=f"trial-{trial.number}",
-                experiment_id=experiment_id,
-                parent_run_id=tuning_run_id,
-                nested=True,
-                tags={
-                    "visionops.stage": "tune.trial",
-                    "optuna.trial": str(trial.number),
-                    "optuna.study": trial.study.study_name,
-                    "optuna.worker": str(worker),
-                },
-            )
-            mlflow.log_params(params)
-
+        run = _start_trial_run(trial, params, tuning_run_id, worker) if tuning_run_id else None
         epochs = [0]
 
         def report(m: EpochMetrics) -> None:
             epochs[0] = m.epoch
             if run is not None:
-                mlflow.log_metrics(
-                    {
-                        "val_accuracy": m.val_accuracy,
-                        "train_loss": m.train_loss,
-                        "val_loss": m.val_loss,
-                    },
-                    step=m.epoch,
-                )
+                metrics = {"val_accuracy": m.val_accuracy, "train_loss": m.train_loss}
+                mlflow.log_metrics({**metrics, "val_loss": m.val_loss}, step=m.epoch)
             trial.report(epoch_value(m, ranked_by), m.epoch)
             # After the last epoch there is nothing left to save: the trial completes with its result.
-            if m.epoch < cfg.tune.epochs_per_trial and trial.should_prune():
+            if m.epoch < last_epoch and trial.should_prune():
                 raise optuna.TrialPruned(
-                    f"pruned at epoch {m.epoch} of {cfg.tune.epochs_per_trial} "
+                    f"pruned at epoch {m.epoch} of {last_epoch} "
                     f"({ranked_by} {epoch_value(m, ranked_by):.4f})"
                 )
 
@@ -175,11 +191,11 @@ def _objective(
                 net,
                 train,
                 val,
-                max_epochs=cfg.tune.epochs_per_trial,
+                max_epochs=last_epoch,
                 batch_size=t.batch_size,
                 learning_rate=t.learning_rate,
                 weight_decay=t.weight_decay,
-                patience=cfg.tune.epochs_per_trial,
+                patience=last_epoch,
                 seed=seed,
                 device=device,
                 on_epoch=report,
@@ -189,21 +205,7 @@ def _objective(
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("epochs", epochs[0])
             if run is not None:
-                why = str(pruned)  # "pruned at epoch N of M (val_accuracy ...)"
-                # Pruning is the pruner doing its job, not a failure: the run ends FINISHED and says so.
-                mlflow.set_tags(
-                    {
-                        "optuna.state": "PRUNED",
-                        "optuna.pruned_at_epoch": str(epochs[0]),
-                        "visionops.pruned": "true",
-                        "mlflow.note.content": (
-                            f"{why[:1].upper()}{why[1:]}: Optuna's pruner stopped this trial early "
-                            "because it trailed the others; not a failure."
-                        ),
-                    }
-                )
-                mlflow.log_metric("pruned_at_epoch", epochs[0])
-                mlflow.end_run()
+                _end_pruned_run(str(pruned), epochs[0])
             raise
         except BaseException as exc:
             if run is not None:
@@ -213,17 +215,11 @@ def _objective(
         value = trial_value(result.history, ranked_by)
         if run is not None:
             mlflow.set_tag("optuna.state", "COMPLETE")
-            mlflow.log_metrics(
-                {"best_val_accuracy": result.best_val_accuracy, f"best_{ranked_by}": value}
-            )
+            best = {"best_val_accuracy": result.best_val_accuracy, f"best_{ranked_by}": value}
+            mlflow.log_metrics(best)
             mlflow.end_run()
         log.info(
-            "trial %d (worker %d): %s -> %s %.4f",
-            trial.number,
-            worker,
-            params,
-            ranked_by,
-            value,
+            "trial %d (worker %d): %s -> %s %.4f", trial.number, worker, params, ranked_by, value
         )
         return value
 
