@@ -31,8 +31,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two lanes (pytest-xdist): whole modules go to each lane, the heaviest first (tests/conftest.py
+# orders them); a lane mostly waits on Airflow and its services, so two fill the two cores.
+# TEST_LANES=0: one lane, in collection order.
+TEST_LANES ?= 2
 test: lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_LANES) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)

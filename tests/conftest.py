@@ -41,6 +41,10 @@ os.environ.setdefault(
     "MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_HOME / 'visionops' / 'mlflow.db'}"
 )
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two lanes on two cores: one compute thread per process (inherited by the Airflow tasks and the
+    # servers a lane starts), so two lanes training at once do not oversubscribe the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -49,6 +53,30 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     set up when the data set is absent, or failed there when VISIONOPS_REQUIRE_SHARED=1 (CI)."""
     for mark in item.iter_markers("shared_dataset"):
         require_shared(*mark.args)
+
+
+# ``make test`` runs two lanes (pytest-xdist, ``--dist loadfile --no-loadscope-reorder``): each module
+# goes whole to one lane, and a lane takes the next module from the queue when it runs dry. Modules are
+# queued heaviest first, so the long ones overlap and the many short ones even out the end. The
+# seconds are each module's time in one lane (the README's Tests table); unlisted modules keep their
+# collection order after these.
+MODULE_SECONDS = {
+    "test_stack_e2e.py": 496,
+    "test_continuous_e2e.py": 259,
+    "test_pipeline_e2e.py": 212,
+    "test_browser_e2e.py": 187,
+    "test_imperfect_sets_e2e.py": 134,
+    "test_approval_e2e.py": 123,
+    "test_real_sets_e2e.py": 122,
+    "test_faces_e2e.py": 94,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one lane: collection order
+    # A stable sort: each module's tests keep their order, and every lane sorts alike.
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
 
 
 @pytest.fixture(scope="session")
