@@ -16,16 +16,15 @@ pytestmark = [pytest.mark.e2e, needs_shared(COIL20)]
 
 
 def test_the_default_config_passes_on_coil20_and_reports_the_clean_subset(tmp_path):
-    # conf/digits.yaml as shipped (its glyph/object recipe), only pointed at the data: the gate's
-    # check against the simple baselines included.
+    # conf/digits.yaml as shipped (its glyph/object recipe, 16 px), only pointed at the data: the
+    # gate's check against the simple baselines included. (At 32 px the outcome was the same, 1.0000
+    # against logistic regression's 0.9930, and training took 93 s instead of 53 s.)
     proc, summary = run_cli(
         tmp_path,
         "--set",
         "data.source=csv",
         "--set",
         f"data.path={COIL20 / 'labels.csv'}",
-        "--set",
-        "data.image_size=32",
         "--set",
         "registry.model_name=e2e-coil20",
         "--set",
