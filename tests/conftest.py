@@ -58,17 +58,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # ``make test`` runs two lanes (pytest-xdist, ``--dist loadfile --no-loadscope-reorder``): each module
 # goes whole to one lane, and a lane takes the next module from the queue when it runs dry. Modules are
 # queued heaviest first, so the long ones overlap and the many short ones even out the end. The
-# seconds are each module's time in one lane (the README's Tests table); unlisted modules keep their
-# collection order after these.
+# seconds are each module's time in a lane (two lanes, fresh clone, 2026-12-07); unlisted modules
+# (under 30 s each) keep their collection order after these.
 MODULE_SECONDS = {
-    "test_stack_e2e.py": 496,
-    "test_continuous_e2e.py": 259,
-    "test_pipeline_e2e.py": 212,
-    "test_browser_e2e.py": 187,
-    "test_imperfect_sets_e2e.py": 134,
-    "test_approval_e2e.py": 123,
-    "test_real_sets_e2e.py": 122,
-    "test_faces_e2e.py": 94,
+    "test_stack_e2e.py": 565,
+    "test_continuous_e2e.py": 323,
+    "test_real_sets_e2e.py": 301,
+    "test_pipeline_e2e.py": 278,
+    "test_browser_e2e.py": 184,
+    "test_imperfect_sets_e2e.py": 166,
+    "test_approval_e2e.py": 121,
+    "test_faces_e2e.py": 109,
+    "test_promotion_race.py": 81,
+    "test_face_unknown_yale_served.py": 49,
+    "test_registry_cli.py": 40,
+    "test_serving.py": 35,
+    "test_mlflow_auth.py": 34,
 }
 
 
