@@ -12,6 +12,7 @@ and the held-out images they touch are left out of the clean test figures (``tes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, depth_first_order
 
-_BLOCK = 1024  # rows per block of the all-pairs hash comparison: a block x N uint8 matrix in memory
+_BLOCK = (
+    1024  # rows per block of the all-pairs comparison (wide max_bits): a block x N uint8 matrix
+)
 _PAIR_CHUNK = 200_000  # candidate pairs whose thumbnails are compared at once (256 bytes each)
 
 
@@ -74,11 +77,10 @@ def near_copy_pairs(
     """All pairs ``i < j`` (row positions) whose 64-bit dHash differ by at most ``max_bits`` bits and
     whose 16x16 grey thumbnails differ by at most ``max_diff`` (mean absolute, 0-255): (i, j, diff, bits).
 
-    Cost: N^2 / 2 64-bit XOR + popcounts, vectorised in blocks of ``_BLOCK`` rows (5,000 images:
-    12.5M comparisons, well under a second; memory _BLOCK x N bytes), plus 256 byte-differences per
-    hash candidate. Fine for several thousand images; beyond ~50k a hash index (BK-tree, LSH)
-    would be needed. The thumbnail confirms the hash because on small or simple images (8x8 digits,
-    objects on black) unrelated pictures share a dHash within a few bits.
+    The hash pairs come from ``hash_pairs`` (an index, not all pairs, for ``max_bits`` up to
+    ``_MIH_MAX_BITS``), plus 256 byte-differences per hash candidate. The thumbnail confirms the hash
+    because on small or simple images (8x8 digits, objects on black) unrelated pictures share a dHash
+    within a few bits.
     """
     valid = dhash.notna().to_numpy() & thumb.notna().to_numpy()
     pos = np.flatnonzero(valid)
@@ -87,23 +89,143 @@ def near_copy_pairs(
         return empty, empty, np.zeros(0), empty
     hashes = np.array([int(h, 16) for h in dhash.to_numpy()[pos]], dtype=np.uint64)
     thumbs = np.stack([np.frombuffer(t, np.uint8) for t in thumb.to_numpy()[pos]]).astype(np.int16)
-    found_i, found_j, found_bits = [], [], []
-    for start in range(0, len(pos), _BLOCK):
-        block = hashes[start : start + _BLOCK]
-        bits = np.bitwise_count(block[:, None] ^ hashes[None, :])
-        rows, cols = np.nonzero(bits <= max_bits)
-        rows = rows + start
-        upper = cols > rows  # each unordered pair once
-        found_i.append(rows[upper])
-        found_j.append(cols[upper])
-        found_bits.append(bits[rows[upper] - start, cols[upper]])
-    ci, cj, cbits = (np.concatenate(a) for a in (found_i, found_j, found_bits))
+    ci, cj, cbits = hash_pairs(hashes, max_bits)
     diff = np.empty(len(ci))
     for s in range(0, len(ci), _PAIR_CHUNK):
         a, b = ci[s : s + _PAIR_CHUNK], cj[s : s + _PAIR_CHUNK]
         diff[s : s + _PAIR_CHUNK] = np.abs(thumbs[a] - thumbs[b]).mean(axis=1)
     keep = diff <= max_diff
     return pos[ci[keep]], pos[cj[keep]], np.round(diff[keep], 3), cbits[keep].astype(np.int64)
+
+
+# Multi-index hashing pays while its substrings keep at least 8 bits.
+_MIH_MAX_BITS = 7
+
+
+def hash_pairs(
+    hashes: np.ndarray, max_bits: int, parts: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of 64-bit hashes (uint64) within ``max_bits`` bits: (i, j, bits), sorted.
+
+    Multi-index hashing (Norouzi, Punjani and Fleet, 2012): cut the 64 bits into ``parts``
+    substrings; two hashes within ``max_bits`` bits differ by at most ``max_bits // parts`` bits on
+    at least one of them (the pigeonhole principle). The candidates are the pairs whose substrings lie
+    that close, found by sorting and looking up each substring's variants; each candidate is then
+    checked on the whole hash. ``parts`` (by default) minimises the expected lookups plus candidates
+    for this many hashes: more images, longer substrings, so the candidates stay few (for 100,000
+    random hashes and 4 bits, about 3M candidates against 5 x 10^9 pairs). Written here rather than
+    taken from a library: the exact search is these few lines of numpy, where FAISS's binary
+    multi-hash index would add a large native dependency for the same pairs. Above ``_MIH_MAX_BITS``
+    the substrings get too short to prune, and all pairs are compared in blocks.
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if max_bits > _MIH_MAX_BITS and parts is None:
+        return _all_pairs(hashes, max_bits)
+    parts = parts or _best_parts(n, max_bits)
+    radius = max_bits // parts
+    found_i, found_j, found_bits = [], [], []
+    for k in range(parts):
+        lo, hi = 64 * k // parts, 64 * (k + 1) // parts
+        key = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        i, j = _same_key_pairs(key) if radius == 0 else _close_key_pairs(key, hi - lo, radius)
+        bits = np.bitwise_count(hashes[i] ^ hashes[j])
+        close = bits <= max_bits
+        found_i.append(i[close])
+        found_j.append(j[close])
+        found_bits.append(bits[close])
+    i, j, bits = (np.concatenate(a) for a in (found_i, found_j, found_bits))
+    # A pair close on several substrings was found once for each: keep one, in (i, j) order.
+    code, first = np.unique(i.astype(np.int64) * max(n, 1) + j, return_index=True)
+    return code // max(n, 1), code % max(n, 1), bits[first].astype(np.int64)
+
+
+def _variants(width: int, radius: int) -> list[int]:
+    """The XOR masks of ``width`` bits with at most ``radius`` bits set."""
+    from itertools import combinations
+
+    return [
+        sum(1 << b for b in bits)
+        for r in range(radius + 1)
+        for bits in combinations(range(width), r)
+    ]
+
+
+def _best_parts(n: int, max_bits: int) -> int:
+    """The number of substrings with the least expected work: lookups plus candidate pairs, for ``n``
+    random hashes (a substring of b bits and radius s: n * V lookups, n^2 * V / 2^(b+1) candidates).
+    A lookup (a binary search and its bookkeeping) weighs about 32 candidate checks: measured with
+    bench/near_copies.py, where exact substrings stay faster up to at least 640,000 hashes."""
+
+    def cost(parts: int) -> float:
+        width, radius = 64 // parts, max_bits // parts
+        variants = sum(math.comb(width, r) for r in range(radius + 1))
+        return parts * (32 * n * variants + n * n * variants / 2 ** (width + 1))
+
+    return min(range(1, max_bits + 2), key=cost)
+
+
+def _same_key_pairs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of positions with equal keys, in time proportional to the pairs (the
+    radius-0 case of ``_close_key_pairs``, about three times faster: no lookups, no self-pairs)."""
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    sizes = np.diff(np.r_[starts, len(key)])
+    end = np.repeat(starts + sizes, sizes)  # per sorted position: where its bucket ends
+    at = np.flatnonzero(end - np.arange(len(key)) > 1)  # positions with a partner after them
+    pairs_i, pairs_j = [], []
+    step = 1
+    while len(at):
+        a, b = order[at], order[at + step]
+        pairs_i.append(np.minimum(a, b))
+        pairs_j.append(np.maximum(a, b))
+        step += 1
+        at = at[at + step < end[at]]  # positions with a partner ``step`` further in their bucket
+    if not pairs_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(pairs_i).astype(np.int64), np.concatenate(pairs_j).astype(np.int64)
+
+
+def _close_key_pairs(key: np.ndarray, width: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of positions whose keys (``width`` bits) differ by at most ``radius`` bits,
+    in time proportional to the lookups and the pairs."""
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    pairs_i, pairs_j = [], []
+    for mask in _variants(width, radius):
+        target = key ^ np.uint64(mask)
+        lo = np.searchsorted(sorted_key, target, "left")
+        hi = np.searchsorted(sorted_key, target, "right")
+        count = hi - lo
+        if not count.any():
+            continue
+        a = np.repeat(np.arange(len(key)), count)
+        offset = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        b = order[np.repeat(lo, count) + offset]
+        keep = a < b  # each unordered pair once (the other order comes with the same mask)
+        pairs_i.append(a[keep])
+        pairs_j.append(b[keep])
+    if not pairs_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(pairs_i).astype(np.int64), np.concatenate(pairs_j).astype(np.int64)
+
+
+def _all_pairs(hashes: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` within ``max_bits`` bits by comparing all pairs, in blocks of ``_BLOCK``
+    rows (memory _BLOCK x N bytes): for a wide ``max_bits``, and the reference the index is tested on."""
+    found_i, found_j, found_bits = [], [], []
+    for start in range(0, len(hashes), _BLOCK):
+        block = hashes[start : start + _BLOCK]
+        bits = np.bitwise_count(block[:, None] ^ hashes[None, :])
+        rows, cols = np.nonzero(bits <= max_bits)
+        upper = cols > rows + start  # each unordered pair once
+        found_i.append(rows[upper] + start)
+        found_j.append(cols[upper])
+        found_bits.append(bits[rows[upper], cols[upper]])
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return tuple(np.concatenate(a).astype(np.int64) for a in (found_i, found_j, found_bits))
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
