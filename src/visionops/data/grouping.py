@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, depth_first_order
 
-_BLOCK = (
-    1024  # rows per block of the all-pairs comparison (wide max_bits): a block x N uint8 matrix
-)
+# Rows per block of the all-pairs comparison (a wide max_bits): a block x N uint8 matrix in memory.
+_BLOCK = 1024
 _PAIR_CHUNK = 200_000  # candidate pairs whose thumbnails are compared at once (256 bytes each)
 
 
@@ -125,10 +125,8 @@ def hash_pairs(
     parts = parts or _best_parts(n, max_bits)
     radius = max_bits // parts
     found_i, found_j, found_bits = [], [], []
-    for k in range(parts):
-        lo, hi = 64 * k // parts, 64 * (k + 1) // parts
-        key = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        i, j = _same_key_pairs(key) if radius == 0 else _close_key_pairs(key, hi - lo, radius)
+    for key, width in substring_keys(hashes, parts):
+        i, j = _same_key_pairs(key) if radius == 0 else _close_key_pairs(key, width, radius)
         bits = np.bitwise_count(hashes[i] ^ hashes[j])
         close = bits <= max_bits
         found_i.append(i[close])
@@ -136,14 +134,22 @@ def hash_pairs(
         found_bits.append(bits[close])
     i, j, bits = (np.concatenate(a) for a in (found_i, found_j, found_bits))
     # A pair close on several substrings was found once for each: keep one, in (i, j) order.
-    code, first = np.unique(i.astype(np.int64) * max(n, 1) + j, return_index=True)
-    return code // max(n, 1), code % max(n, 1), bits[first].astype(np.int64)
+    stride = max(n, 1)
+    code, first = np.unique(i.astype(np.int64) * stride + j, return_index=True)
+    return code // stride, code % stride, bits[first].astype(np.int64)
+
+
+def substring_keys(hashes: np.ndarray, parts: int) -> list[tuple[np.ndarray, int]]:
+    """The 64-bit hashes cut into ``parts`` disjoint substrings of near-equal width: (keys, width)."""
+    cuts = [64 * k // parts for k in range(parts + 1)]
+    return [
+        ((hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1), hi - lo)
+        for lo, hi in zip(cuts, cuts[1:], strict=False)
+    ]
 
 
 def _variants(width: int, radius: int) -> list[int]:
     """The XOR masks of ``width`` bits with at most ``radius`` bits set."""
-    from itertools import combinations
-
     return [
         sum(1 << b for b in bits)
         for r in range(radius + 1)
