@@ -3,11 +3,29 @@
 ``task_instance_mutation_hook`` sends a ``train_pipeline`` run's GPU work (``tune_worker``, ``train``,
 ``evaluate`` when ``train.device`` asks for CUDA) to the GPU queue and pool; the rule is
 ``visionops.pipeline.routing.route``. It runs in the scheduler and must not touch the database.
+
+Airflow imports this module early in every one of its processes. In the processes that fork the
+tasks (a Celery worker, a LocalExecutor scheduler) it imports the tasks' domain modules once
+(``visionops.pipeline.preload``), so that each task process starts with them loaded.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
+
+
+def _preload_task_modules() -> None:
+    try:
+        from airflow.configuration import conf
+
+        from visionops.pipeline.preload import forks_tasks, preload
+
+        if forks_tasks(sys.argv[1:], conf.get("core", "executor", fallback="")):
+            preload()
+    except Exception as exc:  # noqa: BLE001 - a speed-up: Airflow must start without it
+        logging.getLogger("visionops").warning("visionops preload skipped: %s", exc)
 
 
 def task_instance_mutation_hook(task_instance: Any, dag_run: Any = None) -> None:
@@ -19,3 +37,6 @@ def task_instance_mutation_hook(task_instance: Any, dag_run: Any = None) -> None
     if target is not None:
         task_instance.queue = target.queue
         task_instance.pool = target.pool
+
+
+_preload_task_modules()

@@ -132,8 +132,11 @@ def test_an_ensemble_says_so_with_its_out_of_fold_accuracy() -> None:
         "  model             : soft-voting ensemble of 5 members (stratified group 5-fold), "
         "out-of-fold accuracy 0.9877"
     ) in lines
-    single = format_summary(_summary(ensemble_members=None), URI)
-    assert "soft-voting" not in single and "  model   " not in single
+    single = format_summary(_summary(ensemble_members=None), URI).splitlines()
+    assert "  model             : one network (train.folds = 1)" in single
+    assert not any("soft-voting" in line for line in single)
+    untrained = format_summary(_summary(test_accuracy=None, test_macro_f1=None), URI)
+    assert "  model   " not in untrained  # nothing was trained (an unchanged or failed run)
 
 
 def test_the_tuning_line_says_what_the_search_did_and_chose() -> None:

@@ -125,6 +125,8 @@ def format_summary(summary: RunSummary, tracking_uri: str, uis: str = LOCAL_UIS)
     ensemble = ensemble_description(s.ensemble_members, s.oof_accuracy)
     if ensemble:
         lines.append(f"  model             : {ensemble}")
+    elif s.test_accuracy is not None:  # a model was trained and evaluated: say it is one network
+        lines.append("  model             : one network (train.folds = 1)")
     if s.tuning:
         lines.append(f"  tuning            : {s.tuning}")
     if s.test_accuracy is not None:

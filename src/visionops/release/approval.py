@@ -20,7 +20,6 @@ from visionops.core.contracts import ApprovalAnswer, Candidate, Promotion
 from visionops.core.errors import InputError
 from visionops.release import registry
 from visionops.release.champion import promote_safely
-from visionops.release.version_gate import gate_for_version, recheck_version, smoke_for_version
 
 APPROVE = "Approve"  # the ApprovalOperator's options
 
@@ -84,6 +83,10 @@ def describe_candidate(model_name: str, version: str | None = None) -> Candidate
         if challenger is None:
             raise InputError(f"{model_name} has no challenger alias: nothing awaits approval")
         version = str(challenger.version)
+    # version_gate scores models (torch): imported where a version is judged, so that the tasks that
+    # only record an answer (finish) do not pay for torch's import.
+    from visionops.release.version_gate import gate_for_version
+
     decision, against = gate_for_version(model_name, str(version))
     return Candidate(
         name=model_name,
@@ -106,6 +109,8 @@ def promote_approved(described: Candidate, approval: ApprovalAnswer | None) -> P
         raise InputError(
             f"{name} v{version} was not approved (answer: {approval.chosen_options if approval else None})"
         )
+    from visionops.release.version_gate import recheck_version, smoke_for_version
+
     result = promote_safely(
         name,
         version,

@@ -26,13 +26,15 @@ from visionops.evaluation.paired import (
     load_baselines,
     load_paired,
 )
-from visionops.evaluation.scoring import load_test_split, score_version
 from visionops.release.approval import approval_tags, is_approved
 from visionops.release.champion import SmokeTestError, promote_safely
 from visionops.release.gate import decide
-from visionops.serving.smoke import smoke_test
 
 log = logging.getLogger("visionops")
+
+# The gate and reject tasks never score a model: evaluation.scoring (which loads torch through the
+# served model) and serving.smoke are imported where a recheck or a smoke test runs, so that those
+# tasks' processes do not pay for torch's import (about 3 s each under a scheduler).
 
 
 def gate_stage(ctx: RunContext, evaluated: Evaluated) -> GateDecision:
@@ -85,6 +87,8 @@ def recheck_against(
     """The gate again, against whichever version is champion now, on this run's test split and paired."""
 
     def recheck(current: str) -> GateDecision:
+        from visionops.evaluation.scoring import load_test_split, score_version
+
         split = load_test_split(evaluated.test_data)
         champion = score_version(name, current, split)
         paired = baselines = None
@@ -116,6 +120,9 @@ def smoke_check(name: str, evaluated: Evaluated, n_images: int) -> Callable[[], 
     predictions = evaluated.predictions
 
     def check() -> None:
+        from visionops.evaluation.scoring import load_test_split
+        from visionops.serving.smoke import smoke_test
+
         images = load_test_split(evaluated.test_data).head(n_images).images
         smoke_test(
             f"models:/{name}@{CHAMPION}", images, candidate_predictions(predictions)[:n_images]
