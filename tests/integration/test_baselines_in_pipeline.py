@@ -75,6 +75,8 @@ def test_a_model_below_the_best_baseline_is_recorded_rejected_and_carded(mlflow_
     parent = client.get_run(context["parent_run_id"])
     assert parent.data.tags["visionops.best_baseline"] == best["name"]
     assert parent.data.metrics["best_baseline_test_accuracy"] == best["accuracy"]
+    for b in evaluated["baselines"]:  # each baseline on the parent: the run summary lists them
+        assert parent.data.metrics[f"baseline_{b['name']}_test_accuracy"] == b["accuracy"]
     report = Path(client.download_artifacts(run.info.run_id, "evaluation/report.md")).read_text()
     assert "## Against simple baselines" in report and "PCA + RBF SVM" in report
     stored = json.loads(

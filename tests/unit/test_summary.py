@@ -144,3 +144,22 @@ def test_the_tuning_line_says_what_the_search_did_and_chose() -> None:
     lines = format_summary(_summary(tuning=line), URI).splitlines()
     assert f"  tuning            : {line}" in lines
     assert "tuning" not in format_summary(_summary(), URI)
+
+
+def test_the_model_is_shown_against_each_baseline() -> None:
+    lines = format_summary(
+        _summary(
+            test_accuracy=0.99,
+            best_baseline="pca_svm",
+            best_baseline_accuracy=0.98,
+            gain_over_baseline_points=1.0,
+            baselines={"pca_svm": 0.98, "logistic_regression": 0.965},
+        ),
+        URI,
+    ).splitlines()
+    assert (
+        "  best baseline     : pca_svm 0.9800 (model +1.00 points; paired evidence under gate)"
+        in lines
+    )
+    assert "  other baseline    : logistic_regression 0.9650 (model +2.50 points)" in lines
+    assert not any(line.startswith("  other baseline    : pca_svm") for line in lines)

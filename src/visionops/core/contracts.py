@@ -364,6 +364,7 @@ class RunSummary(Contract):
     best_baseline: str | None = None  # the simple baseline with the best test accuracy
     best_baseline_accuracy: float | None = None
     gain_over_baseline_points: float | None = None  # model minus that baseline, points of accuracy
+    baselines: dict[str, float] = {}  # each fitted simple baseline's test accuracy, by name
     data_fingerprint: str | None = None
     validation_warnings: list[str] = []
     data_quality: str | None = None  # one line: "1 class dropped (s2), 78 images quarantined (...)"

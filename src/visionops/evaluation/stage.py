@@ -187,6 +187,9 @@ def _log_baselines(baselines: list[BaselineScore], model_accuracy: float) -> dic
     headline = {
         "best_baseline_test_accuracy": best.accuracy,
         "gain_over_best_baseline_points": 100 * (model_accuracy - best.accuracy),
+        # every fitted baseline's accuracy on the parent too: the run summary shows the model
+        # against each of them
+        **{f"baseline_{b.name}_test_accuracy": b.accuracy for b in baselines if not b.skipped},
     }
     mlflow.log_metrics(headline)
     return headline

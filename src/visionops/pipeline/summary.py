@@ -62,6 +62,11 @@ def build_summary(parent_run_id: str) -> RunSummary:
             "best_baseline": tags.get(f"{T}best_baseline"),
             "best_baseline_accuracy": metrics.get("best_baseline_test_accuracy"),
             "gain_over_baseline_points": metrics.get("gain_over_best_baseline_points"),
+            "baselines": {
+                key.removeprefix("baseline_").removesuffix("_test_accuracy"): value
+                for key, value in metrics.items()
+                if key.startswith("baseline_") and key.endswith("_test_accuracy")
+            },
             "data_fingerprint": tags.get(f"{T}data_fingerprint"),
             "validation_warnings": [
                 w for w in tags.get(f"{T}validation_warnings", "").split("\n") if w
@@ -141,8 +146,14 @@ def format_summary(summary: RunSummary, tracking_uri: str, uis: str = LOCAL_UIS)
     if s.best_baseline and s.best_baseline_accuracy is not None:
         lines.append(
             f"  best baseline     : {s.best_baseline} {s.best_baseline_accuracy:.4f} "
-            f"(model {s.gain_over_baseline_points:+.2f} points; evaluation report has both baselines)"
+            f"(model {s.gain_over_baseline_points:+.2f} points; paired evidence under gate)"
         )
+        for name, accuracy in sorted(s.baselines.items()):
+            if name != s.best_baseline and s.test_accuracy is not None:
+                gain = 100 * (s.test_accuracy - accuracy)
+                lines.append(
+                    f"  other baseline    : {name} {accuracy:.4f} (model {gain:+.2f} points)"
+                )
     if s.data_quality:
         lines.append(f"  data quality      : {s.data_quality}")
     for why in s.dropped_classes.values():
