@@ -59,21 +59,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # goes whole to one lane, and a lane takes the next module from the queue when it runs dry. Modules are
 # queued heaviest first, so the long ones overlap and the many short ones even out the end. The
 # seconds are each module's time in a lane (two lanes, fresh clone, 2026-12-07); unlisted modules
-# (under 30 s each) keep their collection order after these.
+# (under 15 s each) keep their collection order after these.
 MODULE_SECONDS = {
-    "test_stack_e2e.py": 565,
-    "test_continuous_e2e.py": 323,
-    "test_real_sets_e2e.py": 301,
-    "test_pipeline_e2e.py": 278,
-    "test_browser_e2e.py": 184,
-    "test_imperfect_sets_e2e.py": 166,
-    "test_approval_e2e.py": 121,
-    "test_faces_e2e.py": 109,
-    "test_promotion_race.py": 81,
-    "test_face_unknown_yale_served.py": 49,
-    "test_registry_cli.py": 40,
-    "test_serving.py": 35,
-    "test_mlflow_auth.py": 34,
+    "test_stack_e2e.py": 397,
+    "test_continuous_e2e.py": 157,
+    "test_pipeline_e2e.py": 147,
+    "test_browser_e2e.py": 112,
+    "test_imperfect_sets_e2e.py": 109,
+    "test_real_sets_e2e.py": 93,
+    "test_faces_e2e.py": 93,
+    "test_approval_e2e.py": 77,
+    "test_promotion_race.py": 58,
+    "test_face_unknown_yale_served.py": 45,
+    "test_mlflow_auth.py": 31,
+    "test_registry_cli.py": 28,
+    "test_tuning_runs_and_workers.py": 17,
+    "test_serving.py": 16,
+    "test_faces_small.py": 16,
+    "test_checkpoint_resume.py": 15,
 }
 
 
