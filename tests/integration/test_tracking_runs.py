@@ -63,6 +63,21 @@ def test_parent_run_is_found_again_and_stage_failure_then_retry(
     assert run.data.tags["visionops.failed_stage_retried"] == "train"
 
 
+def test_an_interrupted_stage_run_is_reopened_whatever_experiment_is_active(store, monkeypatch):
+    """A retry reopens the interrupted attempt's run even when the process has another active
+    experiment (set by earlier work in the same worker): MLflow alone refuses that."""
+    exp = tracking.experiment_id("reopen")
+    parent = tracking.start_parent_run(exp, "dag/reopen", {"visionops.dag_id": "dag"})
+    with pytest.raises(RuntimeError), tracking.stage_run(parent, "train") as first:
+        raise RuntimeError("worker lost")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment also sets it
+    mlflow.set_experiment("elsewhere")
+    assert mlflow.tracking.fluent._get_experiment_id() != exp  # the trap is armed
+    with tracking.stage_run(parent, "train", resume_run_id=first) as again:
+        assert again == first
+    assert MlflowClient().get_run(first).info.status == "FINISHED"
+
+
 def test_experiments_are_of_mlflows_model_training_kind_new_and_old(store, tmp_path):
     client = MlflowClient()
     fresh = tracking.experiment_id("fresh")

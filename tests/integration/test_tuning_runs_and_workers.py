@@ -30,7 +30,9 @@ def test_trials_are_child_runs_marked_complete_pruned_or_failed(
     mlflow_store: Path, tmp_path: Path
 ) -> None:
     client = mlflow.tracking.MlflowClient()
-    exp = mlflow.set_experiment("tuning-test").experiment_id
+    exp = mlflow.create_experiment(
+        "tuning-test"
+    )  # not set_experiment: no active experiment left behind
     parent = client.create_run(exp, run_name="tune").info.run_id
     cfg = _cfg(
         **{"tune.n_trials": 6, "tune.epochs_per_trial": 4, "tune.learning_rate": [1e-9, 1e-2]}
@@ -73,7 +75,7 @@ def test_warm_start_enqueues_the_champions_parameters(
     mlflow_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = mlflow.tracking.MlflowClient()
-    exp = mlflow.set_experiment("warm-start").experiment_id
+    exp = mlflow.create_experiment("warm-start")
     with mlflow.start_run(experiment_id=exp) as run:
         mlflow.log_params(
             {"learning_rate": 0.0042, "weight_decay": 1e-5, "dropout": 0.11, "model": "small_cnn"}

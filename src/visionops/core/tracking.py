@@ -192,6 +192,10 @@ def stage_run(
     earlier = _get_run(client, resume_run_id) if resume_run_id else None
     if can_reopen(earlier, parent_run_id):
         log.info("%s: reopening MLflow run %s of an interrupted attempt", stage, resume_run_id)
+        # MLflow refuses to reopen a run outside the process's active experiment, which anything
+        # before may have set (mlflow.set_experiment, in a library or an earlier task in the same
+        # worker): the run's own experiment is the one to log in.
+        mlflow.set_experiment(experiment_id=earlier.info.experiment_id)
         started = mlflow.start_run(run_id=resume_run_id, tags=child_tags)
     else:
         started = mlflow.start_run(
