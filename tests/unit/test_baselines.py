@@ -14,6 +14,7 @@ from visionops.evaluation.baselines import (
     SVM_C,
     features_of,
     fit_baselines,
+    stratified_subsample,
 )
 from visionops.evaluation.metrics import classification_metrics
 from visionops.evaluation.report import model_card, render_markdown
@@ -63,13 +64,38 @@ def test_beside_a_k_fold_ensemble_the_chosen_setting_is_fitted_again_on_train_an
     assert refit.predictions != plain.predictions
 
 
-def test_a_baseline_over_its_size_bound_is_skipped_with_the_reason() -> None:
-    train, val, (x_test, _) = _digits()
-    cfg = BaselineConfig(models=["pca_svm"], max_train_images=500)
-    (fit,) = fit_baselines(train, val, x_test, [str(i) for i in range(10)], cfg)
-    assert fit.predictions is None
-    assert fit.skipped == "900 training images > baseline.max_train_images 500"
+def test_a_split_over_the_size_bound_is_cut_to_a_stratified_subsample_and_the_note_says_so() -> (
+    None
+):
+    train, val, (x_test, y_test) = _digits()
+    labels = [str(i) for i in range(10)]
+    cfg = BaselineConfig(models=["logistic_regression"], max_train_images=500)
+    (fit,) = fit_baselines(train, val, x_test, labels, cfg)
+    assert fit.skipped is None and len(fit.predictions) == len(y_test)
+    assert fit.note == (
+        "fitted on a stratified subsample of 500 of 900 training images "
+        "(baseline.max_train_images 500)"
+    )
+    # The same as fitting by hand on the subsample's rows: the bound is applied, not just reported.
+    rows = stratified_subsample(train[1], 500)
+    (by_hand,) = fit_baselines(
+        (train[0][rows], train[1][rows]), val, x_test, labels, BaselineConfig(models=[fit.name])
+    )
+    assert fit.predictions == by_hand.predictions and fit.params == by_hand.params
+    smaller = BaselineConfig(models=["logistic_regression"], max_train_images=200)
+    (small_val,) = fit_baselines(train, val, x_test, labels, smaller)
+    assert "setting chosen on 200 of 300 validation images" in small_val.note
     assert fit_baselines(train, val, x_test, [], BaselineConfig(models=[])) == []
+
+
+def test_the_stratified_subsample_keeps_every_class_in_proportion_and_is_reproducible() -> None:
+    y = np.array([0] * 1000 + [1] * 300 + [2] * 7 + [3])
+    rows = stratified_subsample(y, 131)
+    assert len(rows) == 131 and len(set(rows.tolist())) == 131
+    assert np.all(np.diff(rows) > 0)  # sorted: read in order from a memory-mapped split
+    assert np.bincount(y[rows]).tolist() == [100, 29, 1, 1]  # a class of one image is kept
+    assert np.array_equal(rows, stratified_subsample(y, 131))
+    assert np.array_equal(stratified_subsample(y, 5000), np.arange(len(y)))
 
 
 def test_large_images_are_shrunk_by_area_to_the_feature_bound_and_say_so() -> None:
@@ -136,7 +162,7 @@ BASELINES = [
             "ci_high": 0.1,
         },
     },
-    {"name": "pca_svm", "skipped": "30000 training images > baseline.max_train_images 20000"},
+    {"name": "pca_svm", "skipped": "fewer than 2 classes in the training split"},
 ]
 
 
@@ -152,10 +178,7 @@ def test_the_report_and_the_model_card_show_the_model_beside_the_baselines() -> 
         "| 0.1797 | 95% [+0.00, +10.00] |"
     )
     assert row in text
-    assert (
-        "| PCA + RBF SVM | skipped: 30000 training images > baseline.max_train_images 20000 |"
-        in text
-    )
+    assert "| PCA + RBF SVM | skipped: fewer than 2 classes in the training split |" in text
     card = model_card(
         name="m",
         version="1",
