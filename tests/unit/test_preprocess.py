@@ -136,6 +136,57 @@ def test_preprocess_to_rgb_and_constant_train_std_is_floored(tmp_path: Path, wri
     assert min(result.std) >= 1e-6
 
 
+def test_preprocess_streams_each_split_by_chunks_with_the_arrays_and_statistics_of_one_decode(
+    tmp_path: Path, write_png, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With chunks of at most 3 images, every split is written chunk by chunk into its file and the
+    training statistics are summed chunk by chunk; the arrays are those of decoding every image at
+    once and the statistics those of a float64 pass over the whole training split."""
+    import visionops.data.preprocess as preprocess
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        label = "ab"[i % 2]
+        pixels = rng.integers(0, 256, (9 + i % 4, 11, 3), dtype=np.uint8)  # sizes vary: resized
+        path = write_png(tmp_path / "src" / label / f"{i}.png", pixels)
+        rows.append({"path": str(path), "label": label, "sha256": f"h{i}"})
+    manifest = pd.DataFrame(rows)
+    chunks: list[int] = []
+    decode = preprocess._load_chunk
+
+    def spy(args: tuple[list[str], int, int]) -> np.ndarray:
+        chunks.append(len(args[0]))
+        return decode(args)
+
+    monkeypatch.setattr(preprocess, "CHUNK_BYTES", 3 * 3 * 8 * 8)
+    monkeypatch.setattr(preprocess, "_load_chunk", spy)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = preprocess_to(manifest, out, size=8, channels=3, seed=1)
+    assert max(chunks) == 3 and sum(chunks) == 30 and len(chunks) >= 10
+    splits = pd.read_parquet(out / "splits.parquet")
+    for name in ("train", "val", "test"):
+        paths = splits.loc[splits["split"] == name, "path"].tolist()
+        whole = np.stack([preprocess.load_image(p, 8, 3) for p in paths])
+        assert np.array_equal(load_split(out, name).x, whole)
+    train = load_split(out, "train").x.astype(np.float64) / 255.0
+    assert result.mean == pytest.approx(train.mean(axis=(0, 2, 3)).tolist(), abs=1e-12)
+    assert result.std == pytest.approx(train.std(axis=(0, 2, 3)).tolist(), abs=1e-12)
+
+
+def test_channel_statistics_do_not_depend_on_the_chunking() -> None:
+    from visionops.data.preprocess import ChannelStats
+
+    x = np.random.default_rng(1).integers(0, 256, (50, 2, 5, 5), dtype=np.uint8)
+    one, many = ChannelStats(2), ChannelStats(2)
+    one.add(x)
+    for i in range(0, 50, 7):
+        many.add(x[i : i + 7])
+    assert one.mean_std() == many.mean_std()
+    assert ChannelStats(3).mean_std() == ([0.0] * 3, [1.0] * 3)  # no training image
+
+
 # -- to_model_array -------------------------------------------------------------------------------
 
 

@@ -1,11 +1,17 @@
-"""Preprocess: decode, convert channels, resize, the planned group split, train-only statistics, uint8 arrays."""
+"""Preprocess: decode, convert channels, resize, the planned group split, train-only statistics, uint8 arrays.
+
+Each split is decoded chunk by chunk straight into its memory-mapped ``.npy`` file and the training
+statistics are summed on the way, so memory stays bounded by the chunks in flight, not the data.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import PreprocessConfig, ValidateConfig
+from visionops.core.progress import Progress
 from visionops.data.drift import build_profile, write_profile
 from visionops.data.images import to_model_array
 from visionops.data.split import SPLITS, SplitPlan, plan_split, stratified_split
@@ -24,6 +31,8 @@ __all__ = [
     "stratified_split",
     "load_image",
     "load_images",
+    "iter_images",
+    "ChannelStats",
     "preprocess_to",
     "load_split",
     "load_labels",
@@ -32,6 +41,9 @@ __all__ = [
     "load_groups",
     "PreprocessResult",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 def load_image(path: str, size: int, channels: int) -> np.ndarray:
@@ -44,21 +56,107 @@ def _load_chunk(args: tuple[list[str], int, int]) -> np.ndarray:
     return np.stack([load_image(p, size, channels) for p in paths]).astype(np.uint8)
 
 
-def load_images(paths: Sequence[str], size: int, channels: int, workers: int = 1) -> np.ndarray:
-    """Decode and resize ``paths`` into one uint8 ``(N, C, size, size)`` array, in worker processes.
+# The most bytes of decoded images one worker task returns (a chunk of 224 px colour photos is
+# about 400 of them): memory stays bounded by the chunks in flight, whatever the split's size.
+CHUNK_BYTES = 64 * 2**20
 
-    Chunks keep the per-task overhead small; results come back in order.
-    """
+
+def iter_images(
+    paths: Sequence[str],
+    size: int,
+    channels: int,
+    workers: int = 1,
+    chunk_bytes: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode and resize ``paths`` into uint8 ``(n, C, size, size)`` chunks, in order, in worker
+    processes; at most two chunks per worker are in flight, so memory does not grow with ``paths``."""
     paths = list(paths)
-    if not paths:
-        return np.zeros((0, channels, size, size), np.uint8)
-    if workers <= 1 or len(paths) < 2 * workers:
-        return _load_chunk((paths, size, channels))
-    step = max(1, -(-len(paths) // (workers * 4)))
+    workers = max(1, workers)
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    step = max(1, min(chunk_bytes // (channels * size * size), -(-len(paths) // (workers * 4))))
     chunks = [(paths[i : i + step], size, channels) for i in range(0, len(paths), step)]
+    if workers == 1 or len(paths) < 2 * workers:
+        yield from map(_load_chunk, chunks)
+        return
     # fork: workers start in milliseconds and inherit the imported modules; nothing here holds locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return np.concatenate(list(pool.map(_load_chunk, chunks)))
+        pending: deque[Future[np.ndarray]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_load_chunk, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def load_images(paths: Sequence[str], size: int, channels: int, workers: int = 1) -> np.ndarray:
+    """Decode and resize ``paths`` into one uint8 ``(N, C, size, size)`` array (filled chunk by
+    chunk: no second copy of the whole)."""
+    out = np.zeros((len(paths), channels, size, size), np.uint8)
+    at = 0
+    for chunk in iter_images(paths, size, channels, workers):
+        out[at : at + len(chunk)] = chunk
+        at += len(chunk)
+    return out
+
+
+class ChannelStats:
+    """Per-channel mean and standard deviation of uint8 images in [0, 1], one chunk at a time.
+
+    The sums are kept as exact integers (int64 holds the squares of a million 224 px photos), so
+    the result does not depend on the chunking and no float copy of the images is ever made.
+    """
+
+    def __init__(self, channels: int) -> None:
+        self.pixels = 0
+        self.sums = np.zeros(channels, np.int64)
+        self.squares = np.zeros(channels, np.int64)
+
+    def add(self, x: np.ndarray) -> None:
+        self.pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        self.sums += x.sum(axis=(0, 2, 3), dtype=np.int64)
+        wide = x.astype(np.uint16)  # 255 ** 2 fits in 16 bits
+        self.squares += (wide * wide).sum(axis=(0, 2, 3), dtype=np.int64)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        if self.pixels == 0:
+            return [0.0] * len(self.sums), [1.0] * len(self.sums)
+        n = self.pixels
+        sums, squares = (int(v) for v in self.sums), (int(v) for v in self.squares)
+        mean, std = [], []
+        for s, q in zip(sums, squares, strict=True):
+            mean.append(s / n / 255.0)
+            # n * q - s * s in Python integers: exact, never negative.
+            std.append(max(((n * q - s * s) / (n * n)) ** 0.5 / 255.0, 1e-6))
+        return mean, std
+
+
+def _write_split(
+    path: Path,
+    paths: list[str],
+    size: int,
+    channels: int,
+    workers: int,
+    stats: ChannelStats | None,
+    what: str,
+) -> None:
+    """Decode ``paths`` chunk by chunk straight into the preallocated ``.npy`` file at ``path``."""
+    shape = (len(paths), channels, size, size)
+    if not paths:
+        np.save(path, np.zeros(shape, np.uint8))
+        return
+    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    progress = Progress(what, len(paths), logger=log)
+    at = 0
+    for chunk in iter_images(paths, size, channels, workers):
+        x[at : at + len(chunk)] = chunk
+        at += len(chunk)
+        if stats is not None:
+            stats.add(chunk)
+        progress.update(len(chunk))
+    x.flush()
+    del x
+    progress.done()
 
 
 @dataclass(frozen=True)
@@ -99,19 +197,24 @@ def preprocess_to(
     frame["near_copy_in_train"] = plan.near_copy_in_train[kept]
     frame.to_parquet(out / "splits.parquet", index=False)
     counts = {}
+    train_stats = ChannelStats(channels)
     for name in SPLITS:
         rows = frame[frame["split"] == name]
-        x = load_images(rows["path"].tolist(), size, channels, workers)
-        np.save(out / f"{name}_x.npy", x)
+        _write_split(
+            out / f"{name}_x.npy",
+            rows["path"].tolist(),
+            size,
+            channels,
+            workers,
+            train_stats if name == "train" else None,
+            f"preprocess: {name} split decoded",
+        )
         np.save(out / f"{name}_y.npy", rows["class_index"].to_numpy(dtype=np.int64))
         counts[name] = len(rows)
-        if name == "train":
-            scaled = x.astype(np.float64) / 255.0
-            mean = scaled.mean(axis=(0, 2, 3)).tolist()
-            std = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-6).tolist()
         if name == "test":  # the clean subset evaluation reports beside the full figures
             np.save(out / "test_clean.npy", ~rows["near_copy_in_train"].to_numpy(dtype=bool))
     (out / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2))
+    mean, std = train_stats.mean_std()
     stats = {
         "image_size": size,
         "channels": channels,
