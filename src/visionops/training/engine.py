@@ -30,6 +30,7 @@ from visionops.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from visionops.training.feed import StreamedImages, device_feed, memory_budget_bytes, rows_of
 from visionops.training.losses import balanced_class_weights, make_loss
 from visionops.training.optim import make_optimizer, make_scheduler, scheduler_step
 from visionops.training.precision import Precision, autocast, grad_scaler, resolve_precision
@@ -89,6 +90,7 @@ class FitResult:
     stopped_early: bool = False
     resumed_from: int = 0
     precision: Precision = "fp32"
+    streamed: bool = False  # the splits were read from their files batch by batch (training.feed)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -114,7 +116,7 @@ def training_batches(
 
 def fit_one_epoch(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | StreamedImages,
     y: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
@@ -145,8 +147,8 @@ def fit_one_epoch(
     batches = training_batches(y, batch_size, generator, options.sampling)
     accumulate = max(1, options.train.accumulate_steps)
     optimizer.zero_grad(set_to_none=True)
-    for i, idx in enumerate(batches):
-        xb, yb = augment_batch(transform, x[idx]).contiguous(memory_format=memory), y[idx]
+    for i, (idx, rows) in enumerate(zip(batches, rows_of(x, batches), strict=True)):
+        xb, yb = augment_batch(transform, rows).contiguous(memory_format=memory), y[idx]
         with autocast(device, precision):
             logits = model(xb)
             loss = loss_fn(logits, yb)
@@ -166,7 +168,7 @@ def fit_one_epoch(
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | StreamedImages,
     y: torch.Tensor,
     loss_fn: nn.Module,
     batch_size: int,
@@ -174,9 +176,10 @@ def evaluate_split(
 ) -> tuple[float, float]:
     model.eval()
     total_loss, correct = 0.0, 0
-    for idx in _batches(len(y), batch_size, None):
+    batches = _batches(len(y), batch_size, None)
+    for idx, rows in zip(batches, rows_of(x, batches), strict=True):
         with autocast(x.device, precision):
-            logits = model(x[idx])
+            logits = model(rows)
             total_loss += loss_fn(logits.float(), y[idx]).item() * len(idx)
         correct += (logits.argmax(1) == y[idx]).sum().item()
     return total_loss / len(y), correct / len(y)
@@ -216,15 +219,12 @@ def fit(
     step_model = (
         torch.compile(model) if opts.train.compile else model
     )  # state dicts stay on `model`
-    # np.array copies the memory-mapped splits into writable memory that torch can share.
-    xt, yt = (
-        torch.from_numpy(np.array(train.x)).to(device),
-        torch.from_numpy(np.array(train.y)).to(device),
+    budget = memory_budget_bytes(opts.train.max_memory_gb, device)
+    fed, streamed = device_feed(
+        {"train": train.x, "val": val.x}, device, budget, opts.train.loader_workers
     )
-    xv, yv = (
-        torch.from_numpy(np.array(val.x)).to(device),
-        torch.from_numpy(np.array(val.y)).to(device),
-    )
+    xt, xv = fed["train"], fed["val"]
+    yt, yv = (torch.from_numpy(np.array(s.y)).to(device) for s in (train, val))
     optimizer = make_optimizer(
         model,
         opts.train.optimizer,
@@ -267,7 +267,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     precision = resolve_precision(device, opts.train.amp, opts.precision)
     scaler = grad_scaler(device, precision)
-    result = FitResult(model=model, precision=precision)
+    result = FitResult(model=model, precision=precision, streamed=streamed)
     best_state, since_best, start_epoch = copy.deepcopy(model.state_dict()), 0, 1
     saved = load_checkpoint(checkpoint) if checkpoint is not None else None
     if saved is not None:

@@ -144,6 +144,8 @@ def _fit_single(
     result = fit(
         net, train, val, seed=cfg.train.seed, on_epoch=on_epoch, checkpoint=ckpt, **fit_kwargs
     )
+    # Where the images were read from: whole in memory, or streamed from the memory-mapped splits.
+    mlflow.set_tag(f"{T}train_feed", "streamed" if result.streamed else "memory")
     mlflow.log_metrics(
         {
             "best_val_accuracy": result.best_val_accuracy,

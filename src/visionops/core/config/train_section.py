@@ -57,6 +57,20 @@ class TrainConfig(_Section):
         False, description="torch.compile the model (slow to start; for long runs)."
     )
     deterministic: bool = Field(False, description="Deterministic kernels (slower on CUDA).")
+    max_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Training and validation images up to this size are held whole in memory (on "
+        "the GPU on CUDA), the fastest feed; larger splits are streamed from their memory-mapped "
+        "files batch by batch. null: half of the free memory (and of the GPU's) when training starts.",
+    )
+    loader_workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Worker processes reading batches when the splits are streamed (0: in the "
+        "training process).",
+    )
     checkpoint: bool = Field(True, description="Checkpoint every epoch so a retried task resumes.")
     folds: int = Field(
         1,
