@@ -26,3 +26,15 @@ def test_a_line_at_most_every_interval_with_count_share_rate_and_time_left(
         "decode: 900/1,000 images (90%), 25/s, about 4 s left",
         "decode: 1,000 images in 40.0 s (25/s)",
     ]
+
+
+def test_a_short_loop_that_another_line_reports_stays_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    quiet = Progress("epoch 1/3", 64, every_s=10, clock=lambda: now[0], always=False)
+    with caplog.at_level(logging.INFO, logger="visionops.progress"):
+        now[0] += 2.0
+        quiet.update(64)
+        quiet.done()
+    assert caplog.records == []

@@ -85,3 +85,36 @@ def test_a_run_streamed_from_the_files_is_the_run_fed_from_memory(
         memory.model.state_dict().values(), streamed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_max_steps_per_epoch_trains_on_the_first_batches_only() -> None:
+    """A bounded number of batches per epoch (bench/scale.py measures memory, not this CPU's
+    speed): the weights and loss after the limited epoch are those of two SGD steps by hand on the
+    epoch's first two batches."""
+    from visionops.training.engine import fit_one_epoch, training_batches
+
+    data = left_right_split(96, seed=1)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    nets, losses = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = build_model("small_cnn", in_channels=1, image_size=8, num_classes=2, dropout=0.0)
+        nets.append(NormalizedNet(net, [0.5], [0.25]))
+    limited, by_hand = nets
+    opt = torch.optim.SGD(limited.parameters(), lr=0.1)
+    options = FitOptions(train=TrainConfig(max_steps_per_epoch=2))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loss, _ = fit_one_epoch(
+        limited, x, y, opt, loss_fn, 16, torch.Generator().manual_seed(5), options=options
+    )
+    opt = torch.optim.SGD(by_hand.parameters(), lr=0.1)
+    by_hand.train()
+    for idx in training_batches(y, 16, torch.Generator().manual_seed(5))[:2]:
+        step = loss_fn(by_hand(x[idx]), y[idx])
+        step.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(step.item())
+    assert loss == pytest.approx(sum(losses) / 2)  # two batches of 16: the mean over 32 images
+    for a, b in zip(limited.state_dict().values(), by_hand.state_dict().values(), strict=True):
+        assert torch.allclose(a, b)

@@ -17,7 +17,9 @@ __all__ = ["Progress"]
 
 class Progress:
     """Counts units of work (``update``) and logs ``"<what>: 1,200/8,000 images (15%), 410/s, about
-    17 s left"`` when ``every_s`` seconds have passed since the last line; ``done`` logs the total."""
+    17 s left"`` when ``every_s`` seconds have passed since the last line; ``done`` logs the total
+    (with ``always=False`` only after a loop long enough to have logged a line: a short loop stays
+    silent where another line already reports it, as an epoch's)."""
 
     def __init__(
         self,
@@ -28,8 +30,10 @@ class Progress:
         every_s: float = 10.0,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        always: bool = True,
     ) -> None:
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self.always, self.lines = always, 0
         self.log = logger or logging.getLogger("visionops.progress")
         self.clock = clock
         self.count = 0
@@ -40,6 +44,7 @@ class Progress:
         now = self.clock()
         if now - self.last >= self.every_s and self.count < self.total:
             self.last = now
+            self.lines += 1
             self.log.info("%s", self.line(now))
 
     def line(self, now: float) -> str:
@@ -53,6 +58,8 @@ class Progress:
         )
 
     def done(self) -> None:
+        if not (self.always or self.lines):
+            return
         elapsed = self.clock() - self.start
         rate = self.count / elapsed if elapsed > 0 else 0.0
         self.log.info(

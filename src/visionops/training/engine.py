@@ -9,6 +9,7 @@ epoch lets an interrupted run continue where it stopped.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 import time
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from visionops.core.config import TrainConfig
+from visionops.core.progress import Progress
 from visionops.data.preprocess import Split
 from visionops.training.augment import augment_batch, build_augment
 from visionops.training.checkpoint import (
@@ -34,6 +36,8 @@ from visionops.training.feed import StreamedImages, device_feed, memory_budget_b
 from visionops.training.losses import balanced_class_weights, make_loss
 from visionops.training.optim import make_optimizer, make_scheduler, scheduler_step
 from visionops.training.precision import Precision, autocast, grad_scaler, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 def select_device(preference: str) -> torch.device:
@@ -126,8 +130,10 @@ def fit_one_epoch(
     options: FitOptions = FitOptions(),
     transform=None,
     scaler: torch.amp.GradScaler | None = None,
+    what: str = "training",
 ) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, accuracy).
+    """One pass over the training data (its first ``train.max_steps_per_epoch`` batches when set);
+    returns (mean loss, accuracy) over the images it saw. A long pass logs its progress as ``what``.
 
     ``scaler`` carries the fp16 loss scale from epoch to epoch (``fit`` passes its own); without
     one, a fresh scaler for the options' precision is used.
@@ -145,6 +151,10 @@ def fit_one_epoch(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     batches = training_batches(y, batch_size, generator, options.sampling)
+    if options.train.max_steps_per_epoch is not None:
+        batches = batches[: options.train.max_steps_per_epoch]
+    seen = sum(len(b) for b in batches)
+    progress = Progress(what, seen, logger=log, always=False)
     accumulate = max(1, options.train.accumulate_steps)
     optimizer.zero_grad(set_to_none=True)
     for i, (idx, rows) in enumerate(zip(batches, rows_of(x, batches), strict=True)):
@@ -162,7 +172,9 @@ def fit_one_epoch(
         # Summed on the device: no host sync per batch.
         total_loss += loss.detach().float() * len(yb)
         correct += (logits.detach().argmax(1) == yb).sum()
-    return total_loss.item() / len(y), correct.item() / len(y)
+        progress.update(len(yb))
+    progress.done()
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
 
 
 @torch.no_grad()
@@ -288,6 +300,10 @@ def fit(
         best_state, since_best = saved["best_state"], saved["since_best"]
         start_epoch = result.resumed_from = saved["epoch"] + 1
         result.stopped_early = saved["stopped_early"]
+    steps = opts.train.max_steps_per_epoch
+    per_epoch = (
+        len(yt) if steps is None else min(len(yt), steps * batch_size)
+    )  # images an epoch sees
     for epoch in range(start_epoch, max_epochs + 1):
         if result.stopped_early:
             break
@@ -304,11 +320,12 @@ def fit(
             options=opts,
             transform=transform,
             scaler=scaler,
+            what=f"train epoch {epoch}/{max_epochs}",
         )
         va_loss, va_acc = evaluate_split(step_model, xv, yv, eval_loss, batch_size * 4, precision)
         seconds = time.perf_counter() - start
         metrics = EpochMetrics(
-            epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, len(yt) / seconds
+            epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, per_epoch / seconds
         )
         result.history.append(metrics)
         scheduler_step(scheduler, va_acc)

@@ -64,6 +64,12 @@ class TrainConfig(_Section):
         "the GPU on CUDA), the fastest feed; larger splits are streamed from their memory-mapped "
         "files batch by batch. null: half of the free memory (and of the GPU's) when training starts.",
     )
+    max_steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Train on only the first this many batches of each epoch (null: the whole "
+        "split). For measuring memory and speed on large data (bench/scale.py), not for a model.",
+    )
     loader_workers: int = Field(
         2,
         ge=0,
