@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from testkit import COIL20, needs_shared
 from visionops.core.config import DataConfig, load_config
@@ -93,3 +94,14 @@ def test_digits_held_out_images_are_not_false_leaks() -> None:
     assert len(candidates) > 100  # the hash alone would flag these
     assert min(candidates) > 5.0  # the default near_duplicate_max_diff
     assert plan.stats["n_near_copy_pairs"] <= 5 and not plan.near_copy_in_train.any()
+
+
+def test_ingest_in_two_worker_processes_gives_the_manifest_of_one() -> None:
+    """The digits inspected in two processes, a third of them known from an earlier manifest
+    (reused, the rest read): the same rows in the same order as one process reading them all."""
+    items = list_items(DataConfig())
+    one = build_manifest(items, now=1.0)
+    previous = one.iloc[::3]
+    two = build_manifest(items, previous, now=1.0, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+    assert two.attrs["reread"] == len(items) - len(previous)

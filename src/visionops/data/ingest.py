@@ -6,9 +6,14 @@ whose size or mtime changed is re-read, and keeps its ``first_seen`` time when i
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import time
 import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import DataConfig
+from visionops.core.progress import Progress
 from visionops.core.storage import file_sha256, visionops_home
 from visionops.data.images import to_model_array
 from visionops.data.sources import Item, export_digits, list_csv, list_imagefolder
@@ -40,6 +46,7 @@ MANIFEST_COLUMNS = [
     "group",
     "split",
 ]  # group, split: the source's own (csv), else null
+log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 40_000_000
 _THUMB = 64  # side of the grey thumbnail the statistics and the perceptual hash are computed on
 THUMB_SIDE = (
@@ -129,17 +136,59 @@ def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, 
     return record
 
 
+def _inspect_chunk(args: tuple[list[str], int]) -> list[dict[str, Any]]:
+    paths, max_pixels = args
+    return [inspect_image(p, max_pixels) for p in paths]
+
+
+# Files one worker task inspects: small enough to balance the workers and report progress often.
+INSPECT_CHUNK = 256
+
+
+def inspect_images(
+    paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1
+) -> Iterator[dict[str, Any]]:
+    """``inspect_image`` of each path, in order, in ``workers`` processes; at most two chunks per
+    worker in flight, and a progress line every 10 s in the log."""
+    chunks = [
+        (paths[i : i + INSPECT_CHUNK], max_pixels) for i in range(0, len(paths), INSPECT_CHUNK)
+    ]
+    progress = Progress("ingest: files inspected", len(paths), unit="files", logger=log)
+    if workers <= 1 or len(chunks) < 2:
+        done: Iterator[list[dict[str, Any]]] = map(_inspect_chunk, chunks)
+    else:
+        done = _in_pool(chunks, workers)
+    for records in done:
+        yield from records
+        progress.update(len(records))
+    progress.done()
+
+
+def _in_pool(chunks: list[tuple[list[str], int]], workers: int) -> Iterator[list[dict[str, Any]]]:
+    # fork: workers start in milliseconds and inherit the imported modules; nothing here holds locks.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending: deque[Future[list[dict[str, Any]]]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_inspect_chunk, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def build_manifest(
     items: list[Item],
     previous: pd.DataFrame | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     now: float | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """One row per file with the columns of ``MANIFEST_COLUMNS``.
 
     Rows of ``previous`` (an earlier manifest of the same source) are reused for files whose path,
-    size and mtime are unchanged; ``frame.attrs["reread"]`` counts the files actually read.
+    size and mtime are unchanged; ``frame.attrs["reread"]`` counts the files actually read (in
+    ``workers`` processes).
     """
     now = time.time() if now is None else now
     known = (
@@ -147,7 +196,8 @@ def build_manifest(
         if previous is None or previous.empty
         else {row["path"]: row for row in previous.to_dict("records")}
     )
-    rows, reread = [], 0
+    rows: list[dict[str, Any] | None] = []
+    todo: list[tuple[int, Item, Any, dict[str, Any]]] = []  # (row, item, old row, given columns)
     for item in items:
         old = known.get(item.path)
         box = ",".join(str(v) for v in item.box) if getattr(item, "box", None) else None
@@ -169,13 +219,16 @@ def build_manifest(
         if same and not pd.isna(old.get("sha256")):
             rows.append({**old, **given})
             continue
-        reread += 1
-        record = inspect_image(item.path, max_pixels)
+        todo.append((len(rows), item, old, given))
+        rows.append(None)
+    records = inspect_images([item.path for _, item, _, _ in todo], max_pixels, workers)
+    for (at, item, old, given), record in zip(todo, records, strict=True):
         # A touched file with the same content keeps the time it was first seen.
         first_seen = (
             old["first_seen"] if old is not None and old.get("sha256") == record["sha256"] else now
         )
-        rows.append({"path": item.path, **record, **given, "first_seen": first_seen})
+        rows[at] = {"path": item.path, **record, **given, "first_seen": first_seen}
+    reread = len(todo)
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("size_bytes", "mtime_ns", "width", "height", "channels"):
         frame[col] = frame[col].astype("Int64")

@@ -76,7 +76,10 @@ def ingest_stage(ctx: RunContext) -> StageOutput:
         if out is None:
             with store.writing("ingest", fp) as pending:
                 manifest = build_manifest(
-                    items, load_catalog(cfg.data), max_pixels=cfg.data.max_pixels
+                    items,
+                    load_catalog(cfg.data),
+                    max_pixels=cfg.data.max_pixels,
+                    workers=cfg.preprocess.workers,
                 )
                 save_catalog(cfg.data, manifest)
                 reread = manifest.attrs.get("reread", len(manifest))

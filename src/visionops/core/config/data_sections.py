@@ -136,7 +136,11 @@ class PreprocessConfig(_Section):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 42
     workers: int = Field(
-        1, ge=1, le=64, description="Worker processes decoding and resizing images."
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes decoding images: inspecting and hashing them at ingest, "
+        "resizing them at preprocess.",
     )
     max_group_fraction: float | None = Field(
         None,
