@@ -42,6 +42,7 @@ ENROLLED_FILE = "enrolled.npz"
 PROBA_PREFIX = "proba_"
 EMBEDDING_COLUMN = "embedding"
 INPUT_MODES = ("auto", "photo", "chip")
+SCORE_BATCH = 256  # images through the network at a time (memory stays that of one batch)
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -137,14 +138,18 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         score, probability = np.full(n, np.nan), np.full(n, np.nan)
         embeddings: list[list[float] | None] = [None] * n
         done = sorted(images)
-        if done:
+        # SCORE_BATCH images at a time: the network's activations for a whole request (or a whole
+        # test split) at once would grow with it (3,000 photos at 224 px: tens of GB).
+        for start in range(0, len(done), SCORE_BATCH):
+            part = done[start : start + SCORE_BATCH]
             batch = np.stack(
-                [to_model_array(images[i], self.image_size, self.channels) for i in done]
+                [to_model_array(images[i], self.image_size, self.channels) for i in part]
             )
-            probs[done], score[done], emb = self._scores(batch)
+            probs[part], score[part], emb = self._scores(batch)
             if emb is not None:
-                for i, vector in zip(done, emb):
+                for i, vector in zip(part, emb):
                     embeddings[i] = vector.tolist()
+        if done:
             probability[done] = probs[done].max(axis=1)
             threshold = params.get("unknown_threshold")
             threshold = self.unknown.get("threshold") if threshold is None else float(threshold)
