@@ -95,6 +95,16 @@ class FitResult:
     resumed_from: int = 0
     precision: Precision = "fp32"
     streamed: bool = False  # the splits were read from their files batch by batch (training.feed)
+    processes: int = 1  # processes that trained it together (training.distributed)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes training together (0, 1 outside
+    ``torch.distributed``; see ``visionops.training.distributed``)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -153,8 +163,14 @@ def fit_one_epoch(
     batches = training_batches(y, batch_size, generator, options.sampling)
     if options.train.max_steps_per_epoch is not None:
         batches = batches[: options.train.max_steps_per_epoch]
+    rank, world = rank_and_world()
+    if world > 1:
+        # Every process draws the same batches (one seed); each takes its share of every batch,
+        # and DistributedDataParallel averages the gradients: one step of the whole batch. A last
+        # batch with fewer images than processes is left out (one process would have none).
+        batches = [b[rank::world] for b in batches if len(b) >= world]
     seen = sum(len(b) for b in batches)
-    progress = Progress(what, seen, logger=log, always=False)
+    progress = Progress(what, seen * world, logger=log, always=False) if rank == 0 else None
     accumulate = max(1, options.train.accumulate_steps)
     optimizer.zero_grad(set_to_none=True)
     for i, (idx, rows) in enumerate(zip(batches, rows_of(x, batches), strict=True)):
@@ -172,8 +188,20 @@ def fit_one_epoch(
         # Summed on the device: no host sync per batch.
         total_loss += loss.detach().float() * len(yb)
         correct += (logits.detach().argmax(1) == yb).sum()
-        progress.update(len(yb))
-    progress.done()
+        if progress is not None:
+            progress.update(len(yb) * world)
+    if progress is not None:
+        progress.done()
+    if world > 1:
+        totals = torch.stack(
+            [
+                total_loss.double(),
+                correct.double(),
+                torch.tensor(seen, dtype=torch.double, device=device),
+            ]
+        )
+        torch.distributed.all_reduce(totals)
+        total_loss, correct, seen = totals[0], totals[1], int(totals[2].item())
     return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
 
 
@@ -231,7 +259,16 @@ def fit(
     step_model = (
         torch.compile(model) if opts.train.compile else model
     )  # state dicts stay on `model`
-    budget = memory_budget_bytes(opts.train.max_memory_gb, device)
+    eval_model = step_model
+    rank, world = rank_and_world()
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    # Each process of a distributed run holds its own copy of the splits.
+    budget = memory_budget_bytes(opts.train.max_memory_gb, device) / world
     fed, streamed = device_feed(
         {"train": train.x, "val": val.x}, device, budget, opts.train.loader_workers
     )
@@ -279,7 +316,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     precision = resolve_precision(device, opts.train.amp, opts.precision)
     scaler = grad_scaler(device, precision)
-    result = FitResult(model=model, precision=precision, streamed=streamed)
+    result = FitResult(model=model, precision=precision, streamed=streamed, processes=world)
     best_state, since_best, start_epoch = copy.deepcopy(model.state_dict()), 0, 1
     saved = load_checkpoint(checkpoint) if checkpoint is not None else None
     if saved is not None:
@@ -322,7 +359,9 @@ def fit(
             scaler=scaler,
             what=f"train epoch {epoch}/{max_epochs}",
         )
-        va_loss, va_acc = evaluate_split(step_model, xv, yv, eval_loss, batch_size * 4, precision)
+        # Every process scores the whole validation split with the same weights: the same figures,
+        # so all of them take the same early-stopping and schedule decisions.
+        va_loss, va_acc = evaluate_split(eval_model, xv, yv, eval_loss, batch_size * 4, precision)
         seconds = time.perf_counter() - start
         metrics = EpochMetrics(
             epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, per_epoch / seconds
@@ -345,7 +384,7 @@ def fit(
         else:
             since_best += 1
         result.stopped_early = since_best >= patience
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_checkpoint(
                 checkpoint,
                 {
@@ -364,7 +403,7 @@ def fit(
                     "stopped_early": result.stopped_early,
                 },
             )
-        if on_epoch is not None:
+        if on_epoch is not None and rank == 0:
             on_epoch(metrics)
     model.load_state_dict(best_state)
     model.eval()

@@ -115,8 +115,10 @@ def _fit_single(
     ckpt: Path | None,
     run_id: str,
     reopened: bool,
+    folder: Path,
 ) -> Fitted:
-    """One network on train, early-stopped on val, resuming from the checkpoint a retry finds."""
+    """One network on train, early-stopped on val, resuming from the checkpoint a retry finds; by
+    ``train.processes`` processes together when more than one (the splits read from ``folder``)."""
     earlier = load_checkpoint(ckpt) if ckpt is not None else None
     if earlier is not None:
         # A retry: the run gets the epochs before the interruption (a reopened run has most of
@@ -141,9 +143,24 @@ def _fit_single(
             m.seconds,
         )
 
-    result = fit(
-        net, train, val, seed=cfg.train.seed, on_epoch=on_epoch, checkpoint=ckpt, **fit_kwargs
-    )
+    if cfg.train.processes > 1:
+        from visionops.training.distributed import fit_distributed
+
+        settings = {k: v for k, v in fit_kwargs.items() if k != "device"}
+        result = fit_distributed(
+            net,
+            folder,
+            processes=cfg.train.processes,
+            device=fit_kwargs["device"],
+            seed=cfg.train.seed,
+            checkpoint=ckpt,
+            run_id=run_id,
+            **settings,
+        )
+    else:
+        result = fit(
+            net, train, val, seed=cfg.train.seed, on_epoch=on_epoch, checkpoint=ckpt, **fit_kwargs
+        )
     # Where the images were read from: whole in memory, or streamed from the memory-mapped splits.
     mlflow.set_tag(f"{T}train_feed", "streamed" if result.streamed else "memory")
     mlflow.log_metrics(
@@ -215,7 +232,7 @@ def train_stage(ctx: RunContext, preprocessed: StageOutput, params: dict[str, An
             )
         else:
             kwargs = _fit_kwargs(cfg, device)
-            fitted = _fit_single(cfg, net, train, val, kwargs, ckpt, run_id, reopened)
+            fitted = _fit_single(cfg, net, train, val, kwargs, ckpt, run_id, reopened, inputs)
         uris = _log_served_model(cfg, fitted, train, val, labels, folder)
         # The sets on the train run and on the model: the model version's source model lists them.
         log_split_datasets(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from visionops.core.config.sections import _Section
 from visionops.core.constants import TTA_VIEWS
@@ -70,6 +70,14 @@ class TrainConfig(_Section):
         description="Train on only the first this many batches of each epoch (null: the whole "
         "split). For measuring memory and speed on large data (bench/scale.py), not for a model.",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes training the one network together (PyTorch DistributedDataParallel "
+        "launched by torchrun from the train task: gloo on CPU, NCCL with one GPU each on CUDA); "
+        "each takes its share of every batch. 1: the train task trains it alone. Needs folds: 1.",
+    )
     loader_workers: int = Field(
         2,
         ge=0,
@@ -110,3 +118,12 @@ class TrainConfig(_Section):
         if len(set(value)) != len(value):
             raise ValueError(f"train.tta names a view twice: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_network_for_processes(self) -> TrainConfig:
+        if self.processes > 1 and self.folds > 1:
+            raise ValueError(
+                f"train.processes: {self.processes} processes train one network together; "
+                f"with train.folds {self.folds} set processes: 1 (the members train one by one)"
+            )
+        return self
