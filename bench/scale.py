@@ -122,14 +122,15 @@ def run_pipeline(data: Path, side: int, args: argparse.Namespace, work: Path) ->
     if args.memory_gb:
         overrides["train.max_memory_gb"] = args.memory_gb
     summary = work / "summary.json"
-    cmd = [sys.executable, "-c", _PEAK, str(REPO / ".venv" / "bin" / "visionops")]
+    bin_dir = Path(sys.executable).parent  # the venv running this bench
+    cmd = [sys.executable, "-c", _PEAK, str(bin_dir / "visionops")]
     cmd += ["pipeline", "run", "--force", "--summary-json", str(summary)]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
     env = {**os.environ, "VISIONOPS_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
-    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start

@@ -71,6 +71,7 @@ MODULE_SECONDS = {
     "test_approval_e2e.py": 77,
     "test_promotion_race.py": 58,
     "test_face_unknown_yale_served.py": 45,
+    "test_distributed_training.py": 45,
     "test_mlflow_auth.py": 31,
     "test_registry_cli.py": 28,
     "test_tuning_runs_and_workers.py": 17,
