@@ -7,13 +7,10 @@ whose size or mtime changed is re-read, and keeps its ``first_seen`` time when i
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import DataConfig
+from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
 from visionops.core.storage import file_sha256, visionops_home
 from visionops.data.images import to_model_array
@@ -154,26 +152,10 @@ def inspect_images(
         (paths[i : i + INSPECT_CHUNK], max_pixels) for i in range(0, len(paths), INSPECT_CHUNK)
     ]
     progress = Progress("ingest: files inspected", len(paths), unit="files", logger=log)
-    if workers <= 1 or len(chunks) < 2:
-        done: Iterator[list[dict[str, Any]]] = map(_inspect_chunk, chunks)
-    else:
-        done = _in_pool(chunks, workers)
-    for records in done:
+    for records in ordered_map(_inspect_chunk, chunks, workers):
         yield from records
         progress.update(len(records))
     progress.done()
-
-
-def _in_pool(chunks: list[tuple[list[str], int]], workers: int) -> Iterator[list[dict[str, Any]]]:
-    # fork: workers start in milliseconds and inherit the imported modules; nothing here holds locks.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending: deque[Future[list[dict[str, Any]]]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_inspect_chunk, chunk))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def build_manifest(

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import PreprocessConfig, ValidateConfig
+from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
 from visionops.data.drift import build_profile, write_profile
 from visionops.data.images import to_model_array
@@ -75,18 +73,8 @@ def iter_images(
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     step = max(1, min(chunk_bytes // (channels * size * size), -(-len(paths) // (workers * 4))))
     chunks = [(paths[i : i + step], size, channels) for i in range(0, len(paths), step)]
-    if workers == 1 or len(paths) < 2 * workers:
-        yield from map(_load_chunk, chunks)
-        return
-    # fork: workers start in milliseconds and inherit the imported modules; nothing here holds locks.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending: deque[Future[np.ndarray]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_load_chunk, chunk))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    # The workers only when there is enough to share: below two images a worker, one process.
+    yield from ordered_map(_load_chunk, chunks, workers if len(paths) >= 2 * workers else 1)
 
 
 def load_images(paths: Sequence[str], size: int, channels: int, workers: int = 1) -> np.ndarray:
