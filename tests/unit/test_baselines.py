@@ -98,6 +98,19 @@ def test_the_stratified_subsample_keeps_every_class_in_proportion_and_is_reprodu
     assert np.array_equal(stratified_subsample(y, 5000), np.arange(len(y)))
 
 
+def test_shrinking_by_chunks_gives_the_features_of_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import visionops.evaluation.baselines as baselines
+
+    x = np.random.default_rng(0).integers(0, 256, (5, 3, 80, 80), dtype=np.uint8)
+    whole, note = features_of(x, 1024)
+    monkeypatch.setattr(baselines, "SHRINK_CHUNK", 2)
+    chunked, same_note = features_of(x, 1024)
+    assert note == same_note and chunked.shape == whole.shape == (5, 3 * 18 * 18)
+    assert np.allclose(chunked, whole, atol=1e-6)
+
+
 def test_large_images_are_shrunk_by_area_to_the_feature_bound_and_say_so() -> None:
     x = np.full((2, 3, 150, 150), 200, np.uint8)
     x[1, :, :75] = 0  # the top half black: its area average stays exact after shrinking
