@@ -98,6 +98,25 @@ def test_the_stratified_subsample_keeps_every_class_in_proportion_and_is_reprodu
     assert np.array_equal(stratified_subsample(y, 5000), np.arange(len(y)))
 
 
+def test_one_pca_cut_short_gives_every_setting_the_model_fitted_from_scratch() -> None:
+    """The SVM settings share one PCA (fitted at the largest kept variance, each setting using its
+    first components): each answers the test images as its own pipeline fitted from scratch does."""
+    from visionops.evaluation.baselines import _candidates, _pca_svm_candidates
+
+    train, _, (x_test, _) = _digits()
+    x, _ = features_of(train[0], 4096)
+    xt, _ = features_of(x_test, 4096)
+    shared = _pca_svm_candidates(x, train[1])
+    scratch = _candidates("pca_svm")
+    assert [p for p, _ in shared] == [p for p, _ in scratch]
+    kept = set()
+    for (_, model), (_, build) in zip(shared, scratch, strict=True):
+        alone = build().fit(x, train[1])
+        kept.add(alone.named_steps["pca"].n_components_)
+        assert np.array_equal(model.predict(xt), alone.predict(xt))
+    assert len(kept) == 2  # the two variance fractions keep different numbers of components
+
+
 def test_shrinking_by_chunks_gives_the_features_of_one_pass(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

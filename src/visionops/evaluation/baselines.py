@@ -30,7 +30,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
 from visionops.core.config import BaselineConfig, GateConfig
@@ -168,6 +168,35 @@ def _candidates(name: str) -> list[tuple[dict[str, Any], Any]]:
     ]
 
 
+def _pca_svm_candidates(
+    x_train: np.ndarray, y_train: np.ndarray
+) -> list[tuple[dict[str, Any], Pipeline]]:
+    """Every ``pca_svm`` setting fitted on train, with one PCA for all of them.
+
+    A PCA keeping less variance is the first components of one keeping more (the same SVD, cut
+    shorter; whitening is per component), so the scaler and the PCA are fitted once, at the largest
+    ``PCA_VARIANCE``, and each setting's SVM is fitted on its first components: the same models as
+    fitting each setting's pipeline from scratch, at one SVD instead of six (the SVD of 5,000
+    images of 4,096 features was a quarter of the baselines' time).
+    """
+    scaler = StandardScaler().fit(x_train)
+    pca = PCA(n_components=max(PCA_VARIANCE), whiten=True, svd_solver="full", random_state=SEED)
+    z_train = pca.fit_transform(scaler.transform(x_train))
+    # As scikit-learn counts the components a variance fraction keeps.
+    cumulative = np.cumsum(pca.explained_variance_ratio_, dtype=np.float64)
+    fitted = []
+    for params, _ in _candidates("pca_svm"):
+        k = min(
+            int(np.searchsorted(cumulative, params["pca_variance"], side="right")) + 1,
+            pca.n_components_,
+        )
+        svc = SVC(C=params["C"], kernel="rbf", gamma="scale", random_state=SEED)
+        svc.fit(z_train[:, :k], y_train)
+        first = FunctionTransformer(lambda z, k=k: pca.transform(z)[:, :k])
+        fitted.append((params, make_pipeline(scaler, first, svc)))
+    return fitted
+
+
 def _fit_one(
     name: str,
     x_train: np.ndarray,
@@ -182,19 +211,18 @@ def _fit_one(
     if len(y_val) == 0:  # nothing to choose on: the middle setting
         params, build = candidates[len(candidates) // 2]
         return build().fit(x_train, y_train), params, None
-    best: tuple[float, dict[str, Any], Pipeline, int] | None = None
-    for i, (params, build) in enumerate(candidates):
-        model = build().fit(x_train, y_train)
-        score = float(np.mean(model.predict(x_val) == y_val))
-        if best is None or score > best[0]:
-            best = (score, params, model, i)
-    assert best is not None
-    model = best[2]
+    if name == "pca_svm":
+        fitted = _pca_svm_candidates(x_train, y_train)
+    else:
+        fitted = [(params, build().fit(x_train, y_train)) for params, build in candidates]
+    scores = [float(np.mean(model.predict(x_val) == y_val)) for _, model in fitted]
+    best = int(np.argmax(scores))  # the first of the best on ties
+    params, model = fitted[best]
     if refit_on_val:
-        model = candidates[best[3]][1]().fit(
+        model = candidates[best][1]().fit(
             np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
         )
-    return model, best[1], best[0]
+    return model, params, scores[best]
 
 
 def fit_baselines(
