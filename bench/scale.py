@@ -1,7 +1,8 @@
 """The pipeline at the sizes users bring: each stage's time, its growth exponent, and peak memory.
 
     .venv/bin/python bench/scale.py                      # 32 px: 2k, 8k, 32k, 128k images
-    .venv/bin/python bench/scale.py --side 224 --sizes 2000 8000 20000 --max-steps 50
+    .venv/bin/python bench/scale.py --side 224 --sizes 2000 8000 20000 --max-steps 10 \
+        --memory-gb 1 --set train.batch_size=16
 
 A synthetic 10-class colour image folder per size (a shape per class, in a random colour, place and
 size, on noise: every image distinct), written once under ``--cache``, then one pipeline run on it
@@ -121,6 +122,7 @@ def run_pipeline(data: Path, side: int, args: argparse.Namespace, work: Path) ->
         overrides["train.max_steps_per_epoch"] = args.max_steps
     if args.memory_gb:
         overrides["train.max_memory_gb"] = args.memory_gb
+    overrides |= dict(item.split("=", 1) for item in args.set)
     summary = work / "summary.json"
     bin_dir = Path(sys.executable).parent  # the venv running this bench
     cmd = [sys.executable, "-c", _PEAK, str(bin_dir / "visionops")]
@@ -187,6 +189,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000, 128000])
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps_per_epoch")
     parser.add_argument("--memory-gb", type=float, default=None, help="train.max_memory_gb")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="another config override"
+    )
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "visionops-scale"))
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
