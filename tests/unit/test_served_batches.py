@@ -39,3 +39,17 @@ def test_a_request_larger_than_a_batch_goes_through_the_network_in_batches() -> 
     expected = np.where(images.reshape(600, -1).mean(axis=1) / 255 > 0.5, "light", "dark")
     assert out["label"].tolist() == expected.tolist()
     assert (out["status"] == "ok").all()
+
+
+def test_large_images_go_through_in_batches_bounded_by_pixels() -> None:
+    from visionops.core.batching import INFERENCE_PIXELS, inference_batch_size
+
+    assert inference_batch_size(32 * 32) == 256  # small images: the cap
+    assert inference_batch_size(224 * 224) == INFERENCE_PIXELS // (224 * 224) == 41
+    assert inference_batch_size(10_000 * 10_000) == 1
+    net = _Recording()
+    clf = _classifier(net)
+    clf.image_size = 224
+    images = np.random.default_rng(1).integers(0, 256, (100, 224, 224), dtype=np.uint8)
+    out = clf.predict(None, images)
+    assert net.sizes == [41, 41, 18] and len(out) == 100

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 import mlflow
+from visionops.core.batching import inference_batch_size
 from visionops.serving.inputs import BadInput, as_image_list, as_rows  # noqa: F401 - as_image_list re-exported
 from visionops.serving.tta import check_views, predict_proba
 from visionops.serving.unknown import UNKNOWN, nearest_distance, unknown_mask
@@ -42,7 +43,7 @@ ENROLLED_FILE = "enrolled.npz"
 PROBA_PREFIX = "proba_"
 EMBEDDING_COLUMN = "embedding"
 INPUT_MODES = ("auto", "photo", "chip")
-SCORE_BATCH = 256  # images through the network at a time (memory stays that of one batch)
+SCORE_BATCH = 256  # the most images through the network at a time (fewer when they are large)
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -138,10 +139,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         score, probability = np.full(n, np.nan), np.full(n, np.nan)
         embeddings: list[list[float] | None] = [None] * n
         done = sorted(images)
-        # SCORE_BATCH images at a time: the network's activations for a whole request (or a whole
-        # test split) at once would grow with it (3,000 photos at 224 px: tens of GB).
-        for start in range(0, len(done), SCORE_BATCH):
-            part = done[start : start + SCORE_BATCH]
+        # A batch at a time: the network's activations for a whole request (or a whole test
+        # split) at once would grow with it (3,000 photos at 224 px: tens of GB).
+        step = inference_batch_size(self.image_size**2, SCORE_BATCH)
+        for start in range(0, len(done), step):
+            part = done[start : start + step]
             batch = np.stack(
                 [to_model_array(images[i], self.image_size, self.channels) for i in part]
             )

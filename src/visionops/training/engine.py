@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionops.core.batching import inference_batch_size
 from visionops.core.config import TrainConfig
 from visionops.core.progress import Progress
 from visionops.data.preprocess import Split
@@ -337,6 +338,8 @@ def fit(
         best_state, since_best = saved["best_state"], saved["since_best"]
         start_epoch = result.resumed_from = saved["epoch"] + 1
         result.stopped_early = saved["stopped_early"]
+    pixels = int(np.prod(xv.shape[2:])) if xv.ndim == 4 else 1
+    eval_batch = inference_batch_size(pixels, cap=batch_size * 4)
     steps = opts.train.max_steps_per_epoch
     per_epoch = (
         len(yt) if steps is None else min(len(yt), steps * batch_size)
@@ -361,7 +364,7 @@ def fit(
         )
         # Every process scores the whole validation split with the same weights: the same figures,
         # so all of them take the same early-stopping and schedule decisions.
-        va_loss, va_acc = evaluate_split(eval_model, xv, yv, eval_loss, batch_size * 4, precision)
+        va_loss, va_acc = evaluate_split(eval_model, xv, yv, eval_loss, eval_batch, precision)
         seconds = time.perf_counter() - start
         metrics = EpochMetrics(
             epoch, tr_loss, tr_acc, va_loss, va_acc, lr, seconds, per_epoch / seconds

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionops.core.batching import inference_batch_size
 from visionops.core.config import PipelineConfig
 from visionops.data.preprocess import Split
 from visionops.serving.tta import predict_proba
@@ -28,6 +29,8 @@ def split_probabilities(
 ) -> np.ndarray:
     """Class probabilities ``(N, C)`` of a split's images as the served model computes them (TTA)."""
     model = model.cpu().eval()
+    if split.x.ndim == 4:  # images: fewer at a time when they are large
+        batch_size = inference_batch_size(int(np.prod(split.x.shape[2:])), cap=batch_size)
     parts = [
         predict_proba(model, torch.from_numpy(np.array(split.x[s : s + batch_size])), tta).numpy()
         for s in range(0, len(split.y), batch_size)
