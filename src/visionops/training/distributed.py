@@ -99,7 +99,7 @@ def _epoch_logger(run_id: str):  # noqa: ANN202 - the on_epoch callback of rank 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from visionops.training.stage_parts import epoch_metrics
+    from visionops.training.stage_parts import epoch_metrics, log_epoch
 
     client = MlflowClient()
 
@@ -107,13 +107,7 @@ def _epoch_logger(run_id: str):  # noqa: ANN202 - the on_epoch callback of rank 
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, m.epoch) for k, v in epoch_metrics(m).items()]
         client.log_batch(run_id, metrics=metrics)
-        log.info(
-            "epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)",
-            m.epoch,
-            m.train_loss,
-            m.val_accuracy,
-            m.seconds,
-        )
+        log_epoch(m)
 
     return on_epoch
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,6 +227,41 @@ def evaluate_split(
     return total_loss / len(y), correct / len(y)
 
 
+def _loss_and_augment(
+    opts: FitOptions,
+    labels: np.ndarray,
+    yt: torch.Tensor,
+    yv: torch.Tensor,
+    xt: torch.Tensor | StreamedImages,
+    device: torch.device,
+) -> tuple[nn.Module, Any]:
+    """The training loss (class weights from ``labels`` when balanced) and the augmentation of
+    the training images (None for features of a frozen encoder, which are not images)."""
+    n_classes = int(max(int(yt.max()), int(yv.max())) + 1) if len(yt) else 1
+    weight = (
+        balanced_class_weights(np.asarray(labels), n_classes).to(device)
+        if opts.train.class_weights == "balanced"
+        else None
+    )
+    loss_fn = make_loss(
+        opts.train.loss,
+        label_smoothing=opts.train.label_smoothing,
+        focal_gamma=opts.train.focal_gamma,
+        weight=weight,
+    ).to(device)
+    if xt.ndim == 4:
+        transform = build_augment(opts.train.augment, xt.shape[1], xt.shape[2], xt.shape[3])
+    elif opts.train.augment.strength > 0:
+        # Features (N, D) of a frozen encoder are not images: flips and crops mean nothing there.
+        raise ValueError(
+            "train.augment.strength must be 0 for a model trained on features (N, D), "
+            f"got {opts.train.augment.strength}"
+        )
+    else:
+        transform = None
+    return loss_fn, transform
+
+
 def fit(
     model: nn.Module,
     train: Split,
@@ -291,29 +327,8 @@ def fit(
         step_size=opts.train.step_size,
         gamma=opts.train.gamma,
     )
-    n_classes = int(max(int(yt.max()), int(yv.max())) + 1) if len(yt) else 1
-    weight = (
-        balanced_class_weights(np.asarray(train.y), n_classes).to(device)
-        if opts.train.class_weights == "balanced"
-        else None
-    )
-    loss_fn = make_loss(
-        opts.train.loss,
-        label_smoothing=opts.train.label_smoothing,
-        focal_gamma=opts.train.focal_gamma,
-        weight=weight,
-    ).to(device)
+    loss_fn, transform = _loss_and_augment(opts, train.y, yt, yv, xt, device)
     eval_loss = nn.CrossEntropyLoss()  # validation loss stays comparable across loss settings
-    if xt.ndim == 4:
-        transform = build_augment(opts.train.augment, xt.shape[1], xt.shape[2], xt.shape[3])
-    elif opts.train.augment.strength > 0:
-        # Features (N, D) of a frozen encoder are not images: flips and crops mean nothing there.
-        raise ValueError(
-            "train.augment.strength must be 0 for a model trained on features (N, D), "
-            f"got {opts.train.augment.strength}"
-        )
-    else:
-        transform = None
     generator = torch.Generator().manual_seed(seed)
     precision = resolve_precision(device, opts.train.amp, opts.precision)
     scaler = grad_scaler(device, precision)

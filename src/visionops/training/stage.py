@@ -49,6 +49,7 @@ from visionops.training.stage_parts import (
     Fitted,
     device_tags,
     epoch_metrics,
+    log_epoch,
     log_missing_epochs,
     save_learning_curves,
 )
@@ -135,13 +136,7 @@ def _fit_single(
 
     def on_epoch(m: EpochMetrics) -> None:
         mlflow.log_metrics(epoch_metrics(m), step=m.epoch)
-        log.info(
-            "epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)",
-            m.epoch,
-            m.train_loss,
-            m.val_accuracy,
-            m.seconds,
-        )
+        log_epoch(m)
 
     if cfg.train.processes > 1:
         from visionops.training.distributed import fit_distributed

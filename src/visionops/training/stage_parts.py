@@ -4,6 +4,7 @@ path hands to packaging."""
 
 from __future__ import annotations
 
+import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,17 @@ def epoch_metrics(m: EpochMetrics) -> dict[str, float]:
         "epoch_seconds": m.seconds,
         "images_per_second": m.images_per_second,
     }
+
+
+def log_epoch(m: EpochMetrics) -> None:
+    """The task log's line for a finished epoch (one process or rank 0 of several)."""
+    logging.getLogger("visionops").info(
+        "epoch %d: train_loss %.4f val_accuracy %.4f (%.1fs)",
+        m.epoch,
+        m.train_loss,
+        m.val_accuracy,
+        m.seconds,
+    )
 
 
 def device_tags(device: torch.device, precision: str) -> dict[str, str]:
