@@ -49,7 +49,12 @@ def new_secret(kind: str) -> str:
     """A random value of the kind: a Fernet key is 32 random bytes, URL-safe base64 (as Fernet.generate_key)."""
     if kind == "fernet":
         return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-    return secrets.token_urlsafe(48 if kind == "key" else 32)
+    # Drawn again when it starts with "-": Airflow's CLI (``users create -p``, as the stack and the
+    # official image's entrypoint call it) would read such a password as an option, and the stack's
+    # start failed on one value in 64.
+    while (value := secrets.token_urlsafe(48 if kind == "key" else 32)).startswith("-"):
+        pass
+    return value
 
 
 def unquoted(value: str) -> str:

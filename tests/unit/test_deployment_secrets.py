@@ -157,3 +157,11 @@ def test_the_env_file_is_never_committed_nor_sent_to_an_image_build() -> None:
     for ignore_file in (".gitignore", ".dockerignore"):
         lines = (REPO / ignore_file).read_text(encoding="utf-8").splitlines()
         assert ".env" in lines, f".env is missing from {ignore_file}"
+
+
+def test_no_secret_starts_with_a_dash() -> None:
+    """A value starting with "-" is read as an option by Airflow's CLI (``users create -p``); one
+    token_urlsafe draw in 64 starts so, which made the stack's start fail now and then."""
+    drawn = [make_secrets.new_secret(kind) for kind in ("password", "key") for _ in range(1500)]
+    assert not [value for value in drawn if value.startswith("-")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", value) for value in drawn)

@@ -70,3 +70,34 @@ def test_a_missing_secret_is_an_error_naming_it(tmp_path: Path) -> None:
         service_environment(
             compose, "airflow-scheduler", {}, Addresses(repo=tmp_path, home=tmp_path)
         )
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_admin_password_reaches_airflow_even_when_it_starts_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """make_secrets draws URL-safe passwords, one in 64 of which starts with "-": passed as ``-p VALUE``,
+    Airflow's CLI read it as an option and the stack did not start. The commands the stack runs are
+    parsed here by Airflow's own CLI parser."""
+    from types import SimpleNamespace
+
+    from airflow.cli import cli_parser
+
+    from visionops.cli import stack
+
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], *args: object, **kwargs: object) -> SimpleNamespace:
+        calls.append(list(cmd))
+        return SimpleNamespace(returncode=0, stdout="already exists" if existing else "", stderr="")
+
+    monkeypatch.setattr(stack.subprocess, "run", run)
+    monkeypatch.setattr(stack, "_run", lambda cmd, *args, **kwargs: calls.append(list(cmd)))
+    (tmp_path / "logs").mkdir()
+    password = "-Fq3_kX9"  # as make_secrets may draw it
+    stack.init_airflow({}, {"AIRFLOW_ADMIN_PASSWORD": password}, SimpleNamespace(home=tmp_path), 1)
+    users = [cmd[1:] for cmd in calls if cmd[1:2] == ["users"]]
+    assert [u[1] for u in users] == (["create", "reset-password"] if existing else ["create"])
+    for argv in users:
+        parsed = cli_parser.get_parser().parse_args(argv)
+        assert (parsed.username, parsed.password) == ("admin", password), argv

@@ -240,7 +240,9 @@ def init_airflow(
     user = variables.get("AIRFLOW_ADMIN_USERNAME") or "admin"
     password = variables["AIRFLOW_ADMIN_PASSWORD"]
     # `users create` refuses an existing name: then the password is set to .env's (rotation).
-    cmd = ["users", "create", "-u", user, "-p", password, "-r", "Admin", "-e", "admin@example.org"]
+    # --password=VALUE: a password of the user's own that starts with "-" is not read as an option.
+    cmd = ["users", "create", "-u", user, f"--password={password}", "-r", "Admin"]
+    cmd += ["-e", "admin@example.org"]
     made = subprocess.run(
         [_bin("airflow"), *cmd, "-f", "Admin", "-l", "User"],
         env=env,
@@ -250,7 +252,7 @@ def init_airflow(
     with log.open("a") as out:
         out.write(made.stdout + made.stderr)
     if made.returncode != 0 or "already exist" in made.stdout + made.stderr:
-        reset = ["users", "reset-password", "-u", user, "-p", password]
+        reset = ["users", "reset-password", "-u", user, f"--password={password}"]
         _run([_bin("airflow"), *reset], env, log, "the Airflow admin's password")
     pool = env.get("VISIONOPS_GPU_POOL", "gpu")
     _run(
