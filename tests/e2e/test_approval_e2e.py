@@ -71,12 +71,12 @@ def home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def api(home: Path) -> Iterator[dict[str, str]]:
     """A real Airflow API server on the run's metadata database, and a user's token for it."""
+    from visionops.cli.pipeline import ensure_airflow_db
+
     env = _env(home)
     airflow = str(Path(sys.executable).parent / "airflow")
-    migrated = subprocess.run(
-        [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    # The migration `visionops pipeline run` does, with its stamp: the runs below do not migrate again.
+    ensure_airflow_db(env)
     port = free_port()
     log = (home / "api-server.log").open("w")
     server = subprocess.Popen(
