@@ -3,7 +3,7 @@ streamed from its memory-mapped ``.npy`` file one batch at a time.
 
 On small data the whole split as one tensor on the device is the fastest feed (a batch is one
 index operation), so it stays the default below the budget. Past it (``train.max_memory_gb``, by
-default half of the machine's free memory, and of the GPU's on CUDA) the split stays on disk: a
+default half of the memory available, and of the GPU's free memory on CUDA) the split stays on disk: a
 ``DataLoader`` with worker processes reads each batch's rows from the memory-mapped file (in
 file order, then put back in the batch's order), pinned on CUDA and copied without blocking, so
 memory holds a few batches whatever the size of the split. Both feeds give the same batches in the
@@ -13,12 +13,13 @@ same order: a run is the same whichever one it takes.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from visionops.core.memory import available_memory_bytes
 
 __all__ = ["StreamedImages", "memory_budget_bytes", "device_feed", "rows_of"]
 
@@ -81,11 +82,12 @@ def rows_of(
 
 
 def memory_budget_bytes(max_memory_gb: float | None, device: torch.device) -> float:
-    """``train.max_memory_gb`` in bytes, or half of the free memory (and of the GPU's free memory
-    on CUDA, where a split fed from memory lives)."""
+    """``train.max_memory_gb`` in bytes, or half of the available memory (``core.memory``: the page
+    cache counted, within a container's limit), and of the GPU's free memory on CUDA, where a split
+    fed from memory lives."""
     if max_memory_gb is not None:
         return max_memory_gb * 2**30
-    budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2
+    budget = available_memory_bytes() / 2
     if device.type == "cuda":
         budget = min(budget, torch.cuda.mem_get_info(device)[0] / 2)
     return budget

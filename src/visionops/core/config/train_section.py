@@ -62,7 +62,8 @@ class TrainConfig(_Section):
         gt=0,
         description="Training and validation images up to this size are held whole in memory (on "
         "the GPU on CUDA), the fastest feed; larger splits are streamed from their memory-mapped "
-        "files batch by batch. null: half of the free memory (and of the GPU's) when training starts.",
+        "files batch by batch. null: half of the available memory (within a container's limit; "
+        "and of the GPU's free memory) when training starts.",
     )
     max_steps_per_epoch: int | None = Field(
         None,
