@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import PreprocessConfig, ValidateConfig
+from visionops.core.memory import PageReleaser
 from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
 from visionops.data.drift import build_profile, write_profile
@@ -135,10 +136,12 @@ def _write_split(
         return
     x = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
     progress = Progress(what, len(paths), logger=log)
+    pages = PageReleaser(x)  # written pages leave this process's resident set (the file keeps them)
     at = 0
     for chunk in iter_images(paths, size, channels, workers):
         x[at : at + len(chunk)] = chunk
         at += len(chunk)
+        pages.add(chunk.nbytes)
         if stats is not None:
             stats.add(chunk)
         progress.update(len(chunk))

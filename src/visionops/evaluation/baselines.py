@@ -35,6 +35,7 @@ from sklearn.svm import SVC
 
 from visionops.core.config import BaselineConfig, GateConfig
 from visionops.core.contracts import BaselineScore
+from visionops.core.memory import PageReleaser
 from visionops.core.storage import StageOutput
 from visionops.data.preprocess import load_split
 from visionops.evaluation.metrics import classification_metrics, clean_metrics
@@ -75,8 +76,10 @@ def features_of(x: np.ndarray, max_features: int) -> tuple[np.ndarray, str]:
     side_h, side_w = max(1, int(h * scale)), max(1, int(w * scale))
     out = np.empty((n, c * side_h * side_w), np.float32)
     # A chunk at a time: a float copy of 5,000 photos at 224 px at once would be 3 GB.
+    pages = PageReleaser(x)  # and a memory-mapped split gives its pages back as it is read
     for i in range(0, n, SHRINK_CHUNK):
         part = torch.from_numpy(np.asarray(x[i : i + SHRINK_CHUNK])).float()
+        pages.add(part.numel())
         small = F.interpolate(part, size=(side_h, side_w), mode="area")
         out[i : i + len(part)] = (small.reshape(len(part), -1) / 255.0).numpy()
     note = f"images shrunk from {h}x{w} to {side_h}x{side_w} (baseline.max_features {max_features})"

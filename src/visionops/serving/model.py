@@ -34,6 +34,7 @@ import torch
 
 import mlflow
 from visionops.core.batching import inference_batch_size
+from visionops.core.memory import PageReleaser
 from visionops.serving.inputs import BadInput, as_image_list, as_rows  # noqa: F401 - as_image_list re-exported
 from visionops.serving.tta import check_views, predict_proba
 from visionops.serving.unknown import UNKNOWN, nearest_distance, unknown_mask
@@ -142,11 +143,15 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         # A batch at a time: the network's activations for a whole request (or a whole test
         # split) at once would grow with it (3,000 photos at 224 px: tens of GB).
         step = inference_batch_size(self.image_size**2, SCORE_BATCH)
+        # A memory-mapped input (a test split) gives its pages back as it is read.
+        pages = PageReleaser(model_input) if isinstance(model_input, np.ndarray) else None
         for start in range(0, len(done), step):
             part = done[start : start + step]
             batch = np.stack(
                 [to_model_array(images[i], self.image_size, self.channels) for i in part]
             )
+            if pages is not None:
+                pages.add(sum(images[i].nbytes for i in part))
             probs[part], score[part], emb = self._scores(batch)
             if emb is not None:
                 for i, vector in zip(part, emb):

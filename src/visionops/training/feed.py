@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from visionops.core.memory import available_memory_bytes
+from visionops.core.memory import PageReleaser, available_memory_bytes
 
 __all__ = ["StreamedImages", "memory_budget_bytes", "device_feed", "rows_of"]
 
@@ -31,6 +31,8 @@ class _Rows(Dataset):
 
     def __init__(self, x: np.ndarray) -> None:
         self.x = x
+        # Each loader worker reads the whole split over an epoch: its pages are given back as it goes.
+        self.pages = PageReleaser(x)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -40,6 +42,7 @@ class _Rows(Dataset):
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), *self.x.shape[1:]), self.x.dtype)
         out[order] = self.x[idx[order]]
+        self.pages.add(out.nbytes)
         return torch.from_numpy(out)
 
 
