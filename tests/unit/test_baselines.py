@@ -226,3 +226,22 @@ def test_the_report_and_the_model_card_show_the_model_beside_the_baselines() -> 
     assert "## Against simple baselines" not in render_markdown(
         {"metrics": metrics, "model_uri": "m", "test_size": 2, "baselines": []}
     )
+
+
+@pytest.mark.parametrize("max_features", [10_000, 48])  # kept whole, and shrunk
+def test_features_of_rows_of_a_memory_mapped_split_equal_those_of_the_rows_in_memory(
+    tmp_path, max_features: int
+) -> None:
+    """The baselines read their subsample chunk by chunk from the split's file (more rows than one
+    chunk here): the same features as from the rows copied into memory first."""
+    x = np.random.default_rng(3).integers(0, 256, (700, 3, 12, 12), dtype=np.uint8)
+    np.save(tmp_path / "train_x.npy", x)
+    mapped = np.load(tmp_path / "train_x.npy", mmap_mode="r")
+    rows = np.sort(np.random.default_rng(4).choice(700, 600, replace=False))
+    expected, note = features_of(x[rows], max_features)
+    got, got_note = features_of(mapped, max_features, rows)
+    assert got.dtype == np.float32 and got_note == note
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(
+        features_of(mapped, max_features)[0], features_of(x, max_features)[0]
+    )
