@@ -122,6 +122,20 @@ def _env_values(path: Path) -> dict[str, str]:
     )
 
 
+def _drop_stack_data(prefix: str) -> None:
+    """The stack's databases and roles on the local PostgreSQL, and its Redis database."""
+    drop = [
+        f"DROP DATABASE IF EXISTS {prefix}{d} WITH (FORCE);"
+        for d in ("airflow", "mlflow", "mlflow_auth", "optuna")
+    ]
+    drop += [f"DROP ROLE IF EXISTS {prefix}{r};" for r in ("airflow", "mlflow", "optuna")]
+    for sql in drop:
+        subprocess.run(
+            ["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], capture_output=True
+        )
+    subprocess.run(["redis-cli", "-n", "9", "FLUSHDB"], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     if (why := _have_services()) is not None:
@@ -143,6 +157,11 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
     ]  # fmt: skip
     try:
         started = _stack(home / "stack", *up)
+    except BaseException:
+        # A stack that did not come up leaves no process, database or role behind either.
+        _stack(home / "stack", "down", "--grace", "20", check=False)
+        _drop_stack_data(prefix)
+        raise
     finally:
         os.environ.pop("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", None)
         os.environ.pop("AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT", None)
@@ -171,16 +190,7 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         from visionops.cli.ui import session_processes
 
         left = session_processes(set(pids))
-        drop = [
-            f"DROP DATABASE IF EXISTS {prefix}{d} WITH (FORCE);"
-            for d in ("airflow", "mlflow", "mlflow_auth", "optuna")
-        ]
-        drop += [f"DROP ROLE IF EXISTS {prefix}{r};" for r in ("airflow", "mlflow", "optuna")]
-        for sql in drop:
-            subprocess.run(
-                ["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], capture_output=True
-            )
-        subprocess.run(["redis-cli", "-n", "9", "FLUSHDB"], capture_output=True)
+        _drop_stack_data(prefix)
         assert not left, f"processes of the stack left after `stack down`: {left}"
 
 
