@@ -91,6 +91,36 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     # np.ndarray is one of the hints MLflow takes without deriving or enforcing a schema (so do
     # DataFrames): the input is read by visionops.serving.inputs, whatever its container.
+    def _score_batches(
+        self,
+        images: dict[int, np.ndarray],
+        done: list[int],
+        model_input: Any,
+        probs: np.ndarray,
+        score: np.ndarray,
+        embeddings: list[list[float] | None],
+    ) -> None:
+        """Fill ``probs``, ``score`` and ``embeddings`` at the rows ``done`` of ``images``.
+
+        A batch at a time: the network's activations for a whole request (or a whole test split)
+        at once would grow with it (3,000 photos at 224 px: tens of GB). A memory-mapped input (a
+        test split) gives its pages back as it is read (``PageReleaser``; a no-op on other inputs).
+        """
+        from visionops.data.images import to_model_array
+
+        step = inference_batch_size(self.image_size**2, SCORE_BATCH)
+        pages = PageReleaser(model_input)
+        for start in range(0, len(done), step):
+            part = done[start : start + step]
+            batch = np.stack(
+                [to_model_array(images[i], self.image_size, self.channels) for i in part]
+            )
+            pages.add(sum(images[i].nbytes for i in part))
+            probs[part], score[part], emb = self._scores(batch)
+            if emb is not None:
+                for i, vector in zip(part, emb):
+                    embeddings[i] = vector.tolist()
+
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         """One row per input image: label, probability, status, error (see the module docstring).
 
@@ -98,7 +128,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         ``unknown_threshold`` (a number overrides the stored threshold, a negative one turns
         ``unknown`` off), ``input`` (auto | photo | chip).
         """
-        from visionops.data.images import to_model_array
 
         params = params or {}
         mode = params.get("input") or "auto"
@@ -140,22 +169,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         score, probability = np.full(n, np.nan), np.full(n, np.nan)
         embeddings: list[list[float] | None] = [None] * n
         done = sorted(images)
-        # A batch at a time: the network's activations for a whole request (or a whole test
-        # split) at once would grow with it (3,000 photos at 224 px: tens of GB).
-        step = inference_batch_size(self.image_size**2, SCORE_BATCH)
-        # A memory-mapped input (a test split) gives its pages back as it is read.
-        pages = PageReleaser(model_input) if isinstance(model_input, np.ndarray) else None
-        for start in range(0, len(done), step):
-            part = done[start : start + step]
-            batch = np.stack(
-                [to_model_array(images[i], self.image_size, self.channels) for i in part]
-            )
-            if pages is not None:
-                pages.add(sum(images[i].nbytes for i in part))
-            probs[part], score[part], emb = self._scores(batch)
-            if emb is not None:
-                for i, vector in zip(part, emb):
-                    embeddings[i] = vector.tolist()
+        self._score_batches(images, done, model_input, probs, score, embeddings)
         if done:
             probability[done] = probs[done].max(axis=1)
             threshold = params.get("unknown_threshold")
