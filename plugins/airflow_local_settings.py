@@ -6,7 +6,8 @@
 
 Airflow imports this module early in every one of its processes. In the processes that fork the
 tasks (a Celery worker, a LocalExecutor scheduler) it imports the tasks' domain modules once
-(``visionops.pipeline.preload``), so that each task process starts with them loaded.
+(``visionops.pipeline.preload``), so that each task process starts with them loaded. Before that it
+raises the garbage collector's thresholds for the process (``visionops.core.interpreter``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Any
+
+
+def _tune_gc() -> None:
+    try:
+        from visionops.core.interpreter import tune_gc
+
+        tune_gc()
+    except Exception as exc:  # a speed-up: Airflow must start without it
+        logging.getLogger("visionops").warning("visionops gc thresholds not set: %s", exc)
 
 
 def _preload_task_modules() -> None:
@@ -39,4 +49,5 @@ def task_instance_mutation_hook(task_instance: Any, dag_run: Any = None) -> None
         task_instance.pool = target.pool
 
 
+_tune_gc()
 _preload_task_modules()

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from testkit import YALE, require_shared, start_project_mlflow_server, stop_process_group
+from visionops.core.interpreter import tune_gc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,8 @@ os.environ.setdefault(
     "MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_HOME / 'visionops' / 'mlflow.db'}"
 )
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# The lanes import what the pipeline's processes import, and are set like them.
+tune_gc()
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two lanes on two cores: one compute thread per process (inherited by the Airflow tasks and the
     # servers a lane starts), so two lanes training at once do not oversubscribe the cores.

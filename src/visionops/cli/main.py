@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from visionops.cli import data, pipeline, predict, registry, stack, ui
+from visionops.core.interpreter import tune_gc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_gc()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

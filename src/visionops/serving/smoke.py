@@ -48,6 +48,9 @@ def smoke_test(
 
 
 def _smoke_main(model_uri: str, batch: str) -> None:
+    from visionops.core.interpreter import tune_gc
+
+    tune_gc()
     from visionops.serving.model import held_out_params, load_classifier
 
     # Its stderr is shown only when it fails: MLflow's requirements warning would go unread here.
