@@ -198,25 +198,52 @@ def mlflow_server(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 
 
 @pytest.fixture(scope="session")
-def yale() -> dict[str, Any]:
+def yale(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Chips (dlib-aligned, via the faces module's photo_to_face) and embeddings of every distinct photo.
 
     The Yale faces (``testkit.YALE``), for the unknown-people tests of tests/unit and tests/integration
-    (computing them takes half a minute: once per session). Its users skip when the data set is
-    absent, or fail when VISIONOPS_REQUIRE_SHARED=1 (``testkit.require_shared``).
+    (computing them takes half a minute). Computed once per pytest run: the first lane that needs them
+    writes them beside the lanes' temporary folders, under a file lock, and the other lane reads them
+    (the pattern pytest-xdist documents for a session fixture shared by its workers). Its users skip
+    when the data set is absent, or fail when VISIONOPS_REQUIRE_SHARED=1 (``testkit.require_shared``).
     """
+    import numpy as np
+    from filelock import FileLock
+
+    from visionops.core.config import FacesConfig
+    from visionops.data.faces import face_settings
+
+    require_shared(YALE)
+    settings = face_settings(FacesConfig(enabled=True))
+    # Under xdist each lane's basetemp is a folder of the run's one root; alone, the root is the run's.
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    cache = root / "yale-chips.npz"
+    with FileLock(str(cache) + ".lock"):
+        if not cache.exists():
+            np.savez(cache.with_suffix(".tmp.npz"), **_yale_chips(settings))
+            cache.with_suffix(".tmp.npz").rename(cache)
+    with np.load(cache) as stored:
+        return {
+            "paths": stored["paths"].tolist(),
+            "labels": stored["labels"],
+            "chips": stored["chips"],
+            "emb": stored["emb"],
+            "settings": settings,
+        }
+
+
+def _yale_chips(settings: Any) -> dict[str, Any]:
     import hashlib
 
     import numpy as np
     import pandas as pd
     from PIL import Image
 
-    from visionops.core.config import FacesConfig
     from visionops.data.embeddings import embed_chips
-    from visionops.data.faces import face_settings, photo_to_face
+    from visionops.data.faces import photo_to_face
 
-    require_shared(YALE)
-    settings = face_settings(FacesConfig(enabled=True))
     rows, seen = [], set()
     for rec in pd.read_csv(YALE / "labels.csv").to_dict("records"):
         data = (YALE / rec["path"]).read_bytes()
@@ -230,9 +257,8 @@ def yale() -> dict[str, Any]:
     paths, labels, chips = zip(*rows)
     chips = np.stack(chips)
     return {
-        "paths": list(paths),
+        "paths": np.asarray(paths),
         "labels": np.asarray(labels),
         "chips": chips,
         "emb": embed_chips(chips),
-        "settings": settings,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,13 @@ def trained_nets() -> dict[str, Any]:
     return {"good": train(swap=False), "bad": train(swap=True)}
 
 
-@pytest.fixture(scope="session")
-def sqlite_store(
-    tmp_path_factory: pytest.TempPathFactory, trained_nets
-) -> Iterator[dict[str, Any]]:
-    """A temporary SQLite MLflow store with the good and the bad model logged (not yet registered)."""
+@contextmanager
+def _pointed_at(root: Path) -> Iterator[None]:
+    """MLflow (environment and the process-wide URIs) on the SQLite store under ``root``; the
+    environment is restored on leaving."""
     import mlflow
     from visionops.core import tracking
 
-    root = tmp_path_factory.mktemp("serving")
     saved = {
         k: os.environ.get(k)
         for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "VISIONOPS_HOME")
@@ -131,14 +130,7 @@ def sqlite_store(
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
     try:
         tracking.configure()
-        exp = tracking.experiment_id("serving-tests")
-        models = {k: log_model(net, root / f"work-{k}", exp) for k, net in trained_nets.items()}
-        yield {
-            "root": root,
-            "uri": os.environ["MLFLOW_TRACKING_URI"],
-            "models": models,
-            "test_split": write_test_split(root / "preprocess"),
-        }
+        yield
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run()
@@ -147,6 +139,33 @@ def sqlite_store(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def _logged_models(tmp_path_factory: pytest.TempPathFactory, trained_nets) -> dict[str, Any]:
+    """The good and the bad model logged once per lane into a SQLite store of their own."""
+    from visionops.core import tracking
+
+    root = tmp_path_factory.mktemp("serving")
+    with _pointed_at(root):
+        exp = tracking.experiment_id("serving-tests")
+        models = {k: log_model(net, root / f"work-{k}", exp) for k, net in trained_nets.items()}
+    return {
+        "root": root,
+        "uri": f"sqlite:///{root}/mlflow.db",
+        "models": models,
+        "test_split": write_test_split(root / "preprocess"),
+    }
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(_logged_models: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A temporary SQLite MLflow store with the good and the bad model logged (not yet registered),
+    and MLflow pointed at it for the module. The models are logged once per lane, but each module
+    points MLflow at the store again: a module run in between may have pointed it elsewhere (the
+    registry then looked for the logged models in another store)."""
+    with _pointed_at(_logged_models["root"]):
+        yield _logged_models
 
 
 @pytest.fixture(scope="session")
