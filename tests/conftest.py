@@ -61,28 +61,29 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # ``make test`` runs two lanes (pytest-xdist, ``--dist loadfile --no-loadscope-reorder``): each module
 # goes whole to one lane, and a lane takes the next module from the queue when it runs dry. Modules are
 # queued heaviest first, so the long ones overlap and the many short ones even out the end. The
-# seconds are each module's time in a lane (two lanes, fresh clone of 0f461be, 2026-12-07); unlisted modules
+# seconds are each module's time in a lane (two lanes, fresh clone of 464943a, 2026-12-07); unlisted modules
 # (under 14 s each) keep their collection order after these.
 MODULE_SECONDS = {
-    "test_stack_e2e.py": 412,
-    "test_pipeline_e2e.py": 214,
-    "test_continuous_e2e.py": 169,
-    "test_imperfect_sets_e2e.py": 167,
-    "test_browser_e2e.py": 133,
-    "test_real_sets_e2e.py": 124,
-    "test_approval_e2e.py": 107,
-    "test_faces_e2e.py": 91,
-    "test_promotion_race.py": 72,
-    "test_face_unknown_yale_served.py": 52,
-    "test_mlflow_auth.py": 39,
-    "test_registry_cli.py": 34,
-    "test_tuning_runs_and_workers.py": 29,
-    "test_distributed_training.py": 25,
-    "test_serving.py": 23,
-    "test_faces_small.py": 19,
-    "test_baselines_in_pipeline.py": 19,
-    "test_checkpoint_resume.py": 18,
-    "test_faces_yale.py": 15,
+    "test_stack_e2e.py": 435,
+    "test_pipeline_e2e.py": 168,
+    "test_continuous_e2e.py": 134,
+    "test_imperfect_sets_e2e.py": 127,
+    "test_real_sets_e2e.py": 111,
+    "test_browser_e2e.py": 105,
+    "test_faces_e2e.py": 80,
+    "test_approval_e2e.py": 74,
+    "test_promotion_race.py": 65,
+    "test_face_unknown_yale_served.py": 45,
+    "test_mlflow_auth.py": 34,
+    "test_registry_cli.py": 24,
+    "test_distributed_training.py": 21,
+    "test_tuning_runs_and_workers.py": 20,
+    "test_faces_small.py": 16,
+    "test_checkpoint_resume.py": 16,
+    "test_baselines_in_pipeline.py": 15,
+    "test_serving.py": 15,
+    "test_faces_yale.py": 14,
+    "test_monitoring_flow.py": 14,
     "test_kfold_ensemble.py": 14,
 }
 
