@@ -152,3 +152,49 @@ def test_a_face_source_refuses_a_photo_without_a_face(tmp_path):
     no_face = _png(tmp_path / "in" / "noise.png", value=5, size=200)
     with pytest.raises(InputError, match=r"noise.png: no usable face: no face"):
         add_photos(cfg, [no_face], "someone")
+
+
+@pytest.mark.parametrize(
+    ("label", "why"),
+    [
+        ("../../escaped", "holds a path separator"),
+        ("/tmp/absolute", "holds a path separator"),
+        ("a\\b", "holds a path separator"),
+        ("..", "is a relative path"),
+        (".", "is a relative path"),
+        (" cat", "has whitespace around it"),
+        ("cat ", "has whitespace around it"),
+        ("", "is empty"),
+        ("a\x00b", "holds a control character"),
+    ],
+)
+def test_a_label_that_is_not_one_folder_name_is_refused_and_nothing_lands(
+    source, tmp_path, label, why
+):
+    cfg = _folder_config(source)
+    photo = _png(tmp_path / "in" / "new.png", value=501)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(InputError) as err:
+        add_photos(cfg, [photo], label)
+    assert str(err.value) == f"--label {label!r} {why}: a label names one class folder"
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_the_command_refuses_an_escaping_label_and_a_class_folder_that_leads_outside(
+    source, tmp_path, capsys
+):
+    from visionops.cli.main import main
+
+    config = tmp_path / "my.yaml"
+    config.write_text(f"data:\n  source: imagefolder\n  path: {source}\n")
+    photo = _png(tmp_path / "in" / "new.png", value=501)
+    assert main(["data", "add", "--config", str(config), "--label", "../../x", str(photo)]) == 1
+    assert "error: --label '../../x' holds a path separator" in capsys.readouterr().err
+    assert not (tmp_path.parent / "x").exists() and not (source.parent.parent / "x").exists()
+    # A class folder that is a link to elsewhere: the photo would land outside the source.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (source / "linked").symlink_to(outside, target_is_directory=True)
+    assert main(["data", "add", "--config", str(config), "--label", "linked", str(photo)]) == 1
+    assert "resolves outside the source" in capsys.readouterr().err
+    assert list(outside.iterdir()) == []

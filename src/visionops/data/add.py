@@ -38,9 +38,37 @@ class Added:
     manifest: str | None = None
 
 
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot name a class folder (None: it can). A label becomes a folder under the
+    source (``<source>/<label>/`` or ``added/<label>/`` beside a manifest), so it must be one plain
+    path component: no separator, no ``.`` or ``..``, no surrounding whitespace, no control
+    character, not empty."""
+    if not label:
+        return "is empty"
+    if label != label.strip():
+        return "has whitespace around it"
+    if any(sep in label for sep in ("/", "\\")):
+        return "holds a path separator"
+    if label in (".", ".."):
+        return "is a relative path"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
+        return "holds a control character"
+    return None
+
+
+def _inside(root: Path, target: Path) -> Path:
+    """``target`` if it stays inside ``root`` once resolved (symlinks followed), else InputError."""
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"{target}: resolves outside the source {root}; nothing added")
+    return target
+
+
 def photos_to_add(paths: list[Path], label: str | None) -> list[tuple[Path, str]]:
     """``(photo, label)`` pairs: files take ``label``; a folder gives its images ``label``, or without
-    one its class sub-folders' images the sub-folder's name (the image-folder layout)."""
+    one its class sub-folders' images the sub-folder's name (the image-folder layout). A label that
+    is not one plain path component (``label_problem``) is refused, naming it."""
+    if label is not None and (why := label_problem(label)):
+        raise InputError(f"--label {label!r} {why}: a label names one class folder")
     pairs: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_file():
@@ -52,6 +80,8 @@ def photos_to_add(paths: list[Path], label: str | None) -> list[tuple[Path, str]
                 pairs += [(p, label) for p in sorted(path.iterdir()) if _is_image(p)]
             else:
                 for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+                    if why := label_problem(sub.name):
+                        raise InputError(f"{sub}: the folder name {sub.name!r} {why}")
                     pairs += [(p, sub.name) for p in sorted(sub.iterdir()) if _is_image(p)]
         else:
             raise InputError(f"{path}: no such file or folder")
@@ -143,8 +173,8 @@ def _copy(photo: Path, target: Path) -> None:
 
 def _into_folder(root: Path, pairs: list[tuple[Path, str]], dry_run: bool) -> Added:
     added = Added(source=str(root))
-    for photo, label in pairs:
-        target = _target(root / label, photo)
+    targets = [_inside(root, _target(root / label, photo)) for photo, label in pairs]
+    for (photo, label), target in zip(pairs, targets, strict=True):
         if not dry_run:
             _copy(photo, target)
         added.files.append((str(photo), label, str(target)))
@@ -166,7 +196,7 @@ def _into_manifest(manifest: Path, pairs: list[tuple[Path, str]], dry_run: bool)
     added = Added(source=str(manifest), manifest=str(manifest))
     new_rows = []
     for photo, label in pairs:
-        target = _target(manifest.parent / ADDED_FOLDER / label, photo)
+        target = _inside(manifest.parent, _target(manifest.parent / ADDED_FOLDER / label, photo))
         row = dict.fromkeys(fields, "")
         row["path"] = target.relative_to(manifest.parent).as_posix()
         if face_layout:
