@@ -89,8 +89,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         probs = predict_proba(self.network, torch.from_numpy(batch), self.tta).numpy()
         return probs, probs.max(axis=1), None
 
-    # np.ndarray is one of the hints MLflow takes without deriving or enforcing a schema (so do
-    # DataFrames): the input is read by visionops.serving.inputs, whatever its container.
     def _score_batches(
         self,
         images: dict[int, np.ndarray],
@@ -121,6 +119,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 for i, vector in zip(part, emb):
                     embeddings[i] = vector.tolist()
 
+    # np.ndarray is one of the hints MLflow takes without deriving or enforcing a schema (so do
+    # DataFrames): the input is read by visionops.serving.inputs, whatever its container.
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         """One row per input image: label, probability, status, error (see the module docstring).
 
@@ -128,7 +128,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         ``unknown_threshold`` (a number overrides the stored threshold, a negative one turns
         ``unknown`` off), ``input`` (auto | photo | chip).
         """
-
         params = params or {}
         mode = params.get("input") or "auto"
         if mode not in INPUT_MODES:
