@@ -19,7 +19,8 @@ DOC = """
 `resolve` pins `models:/<model_name>@<alias>` to a version when the run starts (a promotion
 during the run cannot mix two models in one file); `score` labels every image under
 **input_dir** and writes `path,label,probability,model_version` as CSV to **output_path**
-(default: `<data_root>/predictions/<model>/v<version>/<run id>.csv`), and logs it to MLflow
+(default: `<data_root>/predictions/<model>/v<version>/<run id>.csv`; an existing file is refused
+unless **overwrite**; the file appears whole, never half-written), and logs it to MLflow
 (experiment `visionops-batch-predict`). `record` keeps what the batch held and got (per image the
 input statistics, the label, its confidence) and emits the `visionops://predictions` asset event,
 on which the `monitor` DAG checks the model in service for drift.
@@ -47,7 +48,11 @@ on which the `monitor` DAG checks the model in service for drift.
             None,
             type=["null", "string"],
             title="Output CSV",
-            description="Path or URL; default under the data root's predictions/.",
+            description="Path or URL; default under the data root's predictions/. An existing "
+            "file is refused unless overwrite is on.",
+        ),
+        "overwrite": Param(
+            False, type="boolean", title="Overwrite", description="Replace an existing output_path."
         ),
     },
 )
@@ -67,6 +72,7 @@ def batch_predict():
             params["input_dir"],
             params.get("output_path"),
             run_id=context["run_id"],
+            overwrite=bool(params.get("overwrite")),
         )
 
     @task(outlets=[PREDICTIONS])

@@ -239,6 +239,7 @@ def test_url_manifest_with_face_rectangles_through_the_stages(
             "faces",
             **{
                 "data.source": "urls",
+                "data.allow_private_hosts": ["127.0.0.1"],  # the test's own server
                 "data.image_size": 32,
                 "data.channels": 3,
                 "faces.enabled": True,

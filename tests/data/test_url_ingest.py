@@ -24,6 +24,10 @@ pytestmark = (
     pytest.mark.integration
 )  # an HTTP server (in a thread of this process), reached over TCP
 
+# The test server is on the loopback address, which URL ingest refuses unless it is allow-listed
+# (tests/data/test_attacks_url_ingest.py shows the refusals).
+LOCAL = ["127.0.0.1"]
+
 
 def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -115,20 +119,21 @@ def test_bad_rows_are_rejected_with_reasons(
     data = DataConfig(
         source="urls",
         path=str(manifest),
+        allow_private_hosts=LOCAL,
         download_timeout_s=1.0,
         download_retries=1,
         max_rejected_fraction=0.6,
         min_download_side=16,
     )
-    # Every request goes out with data.download_timeout_s (the real urlopen, recorded on the way).
+    # Every download goes out with data.download_timeout_s (the real one, recorded on the way).
     timeouts: list[tuple[str, float]] = []
-    real_urlopen = urls.urllib.request.urlopen
+    real_download = urls.download
 
-    def urlopen(url: str, timeout: float):  # noqa: ANN202
+    def download(url: str, *, timeout: float, **kwargs):  # noqa: ANN202
         timeouts.append((url, timeout))
-        return real_urlopen(url, timeout=timeout)
+        return real_download(url, timeout=timeout, **kwargs)
 
-    monkeypatch.setattr(urls.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urls, "download", download)
     items, report = ingest_urls(data, tmp_path / "downloads")
     # The slow answer (3 s) cost two tries of 1 s each: the timeout given, the retries bounded.
     assert {t for _, t in timeouts} == {1.0}
@@ -174,6 +179,7 @@ def test_too_many_rejections_fail_with_numbers(tmp_path: Path, server: Server) -
     data = DataConfig(
         source="urls",
         path=str(manifest),
+        allow_private_hosts=LOCAL,
         max_rejected_fraction=0.2,
         download_timeout_s=1.0,
         download_retries=0,
@@ -188,7 +194,11 @@ def test_too_many_rejections_fail_with_numbers(tmp_path: Path, server: Server) -
 def test_size_cap_and_missing_columns(tmp_path: Path, server: Server) -> None:
     manifest = _write(tmp_path, server, [])
     data = DataConfig(
-        source="urls", path=str(manifest), max_download_bytes=100, max_rejected_fraction=1.0
+        source="urls",
+        path=str(manifest),
+        max_download_bytes=100,
+        max_rejected_fraction=1.0,
+        allow_private_hosts=LOCAL,
     )
     with pytest.raises(SourceError, match="12 of 12 URL rows rejected"):
         ingest_urls(data, tmp_path / "d")

@@ -18,7 +18,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         resolved = resolve_model(args.model)
         result = score_folder(
-            resolved, str(Path(args.input).resolve()), str(Path(args.output).resolve())
+            resolved,
+            str(Path(args.input).resolve()),
+            str(Path(args.output).resolve()),
+            overwrite=args.overwrite,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -51,5 +54,10 @@ def add_commands(sub: Any) -> None:
         required=True,
         help="CSV file: path,label,probability,box,status,error,model_version "
         "(status ok | unknown | rejected: no single face | invalid: not an image)",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output (refused otherwise); the file is replaced whole",
     )
     predict.set_defaults(func=cmd_predict)

@@ -118,21 +118,28 @@ def _no_recheck(current: str) -> Any:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from visionops.core import tracking
-    from visionops.release.champion import rollback
+    from visionops.release.champion import SmokeTestError, rollback
 
     tracking.configure()
     try:
         before, after = rollback(
-            args.name, args.to, reason=args.reason or f"cli:{getpass.getuser()}"
+            args.name,
+            args.to,
+            reason=args.reason or (None if args.force else f"cli:{getpass.getuser()}"),
+            force=args.force,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SmokeTestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001
         print(f"error: {args.name}: {exc}", file=sys.stderr)
         return 2
     print(
         f"{args.name}@champion: version {before} -> {after} (rolled back; v{before} is previous_champion)"
+        + (" [FORCED]" if args.force else "")
     )
     return 0
 
@@ -163,6 +170,18 @@ def add_commands(sub: Any) -> None:
         "rollback", help="move champion back to previous_champion (or --to VERSION)"
     )
     back.add_argument("name")
-    back.add_argument("--to", help="version to make champion instead of previous_champion")
-    back.add_argument("--reason", help="recorded on the registered model")
+    back.add_argument(
+        "--to",
+        help="version to make champion instead of previous_champion: a former champion or a "
+        "version that passed its gate",
+    )
+    back.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back to a version that was never champion and did not pass its gate "
+        "(needs --reason; recorded on the version)",
+    )
+    back.add_argument(
+        "--reason", help="recorded on the registered model (and the version if forced)"
+    )
     back.set_defaults(func=cmd_rollback)

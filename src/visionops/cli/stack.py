@@ -40,6 +40,7 @@ from visionops.cli.stack_proc import (
     start_service,
     stop_service,
     wait_until,
+    write_secret_file,
 )
 from visionops.cli.ui import ui_settings
 from visionops.core.storage import project_dir, visionops_home
@@ -439,10 +440,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def write_env_file(home: Path, env: dict[str, str]) -> None:
     """``<home>/stack.env`` (mode 600: it holds secrets), to use the stack's Airflow CLI from a shell."""
     keep = {k: v for k, v in env.items() if k.startswith(("AIRFLOW", "MLFLOW_", "VISIONOPS_"))}
-    path = home / "stack.env"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.writelines(f"export {k}={json.dumps(v)}\n" for k, v in sorted(keep.items()))
+    text = "".join(f"export {k}={json.dumps(v)}\n" for k, v in sorted(keep.items()))
+    write_secret_file(home / "stack.env", text)
 
 
 def print_ready(state: StackState, env_file: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,23 @@ class Service:
     cwd: str = "."
 
 
+def write_secret_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by its owner only (mode 600), whatever was there.
+
+    A fresh temporary file (``mkstemp``: a new name, mode 600, never one left by an earlier crash)
+    renamed over the target: the mode does not depend on a file already there, as ``os.open``'s
+    would (it applies only when the file is created), and a reader never sees half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class StackState:
     """``<home>/stack.json``: the running services and the stack's addresses."""
 
@@ -49,13 +67,9 @@ class StackState:
 
     def save(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         payload = {"services": {n: asdict(s) for n, s in self.services.items()}, "info": self.info}
-        # Mode 600: the services' environments hold the stack's secrets.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(payload, indent=2))
-        os.replace(tmp, self.path)
+        # The services' environments hold the stack's secrets.
+        write_secret_file(self.path, json.dumps(payload, indent=2))
 
     def alive(self, name: str) -> bool:
         service = self.services.get(name)

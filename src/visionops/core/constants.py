@@ -13,6 +13,9 @@ PREVIOUS_CHAMPION = "previous_champion"
 
 # Files read as images wherever images are listed: data sources, batch scoring, `visionops predict`.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# The Pillow decoders images are opened with (``Image.open(..., formats=IMAGE_FORMATS)``): the
+# formats above (PGM is Pillow's "PPM"), and nothing else: not EPS/PS (Ghostscript), PDF, etc.
+IMAGE_FORMATS = ("PNG", "JPEG", "PPM", "BMP", "GIF", "TIFF", "WEBP")
 
 # Test-time augmentation views a served model may apply (see visionops.serving.tta).
 TTA_VIEWS = ("hflip", "shift", "crop")

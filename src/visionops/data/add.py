@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from visionops.core.config import PipelineConfig
-from visionops.core.constants import IMAGE_SUFFIXES
+from visionops.core.constants import IMAGE_FORMATS, IMAGE_SUFFIXES
 from visionops.core.errors import InputError
 from visionops.core.storage import file_sha256
 from visionops.data.ingest import inspect_image, list_items
@@ -111,7 +111,7 @@ def refusal(path: Path, label: str, cfg: PipelineConfig, known: dict[str, str]) 
     if cfg.faces.enabled:
         from visionops.data.faces import face_settings, photo_to_face
 
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             rgb = np.asarray(img.convert("RGB"))
         face = photo_to_face(rgb, face_settings(cfg.faces))
         return None if face.reason is None else f"no usable face: {face.reason}"

@@ -68,6 +68,12 @@ ADVICE: dict[tuple[str, str], str] = {
     ): "{n} class(es) are more than {cfg.max_imbalance}x smaller than the largest class "
     "(observed: largest/this); add images or rebalance",
     (
+        "expect_column_values_to_be_null",
+        "variant_of",
+    ): "{n} class(es) have a label that differs from another class's only in case or Unicode form "
+    "(observed: the other spelling); rename one so that they are one class, or keep both and set "
+    "validate.label_variant_severity",
+    (
         "expect_column_values_to_be_in_set",
         "label",
     ): "{n} image(s) have a label outside the declared classes (validate.classes)",

@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import FacesConfig
+from visionops.core.constants import IMAGE_FORMATS
 from visionops.core.errors import InputError
 from visionops.core.storage import data_root, fingerprint
 from visionops.data.face_detect import (
@@ -204,7 +205,7 @@ def _cached_face(
     meta_file, chip_file = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
     if meta_file.is_file():  # written after the chip: its presence means the chip is complete
         return json.loads(meta_file.read_text()), True
-    with Image.open(rec["path"]) as img:
+    with Image.open(rec["path"], formats=IMAGE_FORMATS) as img:
         rgb = np.asarray(img.convert("RGB"))
     face = photo_to_face(rgb, settings, box=given)
     result = {

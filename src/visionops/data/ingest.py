@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import DataConfig
+from visionops.core.constants import IMAGE_FORMATS
 from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
 from visionops.core.storage import file_sha256, visionops_home
@@ -113,7 +114,7 @@ def inspect_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
                 record["width"], record["height"], record["mode"] = img.width, img.height, img.mode
                 record["channels"] = len(img.getbands())
                 if img.width * img.height > max_pixels:

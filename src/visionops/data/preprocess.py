@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from visionops.core.config import PreprocessConfig, ValidateConfig
+from visionops.core.constants import IMAGE_FORMATS
 from visionops.core.memory import PageReleaser
 from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def load_image(path: str, size: int, channels: int) -> np.ndarray:
-    with Image.open(path) as img:
+    with Image.open(path, formats=IMAGE_FORMATS) as img:
         return to_model_array(img, size, channels)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,22 @@ class Item:
     split: str | None = (
         None  # a user-given split (train/val/test): used as given, leakage is then an error
     )
+
+
+def normalize_label(raw: str | None) -> str | None:
+    """The one rule every source applies to a label: Unicode NFC, surrounding whitespace removed;
+    None when nothing is left. ``cat``, ``cat `` and ``cat`` written with a combining accent
+    differently are one class; ``Cat`` stays another one, and validation warns that it looks like
+    the same (``validate.label_variant_severity``)."""
+    if raw is None:
+        return None
+    label = unicodedata.normalize("NFC", str(raw)).strip()
+    return label or None
+
+
+def label_key(label: str) -> str:
+    """What two labels that differ only in case or Unicode form have in common."""
+    return unicodedata.normalize("NFKC", label).casefold().strip()
 
 
 def export_digits(target: Path) -> Path:
@@ -82,7 +99,7 @@ def list_imagefolder(root: str | Path) -> list[Item]:
                 raise SourceError(
                     f"{path}: resolves to {resolved}, outside the image folder {base}"
                 )
-            items.append(Item(str(resolved), class_dir.name))
+            items.append(Item(str(resolved), normalize_label(class_dir.name)))
     if not items:
         raise SourceError(
             f"image folder {root} has no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})"
@@ -106,8 +123,10 @@ def list_csv(manifest: str | Path) -> list[Item]:
     with manifest.open(newline="", encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
         reader = csv.DictReader(fh)
         fields = set(reader.fieldnames or [])
-        label_key = "name" if "label" not in fields and {"name", "int_label"} <= fields else "label"
-        missing = {"path", label_key} - fields
+        label_column = (
+            "name" if "label" not in fields and {"name", "int_label"} <= fields else "label"
+        )
+        missing = {"path", label_column} - fields
         if missing:
             raise SourceError(
                 f"{manifest}: missing column(s) {sorted(missing)}; found {reader.fieldnames}"
@@ -121,7 +140,7 @@ def list_csv(manifest: str | Path) -> list[Item]:
                 raise SourceError(
                     f"{manifest}:{row_no}: path {raw!r} escapes the manifest folder {base}"
                 )
-            label = (row.get(label_key) or "").strip() or None
+            label = normalize_label(row.get(label_column))
             group = (row.get("group") or "").strip() or None
             split = (row.get("split") or "").strip().lower() or None
             if "split" in fields and split not in SPLIT_NAMES:

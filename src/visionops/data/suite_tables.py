@@ -13,6 +13,7 @@ import pandas as pd
 from visionops.core.config import ValidateConfig
 from visionops.data.checks import Table, usable_labels
 from visionops.data.drift import drift_table
+from visionops.data.sources import label_key
 
 if TYPE_CHECKING:
     from visionops.data.split import SplitPlan
@@ -82,6 +83,17 @@ def class_table(
     # Dropped classes get no ratio (null is skipped): the count check already names them.
     nonzero = counts["count"].where(counts["count"] >= min_per_class)
     counts["imbalance"] = (nonzero.max() / nonzero).round(3).astype("Float64")
+    # Labels that are one key apart only by case or Unicode form: the other spellings of each.
+    spellings: dict[str, list[str]] = {}
+    for label in per_class:
+        spellings.setdefault(label_key(str(label)), []).append(str(label))
+    counts["variant_of"] = pd.array(
+        [
+            ", ".join(o for o in spellings[label_key(str(k))] if o != str(k)) or None
+            for k in per_class
+        ],
+        dtype="string",
+    )
     mostly = 1.0 - cfg.max_dropped_class_fraction
     if len(counts) and (counts["count"] < min_per_class).all():
         mostly = 1.0  # never every class: nothing would be left to learn
@@ -100,6 +112,7 @@ def class_table(
                 gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance),
                 cfg.imbalance_severity,
             ),
+            (gxe.ExpectColumnValuesToBeNull(column="variant_of"), cfg.label_variant_severity),
         ],
     )
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-import urllib.error
-import urllib.request
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +22,10 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from visionops.core.config import DataConfig
+from visionops.core.constants import IMAGE_FORMATS
 from visionops.core.storage import data_root, fingerprint
-from visionops.data.sources import Item, SourceError
+from visionops.data.fetch import Deadline, HostPolicy, Refused, Transient, download
+from visionops.data.sources import Item, SourceError, normalize_label
 
 _BOX = ("x1", "y1", "x2", "y2")
 _BACKOFF_S = 0.2  # first retry waits this long, then twice as long each time
@@ -68,7 +69,8 @@ def read_url_manifest(path: str | Path) -> tuple[list[UrlRow], list[dict[str, An
                 f"{path}: a URL manifest needs columns name,url; found {reader.fieldnames}"
             )
         for row_no, rec in enumerate(reader, start=2):
-            name, url = (rec.get("name") or "").strip(), (rec.get("url") or "").strip()
+            name = normalize_label(rec.get("name")) or ""
+            url = (rec.get("url") or "").strip()
             reason = None
             if urlsplit(url).scheme not in ("http", "https"):
                 reason = f"scheme of {url!r} is not http or https"
@@ -92,44 +94,78 @@ def read_url_manifest(path: str | Path) -> tuple[list[UrlRow], list[dict[str, An
     return rows, rejected
 
 
-def fetch(url: str, target: Path, *, timeout: float, retries: int, max_bytes: int) -> str | None:
-    """Download ``url`` to ``target``; None on success, else why not. Retries only what may pass later."""
+def fetch(
+    url: str,
+    target: Path,
+    *,
+    timeout: float,
+    retries: int,
+    max_bytes: int,
+    policy: HostPolicy | None = None,
+) -> str | None:
+    """Download ``url`` to ``target``; None on success, else why not. Retries only what may pass later.
+
+    ``timeout`` bounds each try as a whole (``visionops.data.fetch``: every redirect hop and read),
+    so a worker is held at most ``(retries + 1) * timeout`` plus the backoff; a refused address or
+    scheme and a 4xx answer are not retried."""
+    policy = policy or HostPolicy()
     reason = "not tried"
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(_BACKOFF_S * 2 ** (attempt - 1))
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - scheme checked
-                kind = response.headers.get_content_type()
-                if not kind.startswith("image/") and kind != "application/octet-stream":
-                    return f"not an image: Content-Type {kind}"
-                data = response.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                return f"larger than data.max_download_bytes={max_bytes}"
-            tmp = target.with_name(target.name + ".part")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-            return None
-        except urllib.error.HTTPError as exc:
-            reason = f"dead link: HTTP {exc.code}"
-            if exc.code < 500:
-                return reason  # 4xx will not change on a retry
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            cause = getattr(exc, "reason", exc)
-            timed_out = "timed out" in str(cause)
-            reason = f"no answer within {timeout:g}s" if timed_out else f"unreachable: {cause}"
+            answer = download(
+                url, timeout=timeout, max_bytes=max_bytes, policy=policy, accept=_image_type
+            )
+        except Refused as exc:
+            return f"refused: {exc}"
+        except (Deadline, Transient) as exc:
+            reason = str(exc)
+            continue
+        if answer.status >= 300:
+            reason = f"dead link: HTTP {answer.status}"
+            if answer.status < 500:
+                return reason  # 4xx (or a redirect without a target) will not change on a retry
+            continue
+        if answer.body is None and not answer.too_large:
+            return f"not an image: Content-Type {answer.content_type or 'missing'}"
+        if answer.too_large:
+            return f"larger than data.max_download_bytes={max_bytes}"
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(answer.body)
+        tmp.replace(target)
+        return None
     return f"{reason} (after {retries + 1} tries)"
 
 
-def _check_image(path: Path, min_side: int) -> str | None:
+def _image_type(kind: str) -> bool:
+    return kind.startswith("image/") or kind == "application/octet-stream"
+
+
+def _check_image(path: Path, min_side: int, max_pixels: int) -> str | None:
+    """Why the downloaded file is not a usable image, or None. The pixel count is read from the
+    header and checked before anything is decoded: a small file claiming 10000x10000 pixels is
+    refused without allocating them."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if min(img.size) < min_side:
-                return (
-                    f"tiny image {img.width}x{img.height} "
-                    f"(< data.min_download_side={min_side}): a placeholder"
-                )
+        with warnings.catch_warnings():
+            # Pillow's own limit would only warn up to twice its size: data.max_pixels decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
+                if img.width * img.height > max_pixels:
+                    path.unlink(missing_ok=True)
+                    return (
+                        f"{img.width}x{img.height} = {img.width * img.height} pixels "
+                        f"> data.max_pixels={max_pixels} (not decoded)"
+                    )
+                if min(img.size) < min_side:
+                    return (
+                        f"tiny image {img.width}x{img.height} "
+                        f"(< data.min_download_side={min_side}): a placeholder"
+                    )
+                img.load()  # a truncated or corrupt body fails here
+    except Image.DecompressionBombError as exc:  # past twice Pillow's limit: refused in open
+        path.unlink(missing_ok=True)
+        return f"{exc} (not decoded)"
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the answer
         return f"not an image: {type(exc).__name__}"
     return None
@@ -139,6 +175,7 @@ def ingest_urls(data: DataConfig, dest: Path) -> tuple[list[Item], dict[str, Any
     """Download a URL manifest into ``dest``; return the usable items and the ingest report."""
     rows, rejected = read_url_manifest(data.path)
     dest.mkdir(parents=True, exist_ok=True)
+    policy = HostPolicy.from_entries(data.allow_private_hosts)
 
     def one(row: UrlRow) -> tuple[UrlRow, Path, str | None]:
         suffix = Path(urlsplit(row.url).path).suffix[:6]
@@ -150,6 +187,7 @@ def ingest_urls(data: DataConfig, dest: Path) -> tuple[list[Item], dict[str, Any
                 timeout=data.download_timeout_s,
                 retries=data.download_retries,
                 max_bytes=data.max_download_bytes,
+                policy=policy,
             )
             if reason:
                 return row, target, reason
@@ -157,7 +195,7 @@ def ingest_urls(data: DataConfig, dest: Path) -> tuple[list[Item], dict[str, Any
         if row.md5 and digest != row.md5:
             target.unlink()
             return row, target, f"MD5 mismatch: manifest {row.md5}, downloaded {digest}"
-        return row, target, _check_image(target, data.min_download_side)
+        return row, target, _check_image(target, data.min_download_side, data.max_pixels)
 
     with ThreadPoolExecutor(data.download_workers) as pool:
         results = list(pool.map(one, rows))

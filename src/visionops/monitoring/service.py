@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from visionops.core.constants import IMAGE_FORMATS
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.contracts import BatchScored, DriftChecked, Recorded
 from visionops.core.errors import InputError
@@ -91,7 +92,7 @@ def record_reference(
 
 def _decode(path: Path) -> np.ndarray | None:
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
     except Exception:  # noqa: BLE001 - an undecodable file was reported by scoring already
         return None

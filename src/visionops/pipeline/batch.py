@@ -15,11 +15,19 @@ def resolve(model_name: str, alias: str) -> ModelRef:
 
 
 @stage
-def score(model: ModelRef, input_dir: str, output_path: str | None, *, run_id: str) -> BatchScored:
-    """The pinned version over a folder of images; the CSV under the data root unless ``output_path``."""
+def score(
+    model: ModelRef,
+    input_dir: str,
+    output_path: str | None,
+    *,
+    run_id: str,
+    overwrite: bool = False,
+) -> BatchScored:
+    """The pinned version over a folder of images; the CSV under the data root unless ``output_path``
+    (refused if it exists, unless ``overwrite``)."""
     from visionops.serving.batch import batch_predict
 
-    return batch_predict(model, input_dir, output_path, run_id=run_id)
+    return batch_predict(model, input_dir, output_path, run_id=run_id, overwrite=overwrite)
 
 
 @stage(uses_mlflow=False)

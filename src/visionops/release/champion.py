@@ -190,47 +190,114 @@ def promote_safely(
                     decision.summary(),
                 )
                 return PromotionResult(False, str(version), None, current, decision.reasons, lock)
-        replaced = registry.promote_to_champion(name, str(version), run_key=run_key)
-        for key, value in (tags or {}).items():
-            client.set_model_version_tag(name, version, key, value)
-        if smoke_test is not None:
-            try:
-                smoke_test()
-            except Exception as exc:
-                restore_aliases(name, snapshot)
-                client.set_model_version_tag(
-                    name, version, f"{T}smoke_test", tracking.clip(f"failed: {exc}")
-                )
-                raise SmokeTestError(
-                    f"{name} v{version} failed the smoke test after promotion; champion "
-                    f"restored to v{current}: {exc}"
-                ) from exc
-            client.set_model_version_tag(name, version, f"{T}smoke_test", "passed")
+        replaced = move_champion(name, str(version), snapshot, run_key, tags, smoke_test)
     return PromotionResult(True, str(version), replaced, rechecked, [], lock)
 
 
+def move_champion(
+    name: str,
+    version: str,
+    snapshot: dict[str, str | None],
+    run_key: str,
+    tags: dict[str, str] | None,
+    smoke_test: Callable[[], None] | None,
+) -> str | None:
+    """The one place ``champion`` moves (promotion, approval, rollback), called under the promotion
+    lock once the caller's rule allowed it: move the aliases, tag the version, run the smoke test;
+    if the smoke test fails, put the aliases back as ``snapshot`` had them and raise
+    SmokeTestError. Returns the replaced version."""
+    client = MlflowClient()
+    history = client.get_registered_model(name).tags.get(f"{T}champion_history")
+    replaced = registry.promote_to_champion(name, version, run_key=run_key)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, value)
+    if smoke_test is not None:
+        try:
+            smoke_test()
+        except Exception as exc:
+            restore_aliases(name, snapshot)
+            # A version that failed its smoke test was never champion: not a rollback target.
+            if history is None:
+                client.delete_registered_model_tag(name, f"{T}champion_history")
+            else:
+                client.set_registered_model_tag(name, f"{T}champion_history", history)
+            client.set_model_version_tag(
+                name, version, f"{T}smoke_test", tracking.clip(f"failed: {exc}")
+            )
+            raise SmokeTestError(
+                f"{name} v{version} failed the smoke test after promotion; champion "
+                f"restored to v{snapshot[CHAMPION]}: {exc}"
+            ) from exc
+        client.set_model_version_tag(name, version, f"{T}smoke_test", "passed")
+    return replaced
+
+
+def champion_history(name: str) -> list[str]:
+    """Every version that has been champion of ``name``, oldest first (repeats kept)."""
+    history = MlflowClient().get_registered_model(name).tags.get(f"{T}champion_history", "")
+    return [v for v in history.split(",") if v]
+
+
+def rollback_refusal(name: str, version: str) -> str | None:
+    """Why a rollback may not make ``version`` champion, or None where it may.
+
+    A rollback goes back to a model that was trusted before: one that has been champion, or one
+    whose gate passed. Anything else (rejected by its gate, never evaluated) is a promotion in
+    disguise, and needs ``--force --reason``."""
+    if str(version) in champion_history(name):
+        return None
+    gate = MlflowClient().get_model_version(name, version).tags.get(f"{T}gate")
+    if gate == "passed":
+        return None
+    return (
+        f"{name} v{version} has never been champion and "
+        + (f"its gate said {gate!r}" if gate else "was never through the gate")
+        + "; a rollback goes only to a former champion or a version that passed its gate "
+        "(--force --reason WHY overrides, recorded on the version)"
+    )
+
+
 def rollback(
-    name: str, to: str | None = None, *, reason: str = "manual rollback"
+    name: str,
+    to: str | None = None,
+    *,
+    reason: str | None = None,
+    force: bool = False,
+    smoke_test: Callable[[], None] | None = None,
 ) -> tuple[str, str]:
-    """Move ``champion`` back to ``previous_champion`` (or to version ``to``); returns (from, to)."""
+    """Move ``champion`` back to ``previous_champion`` (or to version ``to``); returns (from, to).
+
+    The target must have been champion before or have passed its gate (``rollback_refusal``),
+    unless ``force`` with a ``reason``, recorded on the version. The smoke test always runs (by
+    default the version's own, ``version_gate.smoke_for_version``); if it fails, nothing moved."""
+    if force and not (reason or "").strip():
+        raise InputError(f"{name}: a forced rollback needs a reason (--reason WHY)")
     with promotion_lock(name):
         snapshot = alias_snapshot(name)
         current = snapshot[CHAMPION]
-        target = to or snapshot[PREVIOUS_CHAMPION]
+        target = str(to) if to else snapshot[PREVIOUS_CHAMPION]
         if target is None:
             raise InputError(
                 f"{name}: no previous_champion alias to roll back to; name a version with --to"
             )
         if current is None:
             raise InputError(f"{name}: there is no champion to roll back")
-        MlflowClient().get_model_version(
-            name, target
-        )  # fails clearly if the version does not exist
-        registry.promote_to_champion(name, target, run_key=f"rollback:{reason}")
+        MlflowClient().get_model_version(name, target)  # fails clearly if it does not exist
+        refusal = rollback_refusal(name, target)
+        if refusal is not None and not force:
+            raise InputError(refusal)
+        tags = {f"{T}rolled_back_from": current}
+        if refusal is not None:
+            tags |= {f"{T}forced_rollback": "true", f"{T}force_reason": str(reason)}
+        if smoke_test is None:
+            from visionops.release.version_gate import smoke_for_version
+
+            smoke_test = smoke_for_version(name, target)
+        why = reason or "manual rollback"
+        move_champion(name, target, snapshot, f"rollback:{why}", tags, smoke_test)
         client = MlflowClient()
-        client.set_model_version_tag(name, target, f"{T}rolled_back_from", current)
         client.set_model_version_tag(name, current, f"{T}rolled_back_to", target)
         client.set_registered_model_tag(
-            name, f"{T}last_rollback", f"v{current} -> v{target} ({reason})"
+            name, f"{T}last_rollback", f"v{current} -> v{target} ({why})"
         )
     return current, target

@@ -9,6 +9,7 @@ the monitor's embedding check.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -117,11 +118,56 @@ def predict_files(model_uri: str, files: list[Path], batch_size: int = 64) -> pd
     return frame[columns]
 
 
+def check_output(output: str, *, overwrite: bool) -> None:
+    """Refuse, before anything is scored, an output that is a folder, or that exists (with its
+    embeddings file, for an embedding model) unless ``overwrite``."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output)
+    if fs.isdir(path):
+        raise InputError(f"output {output} is a folder; name a CSV file inside it")
+    if overwrite:
+        return
+    for target in (output, embeddings_path(output)):
+        tfs, tpath = fsspec.core.url_to_fs(target)
+        if tfs.exists(tpath):
+            raise InputError(
+                f"output {target} exists; pass --overwrite (the batch_predict DAG: "
+                "overwrite=true) to replace it"
+            )
+
+
+def write_whole(uri: str, data: bytes) -> None:
+    """Write ``data`` so that ``uri`` holds either its old content or all of the new, never part.
+
+    A local file is written beside the target under a temporary name and renamed over it (atomic
+    within one file system); an object store's single PUT is already all-or-nothing."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(str(Path(path).parent), exist_ok=True)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes the file 0600: keep the mode of the file replaced, else a plain 0644.
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_embeddings(frame: pd.DataFrame, output: str) -> str:
-    """The batch's embeddings beside its CSV, written in one go (no half file under the name)."""
+    """The batch's embeddings beside its CSV, written whole (``write_whole``)."""
     import io
 
-    import fsspec
     import numpy as np
 
     from visionops.serving.model import embedding_matrix
@@ -131,26 +177,25 @@ def _write_embeddings(frame: pd.DataFrame, output: str) -> str:
         buf, path=frame["path"].to_numpy(dtype=str), embeddings=embedding_matrix(frame)
     )
     uri = embeddings_path(output)
-    with fsspec.open(uri, "wb") as fh:
-        fh.write(buf.getvalue())
+    write_whole(uri, buf.getvalue())
     return uri
 
 
-def score_folder(resolved: ModelRef, input_dir: str, output: str) -> BatchScored:
-    """Score a folder with a pinned model version, write the CSV and log it to MLflow; returns references."""
-    import fsspec
+def score_folder(
+    resolved: ModelRef, input_dir: str, output: str, *, overwrite: bool = False
+) -> BatchScored:
+    """Score a folder with a pinned model version, write the CSV and log it to MLflow; returns references.
 
+    An existing output is refused unless ``overwrite`` (``check_output``), before any image is
+    scored; the CSV is written whole (``write_whole``): a reader never sees half of it."""
     import mlflow
     from visionops.core import tracking
 
-    frame = predict_files(resolved.uri, list_images(input_dir))
+    files = list_images(input_dir)
+    check_output(output, overwrite=overwrite)
+    frame = predict_files(resolved.uri, files)
     frame["model_version"] = resolved.version
-    fs, path = fsspec.core.url_to_fs(output)
-    fs.makedirs(str(Path(path).parent), exist_ok=True)
-    with fs.open(
-        path, "w"
-    ) as fh:  # written in one go: a failed run leaves no half file under the name
-        frame[CSV_COLUMNS].to_csv(fh, index=False)
+    write_whole(output, frame[CSV_COLUMNS].to_csv(index=False).encode())
     from visionops.serving.model import EMBEDDING_COLUMN
 
     embeddings = _write_embeddings(frame, output) if EMBEDDING_COLUMN in frame else None
@@ -192,17 +237,27 @@ def score_folder(resolved: ModelRef, input_dir: str, output: str) -> BatchScored
 
 
 def batch_predict(
-    model: ModelRef, input_dir: str, output_path: str | None, *, run_id: str
+    model: ModelRef,
+    input_dir: str,
+    output_path: str | None,
+    *,
+    run_id: str,
+    overwrite: bool = False,
 ) -> BatchScored:
-    """Score a folder with a pinned version; the CSV goes under the data root unless ``output_path``."""
+    """Score a folder with a pinned version; the CSV goes under the data root unless ``output_path``.
+
+    A given ``output_path`` that exists is refused unless ``overwrite``. The default path is this
+    run's own (its run key in the name): a retry of the task replaces what an earlier try wrote."""
     from visionops.core import tracking
     from visionops.core.storage import data_root, run_key_from
 
     tracking.configure()
     if not input_dir:
         raise InputError("param input_dir is empty: name a folder of images")
-    output = output_path or (
+    if output_path:
+        return score_folder(model, input_dir, output_path, overwrite=overwrite)
+    output = (
         f"{data_root().rstrip('/')}/predictions/{model.name}/v{model.version}/"
         f"{run_key_from(run_id)}.csv"
     )
-    return score_folder(model, input_dir, output)
+    return score_folder(model, input_dir, output, overwrite=True)

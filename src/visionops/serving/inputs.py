@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from visionops.core.constants import IMAGE_FORMATS
+
 MAX_PIXELS = (
     40_000_000  # as data.max_pixels: larger claims are refused undecoded (decompression bombs)
 )
@@ -47,7 +49,7 @@ def decode_image(data: bytes | str) -> np.ndarray:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"not base64 text ({exc})") from None
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_PIXELS}")
         grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")

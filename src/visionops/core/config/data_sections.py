@@ -21,9 +21,21 @@ class DataConfig(_Section):
     max_pixels: int = Field(
         40_000_000,
         ge=1,
+        # Past a gigapixel one image alone is several GiB decoded: no setting should allow that.
+        le=1_000_000_000,
         description="Images with more pixels are rejected undecoded (decompression-bomb guard).",
     )
-    download_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    download_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=600.0,
+        description="Deadline for one download as a whole (every redirect and read of one try).",
+    )
+    allow_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="URL ingest reaches only public addresses; host names or networks (CIDR) "
+        "listed here may be reached too, e.g. your own intranet image server. Empty by default.",
+    )
     download_retries: int = Field(
         2, ge=0, le=10, description="Retries after the first try, with backoff."
     )
@@ -98,6 +110,12 @@ class ValidateConfig(_Section):
     max_side: int = Field(10_000, ge=1)
     max_imbalance: float = Field(10.0, ge=1.0, description="Largest/smallest class size ratio.")
     imbalance_severity: Severity = "warning"
+    label_variant_severity: Severity = Field(
+        "warning",
+        description="Classes whose labels differ only in case or Unicode form (``cat`` and "
+        "``Cat``): probably one class written two ways. Surrounding whitespace is removed from "
+        "every label by every source, so ``cat `` is ``cat``.",
+    )
     duplicate_severity: Severity = Field(
         "warning",
         description="Exact copies (same sha256) with the same "
