@@ -197,34 +197,17 @@ def start_project_mlflow_server(
 
 
 @contextlib.contextmanager
-def model_server(
-    model_uri: str, workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 180
-) -> Iterator[int]:
-    """``mlflow models serve`` (local environment) on a free port, ready when ``/ping`` answers; yields the port."""
-    port = free_port()
+def serving_process(
+    cmd: list[str], port: int, workdir: Path, env: dict[str, str] | None, timeout_s: float
+) -> Iterator[subprocess.Popen]:
+    """``cmd`` (a model server listening on ``port``), ready when ``/ping`` answers; yields the
+    process; stops its whole process group after."""
     env = dict(env or os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log_path = workdir / "serve.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                model_uri,
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            start_new_session=True,
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
         )
         try:
             deadline = time.monotonic() + timeout_s
@@ -237,12 +220,24 @@ def model_server(
                     pass
                 assert proc.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, (
-                    f"mlflow models serve did not answer /ping in {timeout_s} s"
+                    f"{cmd[:3]} did not answer /ping in {timeout_s} s"
                 )
                 time.sleep(1)
-            yield port
+            yield proc
         finally:
             stop_process_group(proc)
+
+
+@contextlib.contextmanager
+def model_server(
+    model_uri: str, workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 180
+) -> Iterator[int]:
+    """``mlflow models serve`` (local environment) on a free port, ready when ``/ping`` answers; yields the port."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with serving_process(cmd, port, workdir, env, timeout_s):
+        yield port
 
 
 def post_json(port: int, body: dict[str, Any], timeout_s: float = 120) -> list[dict[str, Any]]:

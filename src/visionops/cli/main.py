@@ -1,6 +1,6 @@
 """visionops: run the training pipeline, manage the model registry, label images, start the UIs.
 
-Sub-command groups: ``pipeline run``, ``registry show|promote|rollback``, ``predict``,
+Sub-command groups: ``pipeline run``, ``registry show|promote|rollback``, ``predict``, ``serve``,
 ``data add|watch``, ``ui``, ``stack up|down|status``.
 """
 
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from visionops.cli import data, pipeline, predict, registry, stack, ui
+from visionops.cli import data, pipeline, predict, registry, serve, stack, ui
 from visionops.core.interpreter import tune_gc
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
-    for group in (pipeline, registry, predict, data, ui, stack):
+    for group in (pipeline, registry, predict, serve, data, ui, stack):
         group.add_commands(sub)
     return parser
 

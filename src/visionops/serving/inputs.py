@@ -37,8 +37,42 @@ class BadInput:
 Row = np.ndarray | BadInput
 
 
-def decode_image(data: bytes | str) -> np.ndarray:
-    """Encoded bytes or base64 text -> uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB."""
+@dataclass
+class Budget:
+    """What one request may cost, so that the server's memory follows a budget and not the request.
+
+    ``max_rows`` rows are read, the rest answered ``invalid`` unread; ``max_pixels`` pixels are
+    decoded in all (counted from each image's header before it is decoded: a row past the budget is
+    answered ``invalid`` undecoded); an image whose longer side is over ``max_side`` is shrunk as it
+    is decoded (JPEG at decode time, Pillow's ``draft``; other formats right after, ``reduce``), so
+    a decoded row holds at most ``max_side``² pixels while the next one is read; ``min_side``: a
+    smaller image (its shorter side) is ``invalid``, as validation drops such images from training.
+    """
+
+    max_rows: int = 256
+    max_pixels: int = 100_000_000
+    max_side: int = 4096
+    min_side: int = 1
+    rows: int = 0
+    pixels: int = 0
+
+    def admit(self, width: int, height: int, what: str = "image") -> None:
+        """Count one image of ``width`` x ``height`` against the budget, or raise ValueError."""
+        if min(width, height) < max(1, self.min_side):
+            raise ValueError(
+                f"{what} {width}x{height} px is below validate.min_side={self.min_side}"
+            )
+        if self.pixels + width * height > self.max_pixels:
+            raise ValueError(
+                f"{what} {width}x{height} px is past the request's pixel budget "
+                f"(serving.max_pixels_per_request={self.max_pixels}, {self.pixels} used): not "
+                "decoded; send it in another request"
+            )
+        self.pixels += width * height
+
+
+def decode_image(data: bytes | str, budget: Budget | None = None) -> np.ndarray:
+    """Encoded bytes or base64 text -> uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB (see ``Budget``)."""
     from PIL import Image
 
     if isinstance(data, str):
@@ -52,6 +86,13 @@ def decode_image(data: bytes | str) -> np.ndarray:
     with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_PIXELS}")
+        if budget is not None:
+            budget.admit(img.width, img.height, "encoded image")
+            if max(img.size) > budget.max_side:
+                img.draft(img.mode, (budget.max_side, budget.max_side))  # JPEG: decoded smaller
+        img.load()
+        if budget is not None and max(img.size) > budget.max_side:
+            img = img.reduce(-(-max(img.size) // budget.max_side))
         grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
         if img.mode.startswith("I"):
             wide = np.asarray(
@@ -72,14 +113,23 @@ def _pixels(value: Any) -> np.ndarray:
     return arr.astype(np.uint8)  # JSON requests arrive as int64
 
 
-def _row(value: Any) -> Row:
+def _row(value: Any, budget: Budget | None = None) -> Row:
     try:
+        if budget is not None:
+            budget.rows += 1
+            if budget.rows > budget.max_rows:
+                return BadInput(
+                    f"past the request's row limit (serving.max_rows={budget.max_rows}): not read; "
+                    "send it in another request"
+                )
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(value))
+            return decode_image(bytes(value), budget)
         if isinstance(value, str):
-            return decode_image(value)
+            return decode_image(value, budget)
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU" and value.ndim == 0:
-            return _row(value.item())
+            if budget is not None:
+                budget.rows -= 1  # the same row, unwrapped
+            return _row(value.item(), budget)
         arr = _pixels(value)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
@@ -87,6 +137,8 @@ def _row(value: Any) -> Row:
             raise ValueError(
                 f"expected an image HxW or HxWxC (C in 1, 3, 4), got shape {arr.shape}"
             )
+        if budget is not None:
+            budget.admit(arr.shape[1], arr.shape[0])
         return arr
     except Exception as exc:  # noqa: BLE001 - any unreadable row is reported on its row
         return BadInput(f"{type(exc).__name__}: {exc}")
@@ -103,36 +155,41 @@ def _column(frame: pd.DataFrame) -> pd.Series:
     )
 
 
-def as_rows(model_input: Any) -> list[Row]:
-    """One decoded image (or ``BadInput``) per input row; a ValueError when the container is not understood."""
+def as_rows(model_input: Any, budget: Budget | None = None) -> list[Row]:
+    """One decoded image (or ``BadInput``) per input row, read one after the other within ``budget``;
+    a ValueError when the container is not understood."""
+
+    def rows(values: Any) -> list[Row]:
+        return [_row(v, budget) for v in values]
+
     if isinstance(model_input, pd.DataFrame):
-        return [_row(v) for v in _column(model_input)]
+        return rows(_column(model_input))
     if isinstance(model_input, pd.Series):
-        return [_row(v) for v in model_input]
+        return rows(model_input)
     if isinstance(model_input, dict):
         if IMAGE_COLUMN not in model_input:
             raise ValueError(
                 f"a dict input needs the key {IMAGE_COLUMN!r}, got {sorted(model_input)}"
             )
         value = model_input[IMAGE_COLUMN]
-        return as_rows(value if isinstance(value, (list, tuple, np.ndarray)) else [value])
+        return as_rows(value if isinstance(value, (list, tuple, np.ndarray)) else [value], budget)
     if isinstance(model_input, (str, bytes, bytearray)):
-        return [_row(model_input)]
+        return rows([model_input])
     if isinstance(model_input, np.ndarray):
         if model_input.dtype.kind in "OSU":  # encoded images: (N,) or (N, 1) from a JSON request
             return (
-                [_row(v) for v in model_input.reshape(len(model_input), -1)[:, 0]]
+                rows(model_input.reshape(len(model_input), -1)[:, 0])
                 if model_input.ndim
-                else [_row(model_input.item())]
+                else rows([model_input.item()])
             )
         if model_input.ndim == 2:
-            return [_row(model_input)]
+            return rows([model_input])
         if model_input.ndim in (3, 4):
-            return [_row(img) for img in model_input]
+            return rows(model_input)
         raise ValueError(
             f"expected images of shape (N, H, W) or (N, H, W, C), got {model_input.shape}"
         )
-    return [_row(v) for v in model_input]
+    return rows(model_input)
 
 
 def as_image_list(model_input: Any) -> list[np.ndarray]:

@@ -35,7 +35,12 @@ import torch
 import mlflow
 from visionops.core.batching import inference_batch_size
 from visionops.core.memory import PageReleaser
-from visionops.serving.inputs import BadInput, as_image_list, as_rows  # noqa: F401 - as_image_list re-exported
+from visionops.serving.inputs import (  # noqa: F401 - as_image_list re-exported
+    BadInput,
+    Budget,
+    as_image_list,
+    as_rows,
+)
 from visionops.serving.tta import check_views, predict_proba
 from visionops.serving.unknown import UNKNOWN, nearest_distance, unknown_mask
 
@@ -63,6 +68,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             "score": "probability",
             "threshold": None,
         }
+        self.limits: dict[str, int] = serving_limits(meta.get("limits"))
         self.enrolled = np.zeros((0, 0), np.float32)
         if "enrolled" in context.artifacts:
             self.enrolled = np.load(context.artifacts["enrolled"])["embeddings"]
@@ -130,18 +136,23 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         """
         params = params or {}
         mode = params.get("input") or "auto"
-        if mode not in INPUT_MODES:
-            raise ValueError(f"params.input must be one of {INPUT_MODES}, got {mode!r}")
-        if mode == "photo" and self.faces is None:
-            raise ValueError(
-                "params.input=photo needs a model trained on face chips (faces.enabled)"
-            )
-        if params.get("return_embeddings") and self.encoder is None:
-            raise ValueError(
-                "params.return_embeddings needs an embedding model (one with an encoder, such as "
-                "face_embedding); this one classifies pixels"
-            )
-        rows = as_rows(model_input)
+        try:
+            if mode not in INPUT_MODES:
+                raise ValueError(f"params.input must be one of {INPUT_MODES}, got {mode!r}")
+            if mode == "photo" and self.faces is None:
+                raise ValueError(
+                    "params.input=photo needs a model trained on face chips (faces.enabled)"
+                )
+            if params.get("return_embeddings") and self.encoder is None:
+                raise ValueError(
+                    "params.return_embeddings needs an embedding model (one with an encoder, such "
+                    "as face_embedding); this one classifies pixels"
+                )
+            rows = as_rows(model_input, Budget(**self.limits))
+        except ValueError as exc:
+            # The client's mistake, said to the client: MLflow's server answers an MlflowException
+            # with its message (400), any other exception with a generic one.
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(str(exc)) from None
         n = len(rows)
         labels: list[str | None] = [None] * n
         status, error = ["ok"] * n, [None] * n
@@ -194,7 +205,58 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if params.get("return_probabilities"):
             extra = pd.DataFrame(probs, columns=[PROBA_PREFIX + lb for lb in self.labels])
             out = pd.concat([out, extra], axis=1)
-        return out
+        return json_safe(out) if in_http_server() else out
+
+
+LIMIT_ENV = {
+    "max_rows": "VISIONOPS_SERVING_MAX_ROWS",
+    "max_pixels": "VISIONOPS_SERVING_MAX_PIXELS_PER_REQUEST",
+    "max_side": "VISIONOPS_SERVING_MAX_DECODED_SIDE",
+}
+
+
+def serving_limits(packaged: dict[str, int] | None) -> dict[str, int]:
+    """The request budget (``inputs.Budget``): as packaged with the model (``serving.*`` and
+    ``validate.min_side`` at training; the defaults for a model packaged before), each overridden
+    by its environment variable where the model is served."""
+    import os
+
+    limits = {**{k: v for k, v in vars(Budget()).items() if k not in ("rows", "pixels")}}
+    limits |= packaged or {}
+    for key, var in LIMIT_ENV.items():
+        if os.environ.get(var, "").strip():
+            try:
+                limits[key] = max(1, int(os.environ[var]))
+            except ValueError:
+                raise ValueError(f"{var}={os.environ[var]!r} is not a whole number") from None
+    return limits
+
+
+def in_http_server() -> bool:
+    """Whether this process is MLflow's scoring server (``mlflow models serve``, ``visionops
+    serve``), which sets this variable when it starts and answers in JSON."""
+    import os
+
+    return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
+
+
+def json_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The answer with null where a number is missing: ``NaN`` is not JSON, and a strict parser
+    (JavaScript's ``JSON.parse``, Python's with ``parse_constant``) refuses the whole response."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column].to_numpy(dtype=object)
+        out[column] = pd.Series(
+            [
+                None
+                if v is None or (isinstance(v, float) and not np.isfinite(v)) or v is pd.NA
+                else v
+                for v in values
+            ],
+            dtype=object,
+            index=out.index,
+        )
+    return out
 
 
 def serving_signature() -> mlflow.models.ModelSignature:
@@ -262,6 +324,7 @@ def log_classifier(
     network_example: np.ndarray | None = None,
     unknown: dict[str, Any] | None = None,
     faces: dict[str, Any] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> dict[str, str]:
     """Log the network (pytorch flavour) and the pyfunc classifier into the active run; return their URIs.
 
@@ -269,7 +332,7 @@ def log_classifier(
     model for drift checks; ``tta`` views are applied by every ``predict``. ``encoder`` names a frozen
     encoder whose output the network takes (``network_example`` is such an output), ``enrolled`` its
     embeddings of the known images; ``unknown`` is ``{"score", "threshold", ...}``; ``faces`` the face
-    settings that turn photos into chips.
+    settings that turn photos into chips; ``limits`` what one request may cost (``inputs.Budget``).
     """
     if unknown and unknown.get("threshold") is not None and UNKNOWN in labels:
         raise ValueError(
@@ -297,6 +360,7 @@ def log_classifier(
         "faces": faces,
         "unknown": unknown
         or {"score": "distance" if encoder else "probability", "threshold": None},
+        "limits": dict(limits or {}),
         "input": "uint8 arrays (N, H, W) grey or (N, H, W, 3) colour, any size; or encoded images "
         "(bytes, base64) in a list, a DataFrame column 'image' or {'image': [...]}",
     }

@@ -299,5 +299,11 @@ def _log_served_model(
             workdir=Path(tmp),
             data_profile=folder / "data_profile.json",
             tta=cfg.train.tta,
+            limits={
+                "max_rows": cfg.serving.max_rows,
+                "max_pixels": cfg.serving.max_pixels_per_request,
+                "max_side": cfg.serving.max_decoded_side,
+                "min_side": cfg.validate_.min_side,
+            },
             **extras,
         )

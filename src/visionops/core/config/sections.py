@@ -278,7 +278,29 @@ class RegistryConfig(_Section):
 
 
 class ServingConfig(_Section):
-    """How the served model answers: ``unknown`` when it is not confident enough."""
+    """How the served model answers: ``unknown`` when it is not confident enough; and what one
+    request may cost (packaged with the model; ``VISIONOPS_SERVING_MAX_ROWS`` /
+    ``VISIONOPS_SERVING_MAX_PIXELS_PER_REQUEST`` override them where it is served)."""
+
+    max_rows: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Rows one request may hold; rows past it are answered 'invalid', unread.",
+    )
+    max_pixels_per_request: int = Field(
+        100_000_000,
+        ge=1,
+        le=2_000_000_000,
+        description="Pixels one request may decode in all (from each image's header, before "
+        "decoding); rows past it are answered 'invalid', undecoded.",
+    )
+    max_decoded_side: int = Field(
+        4096,
+        ge=64,
+        le=65_536,
+        description="An image with a longer side is shrunk as it is decoded (JPEG: at decode time).",
+    )
 
     # Off by default: a closed-set task (digits, objects) has no strangers, and the threshold would only
     # turn right answers into 'unknown'. The face service (conf/faces.yaml) turns it on.
