@@ -52,6 +52,7 @@ def register(root: Path) -> str:
         [0.25],
     ).eval()
     example = np.zeros((2, 1, 16, 16), np.uint8)
+    (root / "w").mkdir()
     with mlflow.start_run(experiment_id=tracking.experiment_id("bench-serving")) as run:
         uris = log_classifier(
             net, labels=["a", "b"], image_size=16, channels=1, example=example, workdir=root / "w"
