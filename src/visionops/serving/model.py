@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,15 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 for i, vector in zip(part, emb):
                     embeddings[i] = vector.tolist()
 
+    def _budget(self) -> Budget:
+        """The request budget in an HTTP server. In-process callers (evaluation, batch scoring) pass
+        their own batches: only the smallest image side holds for them."""
+        limits = getattr(self, "limits", None) or serving_limits(None)
+        if in_http_server():
+            return Budget(**limits)
+        unbounded = sys.maxsize
+        return Budget(unbounded, unbounded, unbounded, limits["min_side"])
+
     # np.ndarray is one of the hints MLflow takes without deriving or enforcing a schema (so do
     # DataFrames): the input is read by visionops.serving.inputs, whatever its container.
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
@@ -148,7 +158,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                     "params.return_embeddings needs an embedding model (one with an encoder, such "
                     "as face_embedding); this one classifies pixels"
                 )
-            rows = as_rows(model_input, Budget(**self.limits))
+            rows = as_rows(model_input, self._budget())
         except ValueError as exc:
             # The client's mistake, said to the client: MLflow's server answers an MlflowException
             # with its message (400), any other exception with a generic one.

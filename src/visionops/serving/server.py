@@ -6,7 +6,8 @@ ASGI middleware written here because MLflow's server has no hook for it, adds wh
 clients needs:
 
 - a request body larger than ``--max-request-mb`` is refused with 413 before the model sees it
-  (the body is read in chunks and reading stops at the limit);
+  (the body is read in chunks; past the limit nothing is kept, and the rest is read and dropped up
+  to four times the limit so that the client gets the answer);
 - every JSON answer is strict JSON: a missing number is ``null``, never ``NaN`` or ``Infinity``;
 - error answers carry ``error_code`` and ``message`` only: MLflow puts a ``stack_trace`` with the
   server's file paths into them, which a client has no use for (it is logged here instead), and a
@@ -27,6 +28,7 @@ from typing import Any
 log = logging.getLogger("visionops.serve")
 
 MAX_MESSAGE = 2000
+DRAIN_FACTOR = 4  # a body past the limit is read and dropped up to this many times the limit
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -85,10 +87,6 @@ class Guard:
             "message": f"the request body is larger than {self.max_request_bytes} bytes "
             "(visionops serve --max-request-mb); send fewer or smaller images per request",
         }
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
-            await _answer(send, 413, too_large)
-            return
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -96,11 +94,16 @@ class Guard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_request_bytes:
+            more = message.get("more_body", False)
+            if size <= self.max_request_bytes:
+                chunks.append(chunk)
+            elif size > DRAIN_FACTOR * self.max_request_bytes or not more:
+                # Past the limit nothing is kept; the rest is read (up to a bound) and dropped, so
+                # that a client still sending gets the answer instead of a broken connection.
                 await _answer(send, 413, too_large)
                 return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+            else:
+                chunks.clear()
         body, replayed = b"".join(chunks), False
 
         async def replay() -> Message:
