@@ -303,7 +303,9 @@ def _log_served_model(
                 "max_rows": cfg.serving.max_rows,
                 "max_pixels": cfg.serving.max_pixels_per_request,
                 "max_side": cfg.serving.max_decoded_side,
-                "min_side": cfg.validate_.min_side,
+                # validate.min_side bounds what the network was trained on: the images, or for a
+                # face model the chips cut from the photos (a photo has no such bound).
+                "min_side": 1 if cfg.faces.enabled else cfg.validate_.min_side,
             },
             **extras,
         )
