@@ -349,6 +349,21 @@ def start_worker(
     )
 
 
+def compose_settings(env_file: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The compose file and its variables: the secrets in ``env_file`` (made when missing), sized
+    for this machine (a setting given in .env or the environment wins): the gpu worker is always
+    there, so GPU routing is on; one task per worker per two cores."""
+    make_secrets = project_dir() / "docker" / "make_secrets.py"
+    subprocess.check_call([sys.executable, str(make_secrets), "--env-file", str(env_file)])
+    compose = load_compose(project_dir() / "docker-compose.yaml")
+    variables = compose_variables(env_file)
+    slots = str(max(1, (os.cpu_count() or 2) // 2))
+    variables.setdefault("VISIONOPS_GPU_QUEUE", "gpu")
+    variables.setdefault("AIRFLOW_GPU_WORKER_CONCURRENCY", slots)
+    os.environ.setdefault("AIRFLOW__CELERY__WORKER_CONCURRENCY", slots)
+    return compose, variables
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     state = StackState(home)
@@ -358,22 +373,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     state.services.clear()
     env_file = Path(args.env_file).resolve()
-    subprocess.check_call(
-        [
-            sys.executable,
-            str(project_dir() / "docker" / "make_secrets.py"),
-            "--env-file",
-            str(env_file),
-        ]
-    )
-    compose = load_compose(project_dir() / "docker-compose.yaml")
-    variables = compose_variables(env_file)
-    # Sized for this machine (a setting given in .env or the environment wins): the gpu worker is
-    # always there, so GPU routing is on; one task per worker per two cores.
-    slots = str(max(1, (os.cpu_count() or 2) // 2))
-    variables.setdefault("VISIONOPS_GPU_QUEUE", "gpu")
-    variables.setdefault("AIRFLOW_GPU_WORKER_CONCURRENCY", slots)
-    os.environ.setdefault("AIRFLOW__CELERY__WORKER_CONCURRENCY", slots)
+    compose, variables = compose_settings(env_file)
     at = Addresses(
         db_prefix=args.db_prefix,
         mlflow_url=f"http://127.0.0.1:{args.mlflow_port}",

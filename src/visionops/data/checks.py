@@ -232,32 +232,40 @@ def file_table(manifest: pd.DataFrame, cfg: ValidateConfig, plan: SplitPlan | No
                 "warning" if cfg.convert_modes else "error",
             )
         )
-    index = ["path"]
-    if plan is not None:
-        # Under a user-given split a leak is the user's to fix (leakage_severity); a planned split
-        # keeps near-copies together, so what remains are cut links: reported, never fatal.
-        column = "leak_pixel_diff" if plan.forced else "cut_link_pixel_diff"
-        paths = frame["path"].tolist()
-        frame["split"] = pd.array(list(plan.split), dtype="string")
-        frame[column] = pd.array(
-            [None if np.isnan(d) else float(d) for d in plan.leak_diff], dtype="Float64"
-        )
-        frame["leaks_train_file"] = pd.array(
-            [paths[p] if p >= 0 else None for p in plan.leak_partner], dtype="string"
-        )
-        frame["dhash_bits"] = pd.array(
-            [b if b >= 0 else None for b in plan.leak_bits.tolist()], dtype="Int64"
-        )
-        exp.append(
-            (
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=column, min_value=cfg.near_duplicate_max_diff, strict_min=True
-                ),
-                cfg.leakage_severity if plan.forced else "warning",
-            )
-        )
-        index = ["path", "split", "leaks_train_file", "dhash_bits"]
-        if plan.near_conflict:
-            frame["near_copy_other_label"] = pd.array(plan.near_conflict, dtype="string")
-            exp.append((gxe.ExpectColumnValuesToBeNull(column="near_copy_other_label"), "warning"))
+    index = ["path"] if plan is None else _leak_columns(frame, plan, cfg, exp)
     return Table("files", frame, index, exp)
+
+
+def _leak_columns(
+    frame: pd.DataFrame, plan: SplitPlan, cfg: ValidateConfig, exp: list[tuple[Any, str]]
+) -> list[str]:
+    """The split plan's columns on the file table, and their expectations appended to ``exp``;
+    returns the table's index columns. Under a user-given split a leak is the user's to fix
+    (leakage_severity); a planned split keeps near-copies together, so what remains are cut links:
+    reported, never fatal."""
+    import great_expectations.expectations as gxe
+
+    column = "leak_pixel_diff" if plan.forced else "cut_link_pixel_diff"
+    paths = frame["path"].tolist()
+    frame["split"] = pd.array(list(plan.split), dtype="string")
+    frame[column] = pd.array(
+        [None if np.isnan(d) else float(d) for d in plan.leak_diff], dtype="Float64"
+    )
+    frame["leaks_train_file"] = pd.array(
+        [paths[p] if p >= 0 else None for p in plan.leak_partner], dtype="string"
+    )
+    frame["dhash_bits"] = pd.array(
+        [b if b >= 0 else None for b in plan.leak_bits.tolist()], dtype="Int64"
+    )
+    exp.append(
+        (
+            gxe.ExpectColumnValuesToBeBetween(
+                column=column, min_value=cfg.near_duplicate_max_diff, strict_min=True
+            ),
+            cfg.leakage_severity if plan.forced else "warning",
+        )
+    )
+    if plan.near_conflict:
+        frame["near_copy_other_label"] = pd.array(plan.near_conflict, dtype="string")
+        exp.append((gxe.ExpectColumnValuesToBeNull(column="near_copy_other_label"), "warning"))
+    return ["path", "split", "leaks_train_file", "dhash_bits"]

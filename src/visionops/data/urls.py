@@ -127,10 +127,10 @@ def fetch(
             if answer.status < 500:
                 return reason  # 4xx (or a redirect without a target) will not change on a retry
             continue
-        if answer.body is None and not answer.too_large:
-            return f"not an image: Content-Type {answer.content_type or 'missing'}"
         if answer.too_large:
             return f"larger than data.max_download_bytes={max_bytes}"
+        if answer.body is None:
+            return f"not an image: Content-Type {answer.content_type or 'missing'}"
         tmp = target.with_name(target.name + ".part")
         tmp.write_bytes(answer.body)
         tmp.replace(target)

@@ -114,6 +114,8 @@ def _pixels(value: Any) -> np.ndarray:
 
 
 def _row(value: Any, budget: Budget | None = None) -> Row:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU" and value.ndim == 0:
+        value = value.item()  # one encoded image, wrapped
     try:
         if budget is not None:
             budget.rows += 1
@@ -126,10 +128,6 @@ def _row(value: Any, budget: Budget | None = None) -> Row:
             return decode_image(bytes(value), budget)
         if isinstance(value, str):
             return decode_image(value, budget)
-        if isinstance(value, np.ndarray) and value.dtype.kind in "OSU" and value.ndim == 0:
-            if budget is not None:
-                budget.rows -= 1  # the same row, unwrapped
-            return _row(value.item(), budget)
         arr = _pixels(value)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]

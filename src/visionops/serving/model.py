@@ -231,7 +231,7 @@ def serving_limits(packaged: dict[str, int] | None) -> dict[str, int]:
     by its environment variable where the model is served."""
     import os
 
-    limits = {**{k: v for k, v in vars(Budget()).items() if k not in ("rows", "pixels")}}
+    limits = {k: v for k, v in vars(Budget()).items() if k not in ("rows", "pixels")}
     limits |= packaged or {}
     for key, var in LIMIT_ENV.items():
         if os.environ.get(var, "").strip():
