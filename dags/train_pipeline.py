@@ -143,9 +143,20 @@ def train_pipeline():
 
     # Every task below reads the run context from start's XCom (run_context()) rather than taking it
     # as an argument, so that the graph shows the pipeline's flow, not an edge from start to each task.
+    # Ingest in three steps: the plan lists the source and cuts the files to read into chunks
+    # (data.ingest_chunk_files), one mapped ingest_chunk per chunk on any worker, and ingest merges
+    # them into the manifest (the task the rest of the pipeline reads).
     @task
-    def ingest() -> dict:
-        return run_stage(stages.ingest, run_context())
+    def ingest_plan() -> list:
+        return run_stage(stages.ingest_plan, run_context())
+
+    @task
+    def ingest_chunk(chunk: dict) -> dict:
+        return run_stage(stages.ingest_chunk, run_context(), chunk)
+
+    @task
+    def ingest(chunks: list) -> dict:
+        return run_stage(stages.ingest_merge, run_context(), list(chunks))
 
     @task
     def check_changes(ingested: dict) -> dict:
@@ -234,8 +245,9 @@ def train_pipeline():
         return run_stage(stages.finish, run_context(), registered, answer)
 
     # The data flow; start only opens the run (its context reaches the tasks through XCom).
-    ingested = ingest()
-    start() >> ingested
+    chunks = ingest_plan()
+    start() >> chunks
+    ingested = ingest(ingest_chunk.expand(chunk=chunks))
     check = check_changes(ingested)
     stop = unchanged(check)
     validated = validate(ingested)

@@ -32,6 +32,8 @@ ROUTE = "/visionops"
 TRACKED_DAGS = frozenset({"train_pipeline"})
 # The stage (tag visionops.stage of its MLflow child run) of each task that opens one.
 STAGE_OF_TASK = {
+    "ingest_plan": "ingest",
+    "ingest_chunk": "ingest",  # the chunks are merged and recorded by the ingest run
     "ingest": "ingest",
     "validate": "validate",
     "preprocess": "preprocess",

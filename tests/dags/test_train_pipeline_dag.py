@@ -54,7 +54,10 @@ def test_parsing_imports_nothing_heavy(dag_file, tmp_path):
 def test_task_graph_is_the_expected_chain(dag):
     expected = {
         # start opens the run; its context reaches the tasks through XCom (run_context()), not edges.
-        "start": {"ingest"},
+        "start": {"ingest_plan"},
+        # ingest mapped over chunks of the source's files, merged into one manifest by `ingest`
+        "ingest_plan": {"ingest_chunk"},
+        "ingest_chunk": {"ingest"},
         "ingest": {"check_changes", "validate", "preprocess"},
         # Nothing changed since the champion: `unchanged`, and everything from validate on is skipped.
         "check_changes": {"after_check", "unchanged"},
@@ -80,6 +83,8 @@ def test_task_graph_is_the_expected_chain(dag):
         assert dag.get_task(task_id).downstream_task_ids == downstream, task_id
     order = [
         "start",
+        "ingest_plan",
+        "ingest_chunk",
         "ingest",
         "check_changes",
         "after_check",
@@ -104,8 +109,8 @@ def test_task_graph_is_the_expected_chain(dag):
 def test_start_is_upstream_only_of_what_directly_follows_it(dag):
     """The run context reaches every task from start's XCom (visionops_tasks.run_context), so the graph
     view draws the pipeline's flow instead of an edge from start to every task."""
-    assert dag.get_task("start").downstream_task_ids == {"ingest"}
-    assert [t.task_id for t in dag.tasks if "start" in t.upstream_task_ids] == ["ingest"]
+    assert dag.get_task("start").downstream_task_ids == {"ingest_plan"}
+    assert [t.task_id for t in dag.tasks if "start" in t.upstream_task_ids] == ["ingest_plan"]
     source = (REPO / "dags" / "train_pipeline.py").read_text()
     tree = ast.parse(source)
     bodies = [
@@ -282,7 +287,9 @@ def _adapters_called(dag_file: str, module: str) -> list[str]:
             "stages",
             (
                 "start",
-                "ingest",
+                "ingest_plan",
+                "ingest_chunk",
+                "ingest_merge",
                 "check_changes",
                 "after_check",
                 "unchanged",

@@ -10,7 +10,7 @@ order:
    (``visionops.cli.airflow_api``) logging in with a wrong password (401, naming the call; the
    right one's token opens the API), MLflow without credentials (401), MLflow's read-only user
    writing (403);
-2. a CPU run: its tuning tasks on both workers, sharing one Optuna study on PostgreSQL, while the
+2. a CPU run: its ingest chunks and its tuning tasks on both workers, sharing one Optuna study on PostgreSQL, while the
    scheduler is restarted; the worker running ``train`` killed after the first epoch checkpoint:
    the retry runs on the other worker and resumes in the same MLflow run, one model; champion;
 3. two runs of one model waiting for approval, approved at the same moment: both promote tasks run
@@ -302,6 +302,8 @@ def test_a_run_spreads_over_both_workers_and_survives_a_scheduler_restart_and_a_
     api = stack["api"]
     overrides = {**SMALL, "train.device": "cpu", "tune.workers": 2, "tune.n_trials": 4}
     overrides |= {"train.max_epochs": 10, "train.patience": 10, **GATE}
+    # The stack's first run: every one of the 1,797 digits is read, in 4 mapped chunks.
+    overrides |= {"data.ingest_chunk_files": 450}
     cli, log, run_id = _start_cli_run(stack, overrides, tmp_path)
     state = StackState(stack["home"])
     victim = None
@@ -328,6 +330,8 @@ def test_a_run_spreads_over_both_workers_and_survives_a_scheduler_restart_and_a_
     tasks = api.tasks(run_id)
     tuners = [t for t in tasks if t["task_id"] == "tune_worker"]
     assert {t["hostname"] for t in tuners} == set(stack["hosts"].values()), tuners
+    chunks = [t for t in tasks if t["task_id"] == "ingest_chunk"]
+    assert len(chunks) == 4 and {t["hostname"] for t in chunks} == set(stack["hosts"].values())
     assert all(t["queue"] == "default" for t in tasks if t["state"] == "success")
     tries = api.tries(run_id, "train")
     assert tries[-1]["state"] == "success" and tries[-1]["hostname"] != train["hostname"], tries
@@ -345,6 +349,9 @@ def test_a_run_spreads_over_both_workers_and_survives_a_scheduler_restart_and_a_
     # Two workers stop at tune.n_trials finished together: each may have one more trial under way.
     assert 4 <= len(finished) <= 5, [t.data.tags for t in trials]
     assert len({t.data.tags["optuna.study"] for t in trials}) == 1
+    # One ingest run, merged from the 4 chunks the two workers read.
+    (ingest,) = [r for r in children if r.data.tags.get("visionops.stage") == "ingest"]
+    assert (ingest.data.metrics["n_ingest_chunks"], ingest.data.metrics["n_images"]) == (4, 1797)
     # The retry went on in the interrupted attempt's MLflow run: one run, every epoch logged once.
     (trained,) = [r for r in children if r.data.tags.get("visionops.stage") == "train"]
     assert trained.info.status == "FINISHED"

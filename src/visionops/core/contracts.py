@@ -9,7 +9,8 @@ loose dict keys. They sit in ``core`` because every layer produces or reads one:
 The flow, task by task (``train_pipeline``)::
 
     start      -> RunContext                      (every later task receives it)
-    ingest     -> StageOutput                     (the manifest under the run)
+    ingest_plan -> list[IngestChunk] -> ingest_chunk -> IngestChunkDone -> ingest -> StageOutput
+                                                  (the manifest under the run)
     check_changes -> ChangeCheck                  (unchanged since the champion: the run stops here)
     validate   -> Validated
     preprocess -> StageOutput                     (the arrays and the label map)
@@ -46,6 +47,8 @@ __all__ = [
     "Recorded",
     "SourceChange",
     "ChampionScore",
+    "IngestChunk",
+    "IngestChunkDone",
     "Contract",
     "Evaluated",
     "GateDecision",
@@ -129,6 +132,23 @@ class Validated(Contract):
     success: bool
     statistics: dict[str, Any]
     warnings: list[str]
+
+
+class IngestChunk(Contract):
+    """One chunk of the files an ingest reads (``plan`` None: the whole ingest is reused)."""
+
+    ingest_fingerprint: str
+    plan: StageOutput | None
+    index: int
+    n_chunks: int
+
+
+class IngestChunkDone(IngestChunk):
+    """A chunk read: its records under the run, and the host that read them."""
+
+    records: StageOutput | None
+    n_files: int
+    host: str
 
 
 class TuneTask(Contract):

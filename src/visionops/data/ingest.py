@@ -159,29 +159,24 @@ def inspect_images(
     progress.done()
 
 
-def build_manifest(
-    items: list[Item],
-    previous: pd.DataFrame | None = None,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    now: float | None = None,
-    workers: int = 1,
-) -> pd.DataFrame:
-    """One row per file with the columns of ``MANIFEST_COLUMNS``.
+# The files an ingest has to read, one row each: where its row goes in the manifest (``at``), what
+# the source says of it, and the hash and first-seen time of its previous row (None when new).
+TODO_COLUMNS = ["at", "path", "label", "box", "group", "split", "old_sha256", "old_first_seen"]
 
-    Rows of ``previous`` (an earlier manifest of the same source) are reused for files whose path,
-    size and mtime are unchanged; ``frame.attrs["reread"]`` counts the files actually read (in
-    ``workers`` processes).
-    """
-    now = time.time() if now is None else now
+
+def plan_manifest(
+    items: list[Item], previous: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the source into the rows of ``previous`` that still hold (path, size and mtime
+    unchanged; with their position ``at``) and the files to read (``TODO_COLUMNS``)."""
     known = (
         {}
         if previous is None or previous.empty
         else {row["path"]: row for row in previous.to_dict("records")}
     )
-    rows: list[dict[str, Any] | None] = []
-    todo: list[tuple[int, Item, Any, dict[str, Any]]] = []  # (row, item, old row, given columns)
-    for item in items:
+    kept: list[dict[str, Any]] = []
+    todo: list[dict[str, Any]] = []
+    for at, item in enumerate(items):
         old = known.get(item.path)
         box = ",".join(str(v) for v in item.box) if getattr(item, "box", None) else None
         try:
@@ -200,18 +195,48 @@ def build_manifest(
             "split": getattr(item, "split", None),
         }
         if same and not pd.isna(old.get("sha256")):
-            rows.append({**old, **given})
+            kept.append({**old, **given, "at": at})
             continue
-        todo.append((len(rows), item, old, given))
-        rows.append(None)
-    records = inspect_images([item.path for _, item, _, _ in todo], max_pixels, workers)
-    for (at, item, old, given), record in zip(todo, records, strict=True):
-        # A touched file with the same content keeps the time it was first seen.
-        first_seen = (
-            old["first_seen"] if old is not None and old.get("sha256") == record["sha256"] else now
+        was = old is not None and not pd.isna(old.get("sha256"))
+        todo.append(
+            {
+                "at": at,
+                "path": item.path,
+                **given,
+                "old_sha256": old["sha256"] if was else None,
+                "old_first_seen": float(old["first_seen"]) if was else None,
+            }
         )
-        rows[at] = {"path": item.path, **record, **given, "first_seen": first_seen}
-    reread = len(todo)
+    return (
+        pd.DataFrame(kept, columns=[*MANIFEST_COLUMNS, "at"]),
+        pd.DataFrame(todo, columns=TODO_COLUMNS),
+    )
+
+
+def read_files(
+    todo: pd.DataFrame, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1
+) -> list[dict[str, Any]]:
+    """``inspect_image`` of each file of a plan's ``todo`` (or a chunk of it), in its order."""
+    return list(inspect_images(todo["path"].tolist(), max_pixels, workers))
+
+
+def assemble_manifest(
+    kept: pd.DataFrame, todo: pd.DataFrame, records: list[dict[str, Any]], now: float
+) -> pd.DataFrame:
+    """The manifest (``MANIFEST_COLUMNS``, the source's order) from a plan and the records of its
+    files; ``frame.attrs["reread"]`` counts the files read."""
+    rows: list[dict[str, Any] | None] = [None] * (len(kept) + len(todo))
+    for row in kept.to_dict("records"):
+        rows[int(row.pop("at"))] = row
+    for item, record in zip(todo.to_dict("records"), records, strict=True):
+        # A touched file with the same content keeps the time it was first seen.
+        same = pd.notna(item["old_sha256"]) and item["old_sha256"] == record["sha256"]
+        rows[int(item["at"])] = {
+            "path": item["path"],
+            **record,
+            **{k: item[k] for k in ("label", "box", "group", "split")},
+            "first_seen": item["old_first_seen"] if same else now,
+        }
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("size_bytes", "mtime_ns", "width", "height", "channels"):
         frame[col] = frame[col].astype("Int64")
@@ -219,8 +244,28 @@ def build_manifest(
         frame[col] = frame[col].astype("float64")
     for col in ("group", "split"):
         frame[col] = frame[col].astype("string")
-    frame.attrs["reread"] = reread
+    frame.attrs["reread"] = len(todo)
     return frame
+
+
+def build_manifest(
+    items: list[Item],
+    previous: pd.DataFrame | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    now: float | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """One row per file with the columns of ``MANIFEST_COLUMNS``, in one process and its ``workers``.
+
+    Rows of ``previous`` (an earlier manifest of the same source) are reused for files whose path,
+    size and mtime are unchanged; ``frame.attrs["reread"]`` counts the files actually read. The
+    pipeline's ingest does the same in chunks that Airflow can map over workers
+    (``visionops.data.ingest_stage``).
+    """
+    kept, todo = plan_manifest(items, previous)
+    records = read_files(todo, max_pixels, workers)
+    return assemble_manifest(kept, todo, records, time.time() if now is None else now)
 
 
 def catalog_path(data: DataConfig) -> Path:

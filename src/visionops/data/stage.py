@@ -1,4 +1,5 @@
-"""The data stages: ingest (list, hash, find faces), validate (Great Expectations), preprocess (split, resize).
+"""The data stages after ingest (``visionops.data.ingest_stage``): validate (Great Expectations),
+preprocess (split, resize).
 
 Each writes its output under the run (``<data_root>/runs/<run_key>/<stage>/``) and reuses an
 earlier output whose inputs have the same fingerprint.
@@ -19,15 +20,7 @@ from visionops.core import tracking
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.context import RunContext
 from visionops.core.contracts import Validated
-from visionops.core.run_view import data_params, log_params_once
 from visionops.core.storage import StageOutput, fingerprint
-from visionops.data.ingest import (
-    build_manifest,
-    list_items,
-    load_catalog,
-    save_catalog,
-    source_fingerprint_parts,
-)
 from visionops.data.preprocess import preprocess_to
 from visionops.data.split import plan_split
 from visionops.data.split_datasets import log_split_datasets
@@ -35,115 +28,6 @@ from visionops.data.split_datasets import log_split_datasets
 log = logging.getLogger("visionops")
 VALIDATION_PAGE = "validation_report.html"  # at the artifact root of the validate run
 STAGE_VERSION = "3"  # bump to invalidate earlier outputs when a stage's logic changes
-
-
-def ingest_stage(ctx: RunContext) -> StageOutput:
-    """List (or download) the source and record hash, size, mode, statistics and decodability of every file.
-
-    Files unchanged since the last ingest of the same source are not read again. URL rows that could
-    not be used, and photos without exactly one usable face (faces.enabled), are recorded in
-    ``ingest_report.json``; the stage fails when too many URL rows were rejected, or when face
-    detection left a class below ``validate.min_images_per_class`` (an ``InputError`` naming the class,
-    its counts and the reasons, raised here rather than by validate so that the reasons are at hand).
-    """
-    cfg, store = ctx.config(), ctx.store()
-    tracking.configure()
-    with tracking.stage_run(ctx.parent_run_id, "ingest"):
-        report: dict[str, Any] = {}
-        if cfg.data.source == "urls":
-            from visionops.data.urls import download_dir, ingest_urls
-
-            items, report["urls"] = ingest_urls(cfg.data, download_dir(cfg.data))
-        else:
-            items = list_items(cfg.data)
-        faces = None
-        if cfg.faces.enabled:
-            from visionops.data.faces import face_settings
-
-            faces = {
-                **cfg.faces.model_dump(),
-                **face_settings(cfg.faces),
-            }  # settings carry the crop version
-        fp = fingerprint(
-            "ingest",
-            STAGE_VERSION,
-            cfg.data.source,
-            source_fingerprint_parts(items),
-            cfg.data.max_pixels,
-            faces,
-        )
-        out = store.find("ingest", fp)
-        if out is None:
-            with store.writing("ingest", fp) as pending:
-                manifest = build_manifest(
-                    items,
-                    load_catalog(cfg.data),
-                    max_pixels=cfg.data.max_pixels,
-                    workers=cfg.preprocess.workers,
-                )
-                save_catalog(cfg.data, manifest)
-                reread = manifest.attrs.get("reread", len(manifest))
-                if cfg.faces.enabled:
-                    from visionops.data.faces import crop_faces, faces_dir
-
-                    manifest, report["faces"] = crop_faces(
-                        manifest, faces_dir(cfg.faces), cfg.faces, seed=cfg.preprocess.seed
-                    )
-                manifest.to_parquet(pending.path / "manifest.parquet", index=False)
-                (pending.path / "ingest_report.json").write_text(
-                    json.dumps(report, indent=2, default=str)
-                )
-                labelled = manifest.dropna(subset=["sha256"]).sort_values("sha256")
-                pending.meta = {
-                    "n_images": len(manifest),
-                    "n_classes": int(manifest["label"].nunique()),
-                    "n_reread": int(reread),
-                    "data_fingerprint": fingerprint(
-                        list(zip(labelled["sha256"], labelled["label"]))
-                    )[:16],
-                }
-            out = pending.output
-        mlflow.log_metrics(
-            {
-                "n_images": out.meta["n_images"],
-                "n_classes": out.meta["n_classes"],
-                "n_reread": out.meta.get("n_reread", 0),
-            }
-        )
-        report_file = out.local_path() / "ingest_report.json"
-        faces_report = None
-        if report_file.exists():
-            mlflow.log_artifact(str(report_file))
-            faces_report = json.loads(report_file.read_text()).get("faces")
-        if faces_report:
-            mlflow.log_metrics(
-                {
-                    "n_photos": faces_report["photos"],
-                    "n_faces_rejected": len(faces_report["rejected"]),
-                }
-            )
-        mlflow.set_tag(f"{T}reused_output", str(out.reused).lower())
-        mlflow.tracking.MlflowClient().set_tag(
-            ctx.parent_run_id, f"{T}data_fingerprint", out.meta["data_fingerprint"]
-        )
-        log_params_once(
-            ctx.parent_run_id,
-            data_params(out.meta["data_fingerprint"], out.meta["n_images"], out.meta["n_classes"]),
-        )
-    if faces_report:  # a class left too small is dropped by validate's policy, not stopped here
-        log.info(
-            "ingest: a usable face in %d of %d photos (%d left out; ingest_report.json says why)",
-            faces_report["faces"],
-            faces_report["photos"],
-            len(faces_report["rejected"]),
-        )
-    log.info(
-        "ingest: %d images in %d classes (%s)",
-        out.meta["n_images"],
-        out.meta["n_classes"],
-        "reused" if out.reused else "new",
-    )
-    return out
 
 
 def validate_stage(

@@ -15,6 +15,8 @@ from visionops.core.contracts import (
     ChangeCheck,
     Evaluated,
     GateDecision,
+    IngestChunk,
+    IngestChunkDone,
     Promotion,
     Registered,
     RunSummary,
@@ -38,9 +40,34 @@ def start(params: dict[str, Any], *, dag_id: str, airflow_run_id: str) -> RunCon
 
 @stage
 def ingest(ctx: RunContext) -> StageOutput:
-    from visionops.data.stage import ingest_stage
+    """The whole ingest in this process (plan, every chunk, merge)."""
+    from visionops.data.ingest_stage import ingest_stage
 
     return ingest_stage(ctx)
+
+
+@stage
+def ingest_plan(ctx: RunContext) -> list[IngestChunk]:
+    """List (or download) the source; the chunks of files to read, at least one."""
+    from visionops.data.ingest_stage import plan_ingest
+
+    return plan_ingest(ctx)
+
+
+@stage(uses_mlflow=False)
+def ingest_chunk(ctx: RunContext, chunk: IngestChunk) -> IngestChunkDone:
+    """Decode and hash one chunk of the source's files, on whichever worker takes it."""
+    from visionops.data.ingest_stage import read_chunk
+
+    return read_chunk(ctx, chunk)
+
+
+@stage
+def ingest_merge(ctx: RunContext, chunks: list[IngestChunkDone]) -> StageOutput:
+    """The manifest from the chunks; faces; the ingest's MLflow run."""
+    from visionops.data.ingest_stage import merge_ingest
+
+    return merge_ingest(ctx, chunks)
 
 
 @stage

@@ -40,6 +40,12 @@ class DataConfig(_Section):
         2, ge=0, le=10, description="Retries after the first try, with backoff."
     )
     download_workers: int = Field(4, ge=1, le=32)
+    ingest_chunk_files: int = Field(
+        5_000,
+        ge=1,
+        description="Files one ingest_chunk task decodes and hashes: train_pipeline maps its "
+        "ingest over chunks of this size, which any worker of the deployment can take.",
+    )
     max_download_bytes: int = Field(20_000_000, ge=1)
     min_download_side: int = Field(
         16, ge=1, description="Downloaded images smaller than this are placeholders."
