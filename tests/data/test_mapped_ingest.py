@@ -119,3 +119,17 @@ def test_a_later_ingest_reads_only_the_files_that_changed(store, corpus, tmp_pat
     # The rows kept from the last manifest keep what was found then (the broken file's error too).
     assert after.drop(index=str(changed)).equals(before.drop(index=str(changed)))
     assert after["decode_error"].notna().sum() == 1
+
+
+def test_runs_that_cut_the_same_files_differently_do_not_share_a_plan(
+    store, corpus, tmp_path: Path
+) -> None:
+    """Seen on the stack: a scheduled run planned one chunk, a run beside it four; the second found
+    the first's plan for the same files and its chunks asked for files the plan did not have."""
+    labels = _source(tmp_path / "src", corpus)
+    (whole,) = pipeline.ingest_plan(_start(labels, "scheduled"))
+    ctx = _start(labels, "manual", **{"data.ingest_chunk_files": 6})
+    chunks = pipeline.ingest_plan(ctx)
+    assert len(chunks) == 4 and chunks[0]["plan"]["uri"] != whole["plan"]["uri"]
+    merged = pipeline.ingest_merge(ctx, [pipeline.ingest_chunk(ctx, c) for c in chunks])
+    assert merged["meta"]["n_images"] == 21

@@ -83,8 +83,9 @@ def plan_ingest(ctx: RunContext) -> list[IngestChunk]:
     kept, todo = plan_manifest(items, load_catalog(cfg.data))
     size = cfg.data.ingest_chunk_files
     n_chunks = max(1, -(-len(todo) // size))
-    # The plan's identity is what it asks to read: a chunk output is reused only for the same files.
-    plan_fp = fingerprint(fp, todo[["at", "path", "old_sha256"]].astype(str).values.tolist())
+    # The plan's identity is what it asks to read and how it cuts it: a plan (found in any run of
+    # this data root) and its chunks are reused only for the same files in the same chunks.
+    plan_fp = fingerprint(fp, size, todo[["at", "path", "old_sha256"]].astype(str).values.tolist())
     plan = store.find(PLAN_STAGE, plan_fp)
     if plan is None:
         with store.writing(PLAN_STAGE, plan_fp) as pending:

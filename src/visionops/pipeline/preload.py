@@ -24,6 +24,7 @@ log = logging.getLogger("visionops")
 # reads the adapters and keeps this list complete).
 TASK_MODULES = (
     "visionops.core.run",
+    "visionops.data.ingest_stage",
     "visionops.data.stage",
     "visionops.data.watch",
     "visionops.release.lineage",
