@@ -72,6 +72,7 @@ def home(tmp_path_factory) -> Path:
             "min_accuracy": 0.0,
             "min_macro_f1": 0.0,
             "max_regression": 1.0,
+            "max_class_regression": None,
             "compare_with_baselines": False,
         },
         "registry": {"model_name": MODEL, "smoke_test_images": 4},

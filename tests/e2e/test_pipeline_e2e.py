@@ -251,9 +251,11 @@ def test_invalid_config_fails_fast_naming_the_key(home):
 
 WEAK = ["--set", "train.max_epochs=1", "--set", "tune.n_trials=0"]
 # Not worse than the champion beyond the margin: the first runs' config, trained longer. The margin is
-# widened to 2 points so that training noise on 270 test images cannot make this mechanics test flaky;
-# the gate's own unit tests pin the margin and significance rules.
+# widened to 2 points so that training noise on 270 test images cannot make this mechanics test flaky,
+# and a class's recall may move by 25 (7 of its ~27 test images) for the same reason; the gate's own
+# unit tests pin the margin, significance and per-class rules.
 STRONG = ["--set", "train.max_epochs=12", "--set", "gate.max_regression=0.02"]
+STRONG += ["--set", "gate.max_class_regression=25"]
 
 
 @pytest.fixture(scope="module")

@@ -257,6 +257,9 @@ class GateDecision(Contract):
     metrics: dict[str, float]
     comparison: dict[str, Any] = {}  # against the champion in service
     baseline: dict[str, Any] = {}  # against the best simple baseline, by the same policy
+    # Per class (and per slice), worst first: support, recall, the champion's, the change in points.
+    classes: list[dict[str, Any]] = []
+    slices: dict[str, list[dict[str, Any]]] = {}
     judged_on: str = (
         "full"  # the test figures judged: "full" split or its "clean" subset (gate.judge_on)
     )

@@ -197,15 +197,20 @@ def load_paired(predictions: StageOutput) -> PairedPredictions | None:
     )
 
 
-def load_baselines(predictions: StageOutput) -> BaselinePredictions | None:
-    """The model's and the baselines' labels stored by the evaluate stage (None when none was fitted)."""
+def load_answers(predictions: StageOutput) -> BaselinePredictions:
+    """The model's labels stored by the evaluate stage, with the baselines' (none when none was
+    fitted): what the gate's per-class rules read when no champion is in service."""
     frame = pd.read_parquet(predictions.local_path() / PREDICTIONS_FILE)
     columns = [c for c in frame.columns if c.startswith(BASELINE_COLUMN)]
-    if not columns:
-        return None
     return BaselinePredictions(
         frame["y_true"].astype(str).tolist(),
         frame["candidate"].astype(str).tolist(),
         {c.removeprefix(BASELINE_COLUMN): frame[c].astype(str).tolist() for c in columns},
         frame["clean"].astype(bool).tolist() if "clean" in frame.columns else None,
     )
+
+
+def load_baselines(predictions: StageOutput) -> BaselinePredictions | None:
+    """The model's and the baselines' labels stored by the evaluate stage (None when none was fitted)."""
+    answers = load_answers(predictions)
+    return answers if answers.baselines else None

@@ -188,6 +188,12 @@ def model_card(
         f"- test images: {n_test}" if n_test else "",
         "",
         *(["## Against simple baselines", "", *baseline_table(baselines), ""] if baselines else []),
+        *group_table("## Per class, worst first", "class", decision.get("classes", [])),
+        *[
+            line
+            for name, rows in decision.get("slices", {}).items()
+            for line in group_table(f"## Slice `{name}`, worst first", "value", rows)
+        ],
         "## Gate decision",
         "",
         f"{'Passed' if decision.get('passed') else 'Rejected'}:",
@@ -217,6 +223,28 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def group_table(title: str, what: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The gate's per-class (or per-slice) table: each group's test images and recall beside the
+    champion's on the same images, the change in points, whether the rules judged it."""
+    if not rows:
+        return []
+    champion = any("champion_recall" in r for r in rows)
+    head = [what, "test images", "recall", *(["champion", "change"] if champion else []), "judged"]
+    lines = [title, "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        cells = [str(r["group"]), str(r["support"]), f"{100 * r['recall']:.1f}%"]
+        if champion:
+            theirs = r.get("champion_recall")
+            cells += (
+                [f"{100 * theirs:.1f}%", f"{r['delta_points']:+.1f}"]
+                if theirs is not None
+                else ["-", "-"]
+            )
+        cells.append("yes" if r["judged"] else "no (too few)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def quality_section(quality: list[dict[str, Any]], dropped: dict[str, str]) -> list[str]:

@@ -39,6 +39,7 @@ from visionops.core.config import GateConfig
 from visionops.core.contracts import GateDecision
 from visionops.evaluation.paired import BaselinePredictions, PairedPredictions
 from visionops.release.gate_champion import paired_comparison
+from visionops.release.gate_classes import class_rule
 from visionops.release.gate_compare import (
     COMPARED_METRICS,
     EPS,
@@ -165,6 +166,34 @@ def _judged_subset(
     return cand, champ, paired, "clean"
 
 
+def _per_class(
+    paired: PairedPredictions | None,
+    baselines: BaselinePredictions | None,
+    subset: str,
+    champion: dict[str, Any] | None,
+    cfg: GateConfig,
+    reasons: list[str],
+    record: dict[str, Any],
+) -> bool:
+    """``release.gate_classes.class_rule`` on the judged test images: against the champion with the
+    paired predictions, else (no champion, or its comparison skipped) the floor alone on the
+    model's own answers (stored beside the baselines')."""
+    if paired is not None and cfg.on_class_change != "skip_comparison":
+        shared = sorted(set(paired.candidate_labels) & set(paired.champion_labels))
+        against = f"champion v{champion['version']}" if champion else "the champion"
+        return class_rule(
+            paired.y_true, paired.candidate, paired.champion, shared, cfg, against, reasons, record
+        )
+    answers = paired or baselines
+    if answers is None:
+        if cfg.min_class_recall is not None:
+            reasons.append("no per-class rule: this evaluation stored no predictions")
+        return True
+    if isinstance(answers, BaselinePredictions) and subset == "clean" and answers.clean:
+        answers = answers.clean_subset()
+    return class_rule(answers.y_true, answers.candidate, None, None, cfg, "", reasons, record)
+
+
 def decide(
     candidate: dict[str, float],
     champion: dict[str, Any] | None,
@@ -213,6 +242,8 @@ def decide(
                     reasons,
                 )
                 ok = ok and metric_ok
+    classes: dict[str, Any] = {}
+    ok = _per_class(paired, baselines, subset, champion, cfg, reasons, classes) and ok
     metrics = {k: float(candidate[k]) for k in COMPARED_METRICS}
     return GateDecision(
         passed=ok,
@@ -221,4 +252,5 @@ def decide(
         comparison=comparison,
         baseline=against_baseline,
         judged_on=subset,
+        classes=classes.get("classes", []),
     )

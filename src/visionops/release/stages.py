@@ -23,6 +23,7 @@ from visionops.core.errors import InputError
 from visionops.evaluation.paired import (
     PairedPredictions,
     candidate_predictions,
+    load_answers,
     load_baselines,
     load_paired,
 )
@@ -43,7 +44,8 @@ def gate_stage(ctx: RunContext, evaluated: Evaluated) -> GateDecision:
     tracking.configure()
     paired = baselines = None
     if evaluated.predictions:
-        baselines = load_baselines(evaluated.predictions)  # the simple baselines, same images
+        # The model's answers and the simple baselines', on the same images (per-class rules too).
+        baselines = load_answers(evaluated.predictions)
         if evaluated.champion:
             paired = load_paired(evaluated.predictions)  # both models on the same test images
     with tracking.stage_run(ctx.parent_run_id, "gate"):

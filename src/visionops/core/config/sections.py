@@ -232,6 +232,25 @@ class GateConfig(_Section):
         description="A person approves (Airflow HITL task `approve` in "
         "train_pipeline) before champion moves; no answer in a day rejects.",
     )
+    max_class_regression: float | None = Field(
+        10.0,
+        ge=0.0,
+        le=100.0,
+        description="Points of recall any judged class (person) may lose against the champion, "
+        "on the same test images; more rejects the model, naming the class. null turns it off.",
+    )
+    min_class_support: int = Field(
+        10,
+        ge=1,
+        description="Test images a class (or a slice's value) needs to be judged by the per-class "
+        "rules; smaller ones are listed as not judged (one image of five is 20 points).",
+    )
+    min_class_recall: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Lowest recall any judged class may have, champion or not (null: no floor).",
+    )
     compare_with_baselines: bool = Field(
         True,
         description="Compare the model with the best simple baseline (baseline.models, fitted on "
