@@ -59,6 +59,27 @@ def test_the_shipped_face_config_promotes_on_real_photographs(one_run):
     assert s1["gain_over_baseline_points"] > 0, s1["gate_reasons"]
 
 
+def test_the_yale_slices_are_in_the_report_and_the_model_card(one_run, home):
+    """conf/faces.yaml reads the lighting and the expression of each photo from its file name: the
+    evaluation report gives the accuracy per value, the model card the gate's table per value."""
+    from mlflow.tracking import MlflowClient
+
+    ((_, summary),) = one_run
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    parent = summary["parent_run_id"]
+    report = Path(client.download_artifacts(parent, "evaluation/report.md")).read_text()
+    card = Path(client.download_artifacts(parent, "model_card.md")).read_text()
+    for name, values in (
+        ("lighting", {"center", "left", "right", "other"}),
+        ("expression", {"happy", "normal", "sad", "sleepy", "surprised", "wink", "other"}),
+    ):
+        table = report.split(f"## Slice `{name}`\n\n")[1].split("\n\n")[0].splitlines()
+        assert table[0] == "| value | test images | accuracy |", table
+        rows = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
+        assert len(rows) >= 2 and set(rows) <= values, table
+        assert f"## Slice `{name}`, worst first" in card
+
+
 def test_the_duplicate_photos_are_dropped_with_a_warning(one_run):
     ((proc, summary),) = one_run
     warnings = " ".join(summary["validation_warnings"])

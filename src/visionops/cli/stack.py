@@ -193,11 +193,14 @@ def airflow_env(
     for key in ("AIRFLOW__API__WORKERS", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES"):
         env.setdefault(key, os.environ.get(key, sizes[key]))
     # Faster notice of a lost worker or of a task message the broker never delivered (Airflow
-    # requeues a task "stuck in queued") where the caller asks for it (the fault tests do).
+    # requeues a task "stuck in queued"), and the schedule's grace, where the caller asks for them
+    # (the fault tests do).
     for key in (
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+        # How late a scheduled time may still start its run (plugins/visionops_schedule.py).
+        "VISIONOPS_SCHEDULE_GRACE_MIN",
     ):
         if os.environ.get(key):
             env[key] = os.environ[key]

@@ -23,7 +23,13 @@ from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
 from visionops.core.storage import file_sha256, visionops_home
 from visionops.data.images import to_model_array
-from visionops.data.sources import Item, export_digits, list_csv, list_imagefolder
+from visionops.data.sources import (
+    SLICE_PREFIX,
+    Item,
+    export_digits,
+    list_csv,
+    list_imagefolder,
+)
 
 MANIFEST_COLUMNS = [
     "path",
@@ -193,6 +199,7 @@ def plan_manifest(
             "box": box,
             "group": getattr(item, "group", None),
             "split": getattr(item, "split", None),
+            **{f"{SLICE_PREFIX}{k}": v for k, v in getattr(item, "slices", ())},
         }
         if same and not pd.isna(old.get("sha256")):
             kept.append({**old, **given, "at": at})
@@ -207,9 +214,12 @@ def plan_manifest(
                 "old_first_seen": float(old["first_seen"]) if was else None,
             }
         )
+    slices = sorted(
+        {f"{SLICE_PREFIX}{k}" for item in items for k, _ in getattr(item, "slices", ())}
+    )
     return (
-        pd.DataFrame(kept, columns=[*MANIFEST_COLUMNS, "at"]),
-        pd.DataFrame(todo, columns=TODO_COLUMNS),
+        pd.DataFrame(kept, columns=[*MANIFEST_COLUMNS, *slices, "at"]),
+        pd.DataFrame(todo, columns=[*TODO_COLUMNS, *slices]),
     )
 
 
@@ -225,6 +235,7 @@ def assemble_manifest(
 ) -> pd.DataFrame:
     """The manifest (``MANIFEST_COLUMNS``, the source's order) from a plan and the records of its
     files; ``frame.attrs["reread"]`` counts the files read."""
+    slices = [c for c in todo.columns if c.startswith(SLICE_PREFIX)]
     rows: list[dict[str, Any] | None] = [None] * (len(kept) + len(todo))
     for row in kept.to_dict("records"):
         rows[int(row.pop("at"))] = row
@@ -234,10 +245,10 @@ def assemble_manifest(
         rows[int(item["at"])] = {
             "path": item["path"],
             **record,
-            **{k: item[k] for k in ("label", "box", "group", "split")},
+            **{k: item[k] for k in ("label", "box", "group", "split", *slices)},
             "first_seen": item["old_first_seen"] if same else now,
         }
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    frame = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *slices])
     for col in ("size_bytes", "mtime_ns", "width", "height", "channels"):
         frame[col] = frame[col].astype("Int64")
     for col in ("mean_intensity", "std_intensity", "first_seen"):

@@ -37,6 +37,7 @@ from visionops.data.ingest import (
     save_catalog,
     source_fingerprint_parts,
 )
+from visionops.data.sources import with_slices
 
 log = logging.getLogger("visionops")
 STAGE_VERSION = "3"  # bump to invalidate earlier outputs when the stage's logic changes
@@ -56,6 +57,7 @@ def _source(cfg: PipelineConfig) -> tuple[list[Any], dict[str, Any], str]:
         items, report["urls"] = ingest_urls(cfg.data, download_dir(cfg.data))
     else:
         items = list_items(cfg.data)
+    items = with_slices(items, cfg.data.slices)
     faces = None
     if cfg.faces.enabled:
         from visionops.data.faces import face_settings
@@ -68,6 +70,7 @@ def _source(cfg: PipelineConfig) -> tuple[list[Any], dict[str, Any], str]:
         source_fingerprint_parts(items),
         cfg.data.max_pixels,
         faces,
+        *([[item.slices for item in items]] if any(item.slices for item in items) else []),
     )
     return items, report, fp
 

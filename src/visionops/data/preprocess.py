@@ -24,6 +24,7 @@ from visionops.core.parallel import ordered_map
 from visionops.core.progress import Progress
 from visionops.data.drift import build_profile, write_profile
 from visionops.data.images import to_model_array
+from visionops.data.sources import SLICE_PREFIX
 from visionops.data.split import SPLITS, SplitPlan, plan_split, stratified_split
 
 __all__ = [
@@ -182,7 +183,8 @@ def preprocess_to(
     kept = plan.kept
     labels = sorted(manifest.loc[kept, "label"].astype(str).unique())
     to_index = {label: i for i, label in enumerate(labels)}
-    frame = manifest.loc[kept, ["path", "label", "sha256"]].copy()
+    slices = [c for c in manifest.columns if c.startswith(SLICE_PREFIX)]  # carried for evaluation
+    frame = manifest.loc[kept, ["path", "label", "sha256", *slices]].copy()
     frame["split"] = plan.split[kept]
     frame["class_index"] = frame["label"].astype(str).map(to_index)
     frame["group"] = plan.group[kept]
@@ -253,6 +255,23 @@ def load_groups(folder: Path, name: str, y: np.ndarray) -> np.ndarray:
             f"{name}_y.npy ({len(y)} rows): preprocess again to get both from one run"
         )
     return rows["group"].to_numpy(dtype=np.int64)
+
+
+def load_slices(folder: Path, name: str, n: int) -> dict[str, np.ndarray]:
+    """Per slice (a ``slice_*`` column the manifest carried): its value for each row of split
+    ``name``, in the order of its arrays; {} when the data has no slices."""
+    path = folder / "splits.parquet"
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path)
+    columns = [c for c in frame.columns if c.startswith(SLICE_PREFIX)]
+    rows = frame.loc[frame["split"] == name, columns]
+    if not columns or len(rows) != n:
+        return {}
+    return {
+        c.removeprefix(SLICE_PREFIX): rows[c].fillna("unknown").astype(str).to_numpy()
+        for c in columns
+    }
 
 
 def load_labels(folder: Path) -> list[str]:

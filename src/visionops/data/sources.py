@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,32 @@ class Item:
     split: str | None = (
         None  # a user-given split (train/val/test): used as given, leakage is then an error
     )
+    # (name, value) of each slice the image belongs to (a CSV's slice_* columns, data.slices):
+    # the evaluation reports, and the gate judges, each value of a slice on its own.
+    slices: tuple[tuple[str, str], ...] = ()
+
+
+SLICE_PREFIX = "slice_"
+
+
+def with_slices(items: list[Item], patterns: dict[str, str]) -> list[Item]:
+    """Each item with the slices ``data.slices`` finds in its path: per slice name a regular
+    expression whose first group is the value (searched in the path; "other" when it does not
+    match). Slices a CSV gave keep their values."""
+    import re
+
+    if not patterns:
+        return items
+    compiled = {name: re.compile(rx) for name, rx in patterns.items()}
+    out = []
+    for item in items:
+        given = dict(item.slices)
+        for name, rx in compiled.items():
+            if name not in given:
+                found = rx.search(item.path)
+                given[name] = (found.group(1) if found and found.group(1) else "other").lower()
+        out.append(replace(item, slices=tuple(sorted(given.items()))))
+    return out
 
 
 def normalize_label(raw: str | None) -> str | None:
@@ -109,8 +135,9 @@ def list_imagefolder(root: str | Path) -> list[Item]:
 
 def list_csv(manifest: str | Path) -> list[Item]:
     """A CSV with ``path,label`` (or the face-service layout ``path,name,int_label``) columns, and
-    optionally ``group`` (rows of one group share a split) and ``split`` (train/val/test on every row:
-    the split is used as given).
+    optionally ``group`` (rows of one group share a split), ``split`` (train/val/test on every row:
+    the split is used as given) and ``slice_<name>`` columns (e.g. ``slice_lighting``: the value of
+    that slice per image, "unknown" where empty).
 
     Paths are relative to the manifest's folder and must stay inside it (``../``, absolute paths
     elsewhere and symlinks out of the folder are rejected, naming the row).
@@ -148,7 +175,12 @@ def list_csv(manifest: str | Path) -> list[Item]:
                     f"{manifest}:{row_no}: split {row.get('split')!r} is not one of "
                     f"{list(SPLIT_NAMES)} (a split column must name the split of every row)"
                 )
-            items.append(Item(str(path), label, group=group, split=split))
+            slices = tuple(
+                (name.removeprefix(SLICE_PREFIX), (row.get(name) or "").strip() or "unknown")
+                for name in sorted(fields)
+                if name.startswith(SLICE_PREFIX) and len(name) > len(SLICE_PREFIX)
+            )
+            items.append(Item(str(path), label, group=group, split=split, slices=slices))
     if not items:
         raise SourceError(f"manifest {manifest} has no rows")
     return items

@@ -90,3 +90,46 @@ def clean_metrics(
 
 def default_top_k(cfg_top_k: int | None, n_classes: int) -> int | None:
     return cfg_top_k if cfg_top_k is not None else (3 if n_classes > 3 else None)
+
+
+def group_recalls(
+    y_true: np.ndarray, predicted: np.ndarray, groups: np.ndarray
+) -> dict[str, tuple[int, float]]:
+    """Per group: its number of test images and the share of them labelled right (recall for classes,
+    accuracy for a slice)."""
+    out: dict[str, tuple[int, float]] = {}
+    for group in sorted(set(groups.tolist())):
+        rows = groups == group
+        out[str(group)] = (int(rows.sum()), float(np.mean(predicted[rows] == y_true[rows])))
+    return out
+
+
+def slice_figures(
+    y_true: list[str],
+    predicted: list[str],
+    champion: list[str] | None,
+    slices: dict[str, np.ndarray],
+) -> dict[str, list[dict[str, Any]]]:
+    """Per slice, per value: its test images and the accuracy on them (the champion's beside it),
+    lowest first: the evaluation report's slice tables."""
+    y = np.asarray(y_true, dtype=str)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, values in sorted(slices.items()):
+        groups = np.asarray(values, dtype=str)
+        mine = group_recalls(y, np.asarray(predicted, dtype=str), groups)
+        theirs = (
+            group_recalls(y, np.asarray(champion, dtype=str), groups)
+            if champion is not None
+            else {}
+        )
+        rows = [
+            {
+                "value": value,
+                "n": n,
+                "accuracy": acc,
+                **({"champion_accuracy": theirs[value][1]} if value in theirs else {}),
+            }
+            for value, (n, acc) in mine.items()
+        ]
+        out[name] = sorted(rows, key=lambda r: (r["accuracy"], r["value"]))
+    return out

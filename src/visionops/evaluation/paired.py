@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +27,7 @@ if (
 PREDICTIONS_FILE = "predictions.parquet"
 LABELS_FILE = "labels.json"
 BASELINE_COLUMN = "baseline:"  # + the baseline's name: its label per test image
+SLICE_COLUMN = "slice:"  # + a slice's name: its value per test image
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class PairedPredictions:
     clean: list[bool] | None = (
         None  # per image: no near-copy in the training split (None: not recorded)
     )
+    slices: dict[str, list[str]] = field(default_factory=dict)  # slice -> value per image
 
     def clean_subset(self) -> PairedPredictions:
         """The same predictions on the clean test images only."""
@@ -53,6 +55,7 @@ class PairedPredictions:
             self.candidate_labels,
             self.champion_labels,
             [True] * len(keep),
+            {name: pick(values) for name, values in self.slices.items()},
         )
 
 
@@ -64,6 +67,7 @@ class BaselinePredictions:
     candidate: list[str]
     baselines: dict[str, list[str]]  # name -> label per test image
     clean: list[bool] | None = None
+    slices: dict[str, list[str]] = field(default_factory=dict)  # slice -> value per image
 
     def clean_subset(self) -> BaselinePredictions:
         """The same predictions on the clean test images only."""
@@ -74,6 +78,7 @@ class BaselinePredictions:
             pick(self.candidate),
             {name: pick(labels) for name, labels in self.baselines.items()},
             [True] * len(keep),
+            {name: pick(values) for name, values in self.slices.items()},
         )
 
 
@@ -156,6 +161,8 @@ def store_predictions(
         frame["clean"] = np.asarray(
             split.clean, dtype=bool
         )  # no near-copy in train: gate.judge_on = clean
+        for name, values in split.slices.items():
+            frame[f"{SLICE_COLUMN}{name}"] = values
         frame.to_parquet(pending.path / PREDICTIONS_FILE, index=False)
         (pending.path / LABELS_FILE).write_text(
             json.dumps(
@@ -194,7 +201,16 @@ def load_paired(predictions: StageOutput) -> PairedPredictions | None:
         meta["candidate_labels"],
         meta["champion_labels"],
         clean,
+        _slices(frame),
     )
+
+
+def _slices(frame: pd.DataFrame) -> dict[str, list[str]]:
+    return {
+        c.removeprefix(SLICE_COLUMN): frame[c].astype(str).tolist()
+        for c in frame.columns
+        if c.startswith(SLICE_COLUMN)
+    }
 
 
 def load_answers(predictions: StageOutput) -> BaselinePredictions:
@@ -207,6 +223,7 @@ def load_answers(predictions: StageOutput) -> BaselinePredictions:
         frame["candidate"].astype(str).tolist(),
         {c.removeprefix(BASELINE_COLUMN): frame[c].astype(str).tolist() for c in columns},
         frame["clean"].astype(bool).tolist() if "clean" in frame.columns else None,
+        _slices(frame),
     )
 
 

@@ -46,6 +46,23 @@ def baseline_table(baselines: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def slice_table(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One slice of the data (``data.slices``, a CSV's ``slice_*`` column): accuracy per value,
+    lowest first, the champion's beside it on the same images."""
+    champion = any("champion_accuracy" in r for r in rows)
+    lines = [
+        f"## Slice `{name}`",
+        "",
+        "| value | test images | accuracy |" + (" champion |" if champion else ""),
+        "|---|---|---|" + ("---|" if champion else ""),
+    ]
+    for r in rows:
+        theirs = r.get("champion_accuracy")
+        extra = (f" {theirs:.4f} |" if theirs is not None else " - |") if champion else ""
+        lines.append(f"| {r['value']} | {r['n']} | {r['accuracy']:.4f} |{extra}")
+    return lines
+
+
 def unknown_lines(unknown: dict[str, Any] | None, accuracy: float) -> list[str]:
     """The model's answers with and without ``unknown`` (Markdown lines; empty without a threshold)."""
     if not unknown:
@@ -109,6 +126,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             *baseline_table(report["baselines"]),
         ]
+    for name, rows in report.get("slices", {}).items():
+        lines += ["", *slice_table(name, rows)]
     lines += [
         "",
         "## Per class",

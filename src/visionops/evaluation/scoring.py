@@ -7,14 +7,14 @@ lock, ``visionops registry promote``, approval, and the smoke test's expected an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from visionops.core.contracts import ChampionScore
 from visionops.core.storage import StageOutput
-from visionops.data.preprocess import load_labels, load_split, load_test_clean
+from visionops.data.preprocess import load_labels, load_slices, load_split, load_test_clean
 from visionops.evaluation.metrics import classification_metrics, clean_metrics
 from visionops.serving.model import held_out_params, load_classifier, model_labels, to_raw_images
 from visionops.serving.unknown import UNKNOWN, unknown_record
@@ -30,9 +30,16 @@ class TestSplit:
     images: np.ndarray  # raw uint8 images
     y_true: list[str]
     clean: np.ndarray  # per image: no near-copy in the training split
+    slices: dict[str, np.ndarray] = field(default_factory=dict)  # slice -> value per image
 
     def head(self, n: int) -> TestSplit:
-        return TestSplit(self.labels, self.images[:n], self.y_true[:n], self.clean[:n])
+        return TestSplit(
+            self.labels,
+            self.images[:n],
+            self.y_true[:n],
+            self.clean[:n],
+            {k: v[:n] for k, v in self.slices.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,11 @@ def load_test_split(preprocessed: StageOutput) -> TestSplit:
     test = load_split(folder, "test")
     y_true = [labels[i] for i in test.y]
     return TestSplit(
-        labels, to_raw_images(np.asarray(test.x)), y_true, load_test_clean(folder, len(y_true))
+        labels,
+        to_raw_images(np.asarray(test.x)),
+        y_true,
+        load_test_clean(folder, len(y_true)),
+        load_slices(folder, "test", len(y_true)),
     )
 
 

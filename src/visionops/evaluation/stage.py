@@ -26,6 +26,7 @@ from visionops.evaluation.metrics import (
     clean_metrics,
     default_top_k,
     expected_calibration_error,
+    slice_figures,
     top_k_accuracy,
 )
 from visionops.evaluation.paired import store_predictions
@@ -109,6 +110,9 @@ def evaluate_stage(
             "predictions": predictions.uri,
             "tta": tta,
             "unknown": unknown,
+            "slices": slice_figures(
+                y_true, y_pred, champion.predictions if champion else None, split.slices
+            ),
         }
         _log_report(ctx.parent_run_id, report, tmp_path)
     client = mlflow.tracking.MlflowClient()

@@ -39,7 +39,7 @@ from visionops.core.config import GateConfig
 from visionops.core.contracts import GateDecision
 from visionops.evaluation.paired import BaselinePredictions, PairedPredictions
 from visionops.release.gate_champion import paired_comparison
-from visionops.release.gate_classes import class_rule
+from visionops.release.gate_classes import class_rule, slice_rule
 from visionops.release.gate_compare import (
     COMPARED_METRICS,
     EPS,
@@ -181,9 +181,16 @@ def _per_class(
     if paired is not None and cfg.on_class_change != "skip_comparison":
         shared = sorted(set(paired.candidate_labels) & set(paired.champion_labels))
         against = f"champion v{champion['version']}" if champion else "the champion"
-        return class_rule(
+        ok = class_rule(
             paired.y_true, paired.candidate, paired.champion, shared, cfg, against, reasons, record
         )
+        keep = [i for i, y in enumerate(paired.y_true) if y in set(shared)]
+        pick = lambda values: [values[i] for i in keep]  # noqa: E731 - every list, one rule
+        slices = {name: pick(values) for name, values in paired.slices.items()}
+        return slice_rule(
+            pick(paired.y_true), pick(paired.candidate), pick(paired.champion), slices, cfg,
+            against, reasons, record,
+        ) and ok  # fmt: skip
     answers = paired or baselines
     if answers is None:
         if cfg.min_class_recall is not None:
@@ -191,7 +198,13 @@ def _per_class(
         return True
     if isinstance(answers, BaselinePredictions) and subset == "clean" and answers.clean:
         answers = answers.clean_subset()
-    return class_rule(answers.y_true, answers.candidate, None, None, cfg, "", reasons, record)
+    ok = class_rule(answers.y_true, answers.candidate, None, None, cfg, "", reasons, record)
+    return (
+        slice_rule(
+            answers.y_true, answers.candidate, None, answers.slices, cfg, "", reasons, record
+        )
+        and ok
+    )
 
 
 def decide(
@@ -253,4 +266,5 @@ def decide(
         baseline=against_baseline,
         judged_on=subset,
         classes=classes.get("classes", []),
+        slices=classes.get("slices", {}),
     )

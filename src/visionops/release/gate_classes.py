@@ -18,21 +18,10 @@ from typing import Any
 import numpy as np
 
 from visionops.core.config import GateConfig
+from visionops.evaluation.metrics import group_recalls
 
 # A recall is compared in points (0-100) rounded to this many digits: a tie is not a regression.
 _DIGITS = 6
-
-
-def group_recalls(
-    y_true: np.ndarray, predicted: np.ndarray, groups: np.ndarray
-) -> dict[str, tuple[int, float]]:
-    """Per group: its number of test images and the share of them labelled right (recall for classes,
-    accuracy for a slice)."""
-    out: dict[str, tuple[int, float]] = {}
-    for group in sorted(set(groups.tolist())):
-        rows = groups == group
-        out[str(group)] = (int(rows.sum()), float(np.mean(predicted[rows] == y_true[rows])))
-    return out
 
 
 def judge_groups(
@@ -43,10 +32,12 @@ def judge_groups(
     cfg: GateConfig,
     what: str,
     against: str,
+    measure: str = "recall",
 ) -> tuple[bool, list[str], list[dict[str, Any]]]:
-    """The per-group rule (``what``: "class" or "slice lighting"): whether it passed, its reasons,
-    and one row per group, worst first (the largest drop against the champion, else the lowest
-    recall), for the report and the model card."""
+    """The per-group rule (``what``: "class" or "slice lighting"; ``measure``: what the share of
+    right answers in a group is called, recall for a class, accuracy for a slice's value): whether it
+    passed, its reasons, and one row per group, worst first (the largest drop against the champion,
+    else the lowest share), for the report and the model card."""
     cand = group_recalls(y_true, candidate, groups)
     champ = group_recalls(y_true, champion, groups) if champion is not None else {}
     rows: list[dict[str, Any]] = []
@@ -70,14 +61,14 @@ def judge_groups(
         worse = [r for r in judged if -r["delta_points"] > margin]
         for r in worse:
             reasons.append(
-                f"{what} {r['group']!r}: recall {100 * r['recall']:.1f}% against "
+                f"{what} {r['group']!r}: {measure} {100 * r['recall']:.1f}% against "
                 f"{100 * r['champion_recall']:.1f}% for {against} on the same {r['support']} test "
                 f"images, {-r['delta_points']:.1f} points down > gate.max_class_regression {margin:g}"
             )
         if not worse:
             low = judged[0]
             reasons.append(
-                f"no {what} fell more than {margin:g} points of recall below {against} "
+                f"no {what} fell more than {margin:g} points of {measure} below {against} "
                 f"({len(judged)} judged, the largest change {low['delta_points']:+.1f} points "
                 f"on {low['group']!r})"
             )
@@ -86,7 +77,7 @@ def judge_groups(
     if floor is not None and judged:
         low = [r for r in judged if r["recall"] < floor - 1e-9]
         reasons += [
-            f"{what} {r['group']!r}: recall {100 * r['recall']:.1f}% < gate.min_class_recall "
+            f"{what} {r['group']!r}: {measure} {100 * r['recall']:.1f}% < gate.min_class_recall "
             f"{100 * floor:.1f}% ({r['support']} test images)"
             for r in low
         ]
@@ -123,4 +114,31 @@ def class_rule(
     ok, why, rows = judge_groups(y, cand, champ, y, cfg, "class", against)
     reasons += why
     record["classes"] = rows
+    return ok
+
+
+def slice_rule(
+    y_true: list[str],
+    candidate: list[str],
+    champion: list[str] | None,
+    slices: dict[str, list[str]],
+    cfg: GateConfig,
+    against: str,
+    reasons: list[str],
+    record: dict[str, Any],
+) -> bool:
+    """The per-class rules applied to each value of each slice (accuracy on that value's test
+    images); ``record["slices"]`` gets one table per slice."""
+    y = np.asarray(y_true, dtype=str)
+    cand = np.asarray(candidate, dtype=str)
+    champ = None if champion is None else np.asarray(champion, dtype=str)
+    ok = True
+    record["slices"] = {}
+    for name, values in sorted(slices.items()):
+        passed, why, rows = judge_groups(
+            y, cand, champ, np.asarray(values, dtype=str), cfg, f"slice {name}", against, "accuracy"
+        )
+        reasons += why
+        record["slices"][name] = rows
+        ok = ok and passed
     return ok

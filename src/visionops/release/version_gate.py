@@ -81,6 +81,7 @@ def gate_for_version(name: str, version: str) -> tuple[GateDecision, str | None]
             split.labels,
             champion.labels,
             split.clean.tolist(),
+            {name: values.tolist() for name, values in split.slices.items()},
         )
     decision = decide(
         candidate.score.model_dump(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from visionops.core.config.sections import _Section
 
@@ -40,6 +40,13 @@ class DataConfig(_Section):
         2, ge=0, le=10, description="Retries after the first try, with backoff."
     )
     download_workers: int = Field(4, ge=1, le=32)
+    slices: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slices of the data read from each image's path: name -> a regular "
+        "expression whose first group is the value (e.g. lighting: '(center|left|right)light'; "
+        "'other' where it does not match). A CSV's slice_<name> columns are slices too. The "
+        "evaluation reports each slice's values and the gate's per-class rules judge them.",
+    )
     ingest_chunk_files: int = Field(
         5_000,
         ge=1,
@@ -59,6 +66,22 @@ class DataConfig(_Section):
         le=1.0,
         description="URL rows rejected above this fraction fail the ingest stage.",
     )
+
+    @field_validator("slices")
+    @classmethod
+    def _slice_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, pattern in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"slice name {name!r}: lower-case letters, digits and _ only")
+            try:
+                groups = re.compile(pattern).groups
+            except re.error as exc:
+                raise ValueError(f"slice {name!r}: {pattern!r} is no regular expression ({exc})")
+            if groups < 1:
+                raise ValueError(f"slice {name!r}: {pattern!r} needs a group (...) for the value")
+        return value
 
     @model_validator(mode="after")
     def _path_required(self) -> DataConfig:
