@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,14 +56,38 @@ def library_logs_to_task_log() -> None:
 
 
 def run_stage(adapter: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a ``visionops.pipeline`` adapter inside a task; bad input fails it without retries."""
+    """Run a ``visionops.pipeline`` adapter inside a task; bad input fails it without retries.
+
+    The task log gets a line when it starts and one when it ends, with its duration and the figure
+    that matters (``visionops.pipeline.progress``): what ``visionops pipeline run`` shows."""
     from visionops.core.errors import InputError
+    from visionops.pipeline import progress
 
     library_logs_to_task_log()
+    task = _task_label(adapter.__name__)
+    log = logging.getLogger("visionops")
+    log.info("%s", progress.started(task))
+    began = time.monotonic()
     try:
-        return adapter(*args, **kwargs)
+        result = adapter(*args, **kwargs)
     except InputError as exc:
+        log.error("%s", progress.failed(task, time.monotonic() - began, exc))
         raise AirflowFailException(f"{adapter.__name__}: {exc}") from exc
+    except Exception as exc:
+        log.error("%s", progress.failed(task, time.monotonic() - began, exc))
+        raise
+    log.info("%s", progress.finished(task, time.monotonic() - began, result, adapter.__name__))
+    return result
+
+
+def _task_label(default: str) -> str:
+    """The running task's id (``ingest_chunk[2]`` for a mapped instance), ``default`` outside one."""
+    try:
+        ti = get_current_context()["ti"]
+    except Exception:  # noqa: BLE001 - called outside a task (a test of the adapters)
+        return default
+    index = getattr(ti, "map_index", -1)
+    return ti.task_id + (f"[{index}]" if isinstance(index, int) and index >= 0 else "")
 
 
 def run_context() -> dict[str, Any]:

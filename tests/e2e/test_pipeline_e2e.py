@@ -94,6 +94,38 @@ def test_first_run_promotes_version_1(two_runs, home):
     assert f"models:/{MODEL}@champion -> version 1" in proc.stdout
 
 
+def test_the_run_shows_each_task_as_it_runs(two_runs):
+    """Between "running DAG train_pipeline" and the summary, a line per task as it starts and ends,
+    with the figure that matters, and the epochs while it trains (README "Running it")."""
+    first, _ = two_runs
+    lines = first.stdout.splitlines()
+    tasks = [line for line in lines if line.startswith("visionops task ")]
+    starts = [
+        t.split(":")[0].removeprefix("visionops task ") for t in tasks if t.endswith(": started")
+    ]
+    expected = ["start", "ingest_plan", "ingest_chunk[0]", "ingest", "check_changes"]
+    expected += ["after_check", "validate", "preprocess", "tune_plan", "tune_worker[0]"]
+    expected += ["tune_worker[1]", "tune", "train", "evaluate", "gate", "register", "decide"]
+    expected += ["promote", "finish"]
+    assert sorted(starts) == sorted(expected), tasks
+    assert starts.index("ingest") < starts.index("validate") < starts.index("train")
+    assert starts.index("train") < starts.index("gate") < starts.index("promote")
+    done = {t.split(":")[0].removeprefix("visionops task "): t for t in tasks if ": done in " in t}
+    assert set(done) == set(expected), tasks
+    assert re.search(r": 1797 images in 10 classes \(\d+ read\)$", done["ingest"]), done
+    assert re.search(r": best trial \d\.\d{4}: \{", done["tune"]), done
+    assert re.search(r": \d+ epochs, best val_accuracy \d\.\d{4}$", done["train"]), done
+    assert re.search(r": test accuracy \d\.\d{4}$", done["evaluate"]), done
+    assert done["gate"].endswith(")") and ": passed (" in done["gate"], done
+    assert done["promote"].endswith(": champion moved"), done
+    # The epochs between train's start and its end, indented.
+    at = lines.index(next(t for t in tasks if t.startswith("visionops task train: started")))
+    end = lines.index(done["train"])
+    epochs = [line for line in lines[at:end] if line.startswith("  epoch ")]
+    assert len(epochs) >= 2 and epochs[0].startswith("  epoch 1: train_loss "), lines[at:end]
+    assert lines.index(tasks[-1]) < lines.index(next(x for x in lines if x.startswith("=====")))
+
+
 def test_unchanged_run_stops_after_ingest_and_makes_no_version(two_runs, home):
     again = json.loads(home.joinpath("unchanged.json").read_text())
     assert again["status"] == "FINISHED" and again["unchanged_since"] == "1", again["changes"]

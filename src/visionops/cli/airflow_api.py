@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 FINISHED = ("success", "failed")
@@ -76,12 +77,20 @@ class AirflowApi:
         self.call("PATCH", path, {"chosen_options": [option], "params_input": {}})
 
     def wait(
-        self, dag_id: str, run_id: str, timeout_s: float = 3600, poll_s: float = 3.0
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout_s: float = 3600,
+        poll_s: float = 3.0,
+        on_poll: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """The run once it has finished (success or failed); an error naming the tasks' states after ``timeout_s``."""
+        """The run once it has finished (success or failed); an error naming the tasks' states after
+        ``timeout_s``. ``on_poll`` is called at every poll and once more at the end."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             run = self.run(dag_id, run_id)
+            if on_poll is not None:
+                on_poll()
             if run["state"] in FINISHED:
                 return run
             time.sleep(poll_s)

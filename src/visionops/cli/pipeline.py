@@ -139,16 +139,14 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
             "No answer within 23 h rejects.",
             flush=True,
         )
-    code = _airflow(
-        "dags",
-        "test",
-        DAG_ID,
-        "--conf",
-        json.dumps(conf),
-        env=env,
-        log_file=log_file,
-        verbose=args.verbose,
-    )
+    dags_test = ["dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+    if args.verbose:
+        code = _airflow(*dags_test, env=env, verbose=True)
+    else:  # each task's start and end (and the epochs) as the log gets them
+        from visionops.cli.follow import run_following
+
+        airflow = str(Path(sys.executable).parent / "airflow")
+        code = run_following([airflow, *dags_test], env, project_dir(), log_file)
     parent = _find_parent_run(request_id)
     if parent is None:
         if not args.verbose:
@@ -214,7 +212,15 @@ def _run_on_stack(home: Path, conf: dict[str, Any], args: argparse.Namespace) ->
         f"{urls['airflow']}/dags/{DAG_ID}/runs/{quoted}",
         flush=True,
     )
-    run = api.wait(DAG_ID, run_id, timeout_s=args.timeout)
+    from visionops.cli.follow import TaskStates
+
+    states = TaskStates()
+    run = api.wait(
+        DAG_ID,
+        run_id,
+        timeout_s=args.timeout,
+        on_poll=lambda: states.show(api.tasks(DAG_ID, run_id)),
+    )
     parent = _find_parent_run(conf["request_id"])
     if parent is None:
         states = {t["task_id"]: t["state"] for t in api.tasks(DAG_ID, run_id)}
