@@ -21,7 +21,11 @@ during the run cannot mix two models in one file); `score` labels every image un
 **input_dir** and writes `path,label,probability,model_version` as CSV to **output_path**
 (default: `<data_root>/predictions/<model>/v<version>/<run id>.csv`; an existing file is refused
 unless **overwrite**; the file appears whole, never half-written), and logs it to MLflow
-(experiment `visionops-batch-predict`). `record` keeps what the batch held and got (per image the
+(experiment `visionops-batch-predict`). With **shadow** (or the model's `serving.shadow`), the
+version behind `challenger` scores the same images unseen: its agreement with the model in service,
+its confidence and the labels where they differ are metrics of the batch run and an entry on the
+challenger's version, which `promote_challenger` can require (`registry.min_shadow_batches`).
+`record` keeps what the batch held and got (per image the
 input statistics, the label, its confidence) and emits the `visionops://predictions` asset event,
 on which the `monitor` DAG checks the model in service for drift.
 """
@@ -54,6 +58,13 @@ on which the `monitor` DAG checks the model in service for drift.
         "overwrite": Param(
             False, type="boolean", title="Overwrite", description="Replace an existing output_path."
         ),
+        "shadow": Param(
+            None,
+            type=["null", "boolean"],
+            title="Shadow",
+            description="Also score with the version behind challenger and record its agreement "
+            "with the model in service; empty: as the model's serving.shadow says.",
+        ),
     },
 )
 def batch_predict():
@@ -73,6 +84,7 @@ def batch_predict():
             params.get("output_path"),
             run_id=context["run_id"],
             overwrite=bool(params.get("overwrite")),
+            shadow=params.get("shadow"),
         )
 
     @task(outlets=[PREDICTIONS])

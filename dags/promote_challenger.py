@@ -23,7 +23,9 @@ champion in service, on the version's own test split. `approve` waits for a pers
 and body show the decision and its reasons (McNemar p-value, confidence interval). On **Approve**,
 `promote` re-checks the champion under the promotion lock, moves `champion` and runs the smoke
 test, recording who approved. On **Reject** nothing moves. A version that fails the gate cannot
-be approved into service (use `visionops registry promote --force`, which is recorded).
+be approved into service (use `visionops registry promote --force`, which is recorded); nor can
+one that has not shadowed the champion for `registry.min_shadow_batches` batches with the
+agreement its config asks (`serving.shadow`).
 """
 
 

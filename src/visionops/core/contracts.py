@@ -340,6 +340,8 @@ class BatchScored(Contract):
     embeddings: str | None = (
         None  # an embedding model's vectors beside the CSV (``.embeddings.npz``)
     )
+    # serving.shadow: the challenger's version, images both labelled, agreement, its confidence
+    shadow: dict[str, Any] | None = None
 
 
 class Recorded(Contract):

@@ -22,12 +22,16 @@ def score(
     *,
     run_id: str,
     overwrite: bool = False,
+    shadow: bool | None = None,
 ) -> BatchScored:
     """The pinned version over a folder of images; the CSV under the data root unless ``output_path``
-    (refused if it exists, unless ``overwrite``)."""
+    (refused if it exists, unless ``overwrite``); the challenger in shadow when ``shadow`` (None:
+    the version's ``serving.shadow``)."""
     from visionops.serving.batch import batch_predict
 
-    return batch_predict(model, input_dir, output_path, run_id=run_id, overwrite=overwrite)
+    return batch_predict(
+        model, input_dir, output_path, run_id=run_id, overwrite=overwrite, shadow=shadow
+    )
 
 
 @stage(uses_mlflow=False)

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import mlflow
 from visionops.core import tracking
-from visionops.core.constants import CHALLENGER
+from visionops.core.constants import CHALLENGER, REASON_SEPARATOR
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.contracts import ApprovalAnswer, Candidate, Promotion
 from visionops.core.errors import InputError
@@ -88,13 +88,33 @@ def describe_candidate(model_name: str, version: str | None = None) -> Candidate
     from visionops.release.version_gate import gate_for_version
 
     decision, against = gate_for_version(model_name, str(version))
+    passed, reasons = decision.passed, list(decision.reasons)
+    shadow_ok, why = _shadow_rule(model_name, str(version), against)
+    if why is not None:
+        reasons.append(why)
+    passed = passed and shadow_ok
+    summary = f"gate {'PASSED' if passed else 'REJECTED'}: " + REASON_SEPARATOR.join(reasons)
     return Candidate(
         name=model_name,
         version=str(version),
         against=against,
-        passed=decision.passed,
-        summary=decision.summary(),
-        reasons=decision.reasons,
+        passed=passed,
+        summary=summary,
+        reasons=reasons,
+    )
+
+
+def _shadow_rule(name: str, version: str, champion: str | None) -> tuple[bool, str | None]:
+    """``registry.min_shadow_batches`` / ``min_shadow_agreement`` of the version's training config
+    against what its shadow batches beside the champion recorded (``serving.shadow``)."""
+    from visionops.serving.shadow import shadow_rule, stored_config
+
+    tags = dict(mlflow.tracking.MlflowClient().get_model_version(name, version).tags or {})
+    cfg = stored_config(tags)
+    if cfg is None:
+        return True, None
+    return shadow_rule(
+        tags, champion, cfg.registry.min_shadow_batches, cfg.registry.min_shadow_agreement
     )
 
 

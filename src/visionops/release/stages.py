@@ -103,7 +103,7 @@ def recheck_against(
                 split.labels,
                 champion.labels,
                 split.clean.tolist(),
-                {name: values.tolist() for name, values in split.slices.items()},
+                {key: values.tolist() for key, values in split.slices.items()},
             )  # gate.judge_on: clean needs the mask here too
         return decide(
             evaluated.metrics.model_dump(),

@@ -7,22 +7,21 @@ registry tags and the run folder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from visionops.core.config import GateConfig, read_stored_config
+from visionops.core.config import GateConfig
 from visionops.core.constants import CHAMPION
 from visionops.core.constants import TAG_PREFIX as T
 from visionops.core.contracts import GateDecision
 from visionops.core.errors import InputError
-from visionops.core.storage import RunStore, StageOutput
+from visionops.core.storage import StageOutput
 from visionops.evaluation.paired import BaselinePredictions, PairedPredictions, load_baselines
 from visionops.evaluation.scoring import TestSplit, load_test_split, predict_labels, score_version
 from visionops.release import registry
 from visionops.release.gate import decide
+from visionops.serving.shadow import stored_config
 from visionops.serving.smoke import smoke_test
 
 
@@ -32,12 +31,8 @@ def version_tags(name: str, version: str) -> dict[str, str]:
 
 def _gate_config(tags: dict[str, str]) -> GateConfig:
     """The gate config of the run that trained the version (the defaults when it cannot be found)."""
-    run_key = tags.get(f"{T}run_key")
-    if run_key:
-        path = Path(RunStore(run_key).stage_path("config")) / "config.json"
-        if path.is_file():
-            return read_stored_config(json.loads(path.read_text()), source=str(path)).gate
-    return GateConfig()
+    cfg = stored_config(tags)
+    return cfg.gate if cfg is not None else GateConfig()
 
 
 def _test_split(tags: dict[str, str]) -> TestSplit | None:
@@ -81,7 +76,7 @@ def gate_for_version(name: str, version: str) -> tuple[GateDecision, str | None]
             split.labels,
             champion.labels,
             split.clean.tolist(),
-            {name: values.tolist() for name, values in split.slices.items()},
+            {key: values.tolist() for key, values in split.slices.items()},
         )
     decision = decide(
         candidate.score.model_dump(),

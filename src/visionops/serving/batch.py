@@ -182,12 +182,19 @@ def _write_embeddings(frame: pd.DataFrame, output: str) -> str:
 
 
 def score_folder(
-    resolved: ModelRef, input_dir: str, output: str, *, overwrite: bool = False
+    resolved: ModelRef,
+    input_dir: str,
+    output: str,
+    *,
+    overwrite: bool = False,
+    shadow: ModelRef | None = None,
 ) -> BatchScored:
     """Score a folder with a pinned model version, write the CSV and log it to MLflow; returns references.
 
     An existing output is refused unless ``overwrite`` (``check_output``), before any image is
-    scored; the CSV is written whole (``write_whole``): a reader never sees half of it."""
+    scored; the CSV is written whole (``write_whole``): a reader never sees half of it. ``shadow``:
+    a challenger scored on the same files, its agreement with ``resolved`` recorded
+    (``serving.shadow``); the CSV holds ``resolved``'s answers only."""
     import mlflow
     from visionops.core import tracking
 
@@ -225,6 +232,11 @@ def score_folder(
             local = Path(tmp) / "predictions.csv"
             frame[CSV_COLUMNS].to_csv(local, index=False)
             mlflow.log_artifact(str(local))
+        shadowed = None
+        if shadow is not None:
+            from visionops.serving.shadow import shadow_batch
+
+            shadowed = shadow_batch(resolved, shadow, files, frame, run.info.run_id)
     return BatchScored(
         output=output,
         n_images=len(frame),
@@ -233,6 +245,7 @@ def score_folder(
         mlflow_run_id=run.info.run_id,
         n_unknown=int((frame["status"] == "unknown").sum()),
         n_not_scored=int(frame["status"].isin(["rejected", "invalid"]).sum()),
+        shadow=shadowed,
     )
 
 
@@ -243,21 +256,27 @@ def batch_predict(
     *,
     run_id: str,
     overwrite: bool = False,
+    shadow: bool | None = None,
 ) -> BatchScored:
     """Score a folder with a pinned version; the CSV goes under the data root unless ``output_path``.
 
     A given ``output_path`` that exists is refused unless ``overwrite``. The default path is this
-    run's own (its run key in the name): a retry of the task replaces what an earlier try wrote."""
+    run's own (its run key in the name): a retry of the task replaces what an earlier try wrote.
+    ``shadow``: score with the challenger too (None: as the version's ``serving.shadow`` says)."""
     from visionops.core import tracking
     from visionops.core.storage import data_root, run_key_from
 
     tracking.configure()
     if not input_dir:
         raise InputError("param input_dir is empty: name a folder of images")
+    from visionops.serving.shadow import challenger_beside, shadow_wanted
+
+    wanted = shadow_wanted(model.name, model.version) if shadow is None else shadow
+    beside = challenger_beside(model) if wanted else None
     if output_path:
-        return score_folder(model, input_dir, output_path, overwrite=overwrite)
+        return score_folder(model, input_dir, output_path, overwrite=overwrite, shadow=beside)
     output = (
         f"{data_root().rstrip('/')}/predictions/{model.name}/v{model.version}/"
         f"{run_key_from(run_id)}.csv"
     )
-    return score_folder(model, input_dir, output, overwrite=True)
+    return score_folder(model, input_dir, output, overwrite=True, shadow=beside)

@@ -294,6 +294,18 @@ class RegistryConfig(_Section):
         description="Held-out images the promoted champion must label in a fresh process "
         "(0 skips the post-promotion smoke test).",
     )
+    min_shadow_batches: int = Field(
+        0,
+        ge=0,
+        description="Batches this version must have scored in shadow beside the champion in "
+        "service (serving.shadow) before promote_challenger promotes it; 0: none needed.",
+    )
+    min_shadow_agreement: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Pooled agreement with the champion over those batches that promotion needs.",
+    )
 
 
 class ServingConfig(_Section):
@@ -301,6 +313,11 @@ class ServingConfig(_Section):
     request may cost (packaged with the model; ``VISIONOPS_SERVING_MAX_ROWS`` /
     ``VISIONOPS_SERVING_MAX_PIXELS_PER_REQUEST`` override them where it is served)."""
 
+    shadow: bool = Field(
+        False,
+        description="batch_predict also scores every batch with the version behind challenger and "
+        "records how often it agrees with the champion (README: what agreement does not prove).",
+    )
     max_rows: int = Field(
         256,
         ge=1,
