@@ -46,15 +46,18 @@ class PairedPredictions:
 
     def clean_subset(self) -> PairedPredictions:
         """The same predictions on the clean test images only."""
-        keep = [i for i, ok in enumerate(self.clean or []) if ok]
-        pick = lambda values: [values[i] for i in keep]  # noqa: E731 - three lists, one rule
+        return self.rows([i for i, ok in enumerate(self.clean or []) if ok])
+
+    def rows(self, keep: list[int]) -> PairedPredictions:
+        """The same predictions on the test images at positions ``keep``."""
+        pick = lambda values: [values[i] for i in keep]  # noqa: E731 - every list, one rule
         return PairedPredictions(
             pick(self.y_true),
             pick(self.candidate),
             pick(self.champion),
             self.candidate_labels,
             self.champion_labels,
-            [True] * len(keep),
+            None if self.clean is None else pick(self.clean),
             {name: pick(values) for name, values in self.slices.items()},
         )
 

@@ -207,17 +207,7 @@ def model_card(
         f"- test images: {n_test}" if n_test else "",
         "",
         *(["## Against simple baselines", "", *baseline_table(baselines), ""] if baselines else []),
-        *group_table("## Per class, worst first", "class", decision.get("classes", [])),
-        *[
-            line
-            for name, rows in decision.get("slices", {}).items()
-            for line in group_table(f"## Slice `{name}`, worst first", "value", rows)
-        ],
-        "## Gate decision",
-        "",
-        f"{'Passed' if decision.get('passed') else 'Rejected'}:",
-        *[f"- {r}" for r in decision.get("reasons", [])],
-        "",
+        *decision_section(decision),
         "## Intended use",
         "",
         f"Classifying images like those of the training data into the {len(labels)} classes above, "
@@ -242,6 +232,23 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def decision_section(decision: dict[str, Any]) -> list[str]:
+    """The model card's gate part: the per-class table, one table per slice, the decision's reasons."""
+    return [
+        *group_table("## Per class, worst first", "class", decision.get("classes", [])),
+        *[
+            line
+            for name, rows in decision.get("slices", {}).items()
+            for line in group_table(f"## Slice `{name}`, worst first", "value", rows)
+        ],
+        "## Gate decision",
+        "",
+        f"{'Passed' if decision.get('passed') else 'Rejected'}:",
+        *[f"- {r}" for r in decision.get("reasons", [])],
+        "",
+    ]
 
 
 def group_table(title: str, what: str, rows: list[dict[str, Any]]) -> list[str]:

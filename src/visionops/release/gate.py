@@ -184,11 +184,10 @@ def _per_class(
         ok = class_rule(
             paired.y_true, paired.candidate, paired.champion, shared, cfg, against, reasons, record
         )
-        keep = [i for i, y in enumerate(paired.y_true) if y in set(shared)]
-        pick = lambda values: [values[i] for i in keep]  # noqa: E731 - every list, one rule
-        slices = {name: pick(values) for name, values in paired.slices.items()}
+        known = set(shared)
+        on_shared = paired.rows([i for i, y in enumerate(paired.y_true) if y in known])
         return slice_rule(
-            pick(paired.y_true), pick(paired.candidate), pick(paired.champion), slices, cfg,
+            on_shared.y_true, on_shared.candidate, on_shared.champion, on_shared.slices, cfg,
             against, reasons, record,
         ) and ok  # fmt: skip
     answers = paired or baselines

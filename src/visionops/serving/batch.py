@@ -236,7 +236,8 @@ def score_folder(
         if shadow is not None:
             from visionops.serving.shadow import shadow_batch
 
-            shadowed = shadow_batch(resolved, shadow, files, frame, run.info.run_id)
+            theirs = predict_files(shadow.uri, files)
+            shadowed = shadow_batch(resolved, shadow, frame, theirs, run.info.run_id)
     return BatchScored(
         output=output,
         n_images=len(frame),

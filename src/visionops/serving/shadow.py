@@ -165,14 +165,17 @@ def shadow_rule(
 
 
 def shadow_batch(
-    champion: ModelRef, challenger: ModelRef, files: list[Path], answers: pd.DataFrame, run_id: str
+    champion: ModelRef,
+    challenger: ModelRef,
+    answers: pd.DataFrame,
+    theirs: pd.DataFrame,
+    run_id: str,
 ) -> dict:
-    """The challenger on the same files: its agreement with the champion's ``answers`` as metrics,
-    tags and the disagreement table of the active (batch) run, and on the challenger's version."""
+    """The challenger's answers ``theirs`` on the files the champion answered (``answers``): their
+    agreement as metrics, tags and the disagreement table of the active (batch) run, and on the
+    challenger's version."""
     import mlflow
-    from visionops.serving.batch import predict_files
 
-    theirs = predict_files(challenger.uri, files)
     figures = compare(answers, theirs)
     mlflow.set_tag(f"{T}shadow_version", challenger.version)
     mlflow.log_metrics(
